@@ -1,0 +1,59 @@
+"""Write files so that a reader sees either the old content or the new, never half.
+
+Everything is written to a temporary name in the destination's own directory
+(so the final rename stays on one file system) and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text` (UTF-8)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staging_dir(dest: Path) -> Iterator[Path]:
+    """A scratch directory inside `dest`, removed on exit whatever happens.
+
+    Write every artifact of one step into it, then `publish` them: a failure
+    before publishing leaves `dest` exactly as it was.
+    """
+    dest = Path(dest)
+    stage = Path(tempfile.mkdtemp(prefix=".qdeploy-stage-", dir=dest))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, dest: Path, names: list[str]) -> None:
+    """Rename `names` from `stage` into `dest`, in the order given.
+
+    Put the manifest last: it is what makes the new set of files current.
+    """
+    for name in names:
+        os.replace(Path(stage) / name, Path(dest) / name)

@@ -1,0 +1,185 @@
+"""Image preprocessing: the one definition shared by `qdeploy convert` and the device.
+
+A `Preprocess` says how camera pixels become the float model's input:
+``x = (pixel - mean) / std`` after converting the image to `color` and resizing it
+(LANCZOS) to the model's input size. `qdeploy convert` stores it in
+`manifest.json`; `qrun` applies it unchanged, so the device feeds the model
+exactly what calibration and evaluation fed it.
+
+For a quantized input the float value is requantized with the input tensor's
+scale and zero point, ``q = x / scale + zero_point``. When ``scale * std ≈ 1``
+and ``mean ≈ zero_point`` that is the identity on uint8 pixels, and the pixels
+are fed unchanged, as Coral's classify example does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from qrun.errors import UserError
+
+Number = Union[float, Sequence[float]]
+
+COLOR_MODES = ("L", "RGB")
+# Coral's classify example defaults: mean 128, std 128 (identity for its quantized models).
+CORAL_MEAN = 128.0
+CORAL_STD = 128.0
+IDENTITY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become model input: ``(pixel - mean) / std``, in `color` mode."""
+
+    mean: Number = 0.0
+    std: Number = 255.0
+    color: Optional[str] = None  # "L" or "RGB"; None: decided from the input shape
+
+    def to_dict(self) -> dict:
+        return {
+            "color": self.color,
+            "mean": _jsonable(self.mean),
+            "std": _jsonable(self.std),
+            "resize": "lanczos",
+            "formula": "(pixel - mean) / std",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(mean=_tupled(d.get("mean", 0.0)), std=_tupled(d.get("std", 255.0)),
+                   color=d.get("color"))
+
+
+def parse_preprocess(text: str) -> Preprocess:
+    """Parse a `--preprocess` value.
+
+    Accepted: ``unit`` ([0, 1], pixels / 255, the default), ``symmetric`` ([-1, 1]),
+    ``raw`` (pixels unchanged), or ``mean=M,std=S[,color=L|RGB]`` where M and S are
+    numbers or ``/``-separated per-channel lists (e.g. ``mean=123.7/116.3/103.5``).
+    """
+    presets = {"unit": Preprocess(0.0, 255.0), "symmetric": Preprocess(127.5, 127.5),
+               "raw": Preprocess(0.0, 1.0)}
+    text = text.strip()
+    if text in presets:
+        return presets[text]
+    fields = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("mean", "std", "color"):
+            raise UserError(f"--preprocess: cannot read '{part}'; use unit, symmetric, raw or "
+                            "mean=M,std=S[,color=L|RGB]")
+        fields[key.strip()] = value.strip()
+    try:
+        mean = _tupled([float(v) for v in fields.get("mean", "0").split("/")])
+        std = _tupled([float(v) for v in fields.get("std", "255").split("/")])
+    except ValueError:
+        raise UserError(f"--preprocess: mean and std must be numbers, got '{text}'") from None
+    color = fields.get("color")
+    if color is not None and color not in COLOR_MODES:
+        raise UserError(f"--preprocess: color must be L or RGB, got '{color}'")
+    if np.any(np.asarray(std, dtype=float) == 0):
+        raise UserError("--preprocess: std must not be 0")
+    return Preprocess(mean, std, color)
+
+
+def image_geometry(shape: Sequence[int]) -> tuple[int, int, Optional[int]]:
+    """(height, width, channels) of an image input; channels None for [1, H, W]."""
+    dims = list(shape)
+    if len(dims) == 4:
+        return int(dims[1]), int(dims[2]), int(dims[3])
+    if len(dims) == 3:
+        return int(dims[1]), int(dims[2]), None
+    raise UserError(f"the model input has shape {dims}; an image model needs [1, H, W] or "
+                    "[1, H, W, C]")
+
+
+def color_for(shape: Sequence[int], pre: Preprocess) -> str:
+    """The PIL colour mode the input wants: the manifest's, else from the channel count."""
+    if pre.color:
+        return pre.color
+    _, _, channels = image_geometry(shape)
+    return "RGB" if channels == 3 else "L"
+
+
+def load_image(path: Path, shape: Sequence[int], pre: Preprocess) -> np.ndarray:
+    """Read an image file as uint8 pixels fitted to the input `shape` (no batch axis)."""
+    from PIL import Image, UnidentifiedImageError  # lazy: keeps --help fast
+
+    height, width, channels = image_geometry(shape)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert(color_for(shape, pre)).resize((width, height), Image.LANCZOS)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); "
+                        "give a JPEG, PNG or BMP file") from None
+    return fit_channels(pixels, channels)
+
+
+def fit_channels(pixels: np.ndarray, channels: Optional[int]) -> np.ndarray:
+    """Add or keep the channel axis so pixels match [H, W] or [H, W, C]."""
+    if channels is None:
+        return pixels if pixels.ndim == 2 else pixels[..., 0]
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[-1] != channels:
+        raise UserError(f"the image has {pixels.shape[-1]} channels, the model wants {channels}")
+    return pixels
+
+
+def is_identity(pre: Preprocess, scale: float, zero_point: int) -> bool:
+    """True when uint8 pixels are already the quantized input (Coral's shortcut)."""
+    mean = np.asarray(pre.mean, dtype=np.float64)
+    std = np.asarray(pre.std, dtype=np.float64)
+    return bool(np.all(np.abs(scale * std - 1) < IDENTITY_TOLERANCE)
+                and np.all(np.abs(mean - zero_point) < IDENTITY_TOLERANCE))
+
+
+def to_float(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Pixels to the float model's input range: ``(pixel - mean) / std``."""
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return ((pixels.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Float to integer with the tensor's parameters, rounded and clipped to `dtype`."""
+    info = np.iinfo(dtype)
+    q = np.round(x / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer tensor to float: ``scale * (q - zero_point)``; floats pass through."""
+    if np.issubdtype(q.dtype, np.floating) or scale == 0:
+        return q.astype(np.float32)
+    return (scale * (q.astype(np.float32) - zero_point)).astype(np.float32)
+
+
+def to_input(pixels: np.ndarray, pre: Preprocess, dtype, scale: float,
+             zero_point: int) -> np.ndarray:
+    """uint8 pixels (one image or a batch) to values of the input tensor's dtype."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return to_float(pixels, pre).astype(dtype)
+    if dtype == np.uint8 and pixels.dtype == np.uint8 and is_identity(pre, scale, zero_point):
+        return pixels
+    return quantize(to_float(pixels, pre), scale, zero_point, dtype)
+
+
+def _jsonable(value: Number):
+    arr = np.asarray(value, dtype=float)
+    return float(arr) if arr.ndim == 0 else [float(v) for v in arr]
+
+
+def _tupled(value):
+    if isinstance(value, (list, tuple)):
+        return value[0] if len(value) == 1 else tuple(float(v) for v in value)
+    return float(value)
