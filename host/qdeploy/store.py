@@ -528,13 +528,16 @@ def _fraction(value) -> Optional[float]:
     return None
 
 
-def open_store(reports_dir: Path) -> Store:
+def open_store(reports_dir: Path, create: bool = True) -> Store:
     """Open (creating it and its schema if missing) `<reports_dir>/qdeploy.sqlite`.
 
-    A store written by a newer qdeploy (higher `user_version`) is refused with a
-    UserError; so is a file that is not an SQLite database.
+    With `create=False` a missing store is a UserError ("no reports yet") and nothing
+    is created: readers use that. A store written by a newer qdeploy (higher
+    `user_version`) is refused with a UserError; so is a file that is not SQLite.
     """
     reports_dir = Path(reports_dir)
+    if not create and not (reports_dir / STORE_NAME).is_file():
+        raise UserError(f"no reports yet: run qdeploy push (no report store in {reports_dir})")
     try:
         reports_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
