@@ -39,7 +39,7 @@ class TableRow:
     p99_us: float
     init_ms: float
     first_inference_ms: float
-    peak_rss_kb: int
+    peak_rss_kb: Optional[int]
     model_size: int
     accuracy: Optional[float]
     speedup: Optional[float]  # float median / this median; None without a float report
@@ -169,6 +169,10 @@ def size_text(size: Optional[int]) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(size)
+
+
+def rss_text(peak_rss_kb: Optional[int]) -> str:
+    return "—" if peak_rss_kb is None else f"{peak_rss_kb / 1024:.1f} MiB"
 
 
 def accuracy_text(accuracy: Optional[float]) -> str:

@@ -69,7 +69,7 @@ CREATE TABLE reports (
     p90_us             REAL NOT NULL,
     p99_us             REAL NOT NULL,
     max_us             REAL NOT NULL,
-    peak_rss_kb        INTEGER NOT NULL,
+    peak_rss_kb        INTEGER,
     timestamp          TEXT NOT NULL,
     hostname           TEXT NOT NULL,
     host_json          TEXT NOT NULL,
@@ -123,7 +123,7 @@ _FIELDS = (
     ("latency_us.p99", _NUMBER, False),
     ("latency_us.max", _NUMBER, False),
     ("timings_us", (list,), False),
-    ("peak_rss_kb", (int,), False),
+    ("peak_rss_kb", (int,), True),  # None where the device cannot measure it
     ("host", (dict,), False),
 )
 
@@ -159,7 +159,7 @@ class ReportRow:
     p90_us: float
     p99_us: float
     max_us: float
-    peak_rss_kb: int
+    peak_rss_kb: Optional[int]
     timestamp: str
     hostname: str
     report_file: str

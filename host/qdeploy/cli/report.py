@@ -87,7 +87,7 @@ def _print_tables(result: reporting.Report) -> None:
         latest.add_row(r.target, r.model, r.variant, device, r.runtime,
                        reporting.ms(r.median_us), reporting.ms(r.p90_us),
                        reporting.ms(r.p99_us), f"{r.init_ms:.1f}",
-                       f"{r.first_inference_ms:.2f}", f"{r.peak_rss_kb / 1024:.1f} MiB",
+                       f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
                        reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
                        reporting.speedup_text(r.speedup))
     console.print(latest)
