@@ -1,4 +1,15 @@
-"""`qrun` command line (commands to be written)."""
+"""`qrun` command line: classify, bench, info. Parses options and prints; the work is elsewhere.
+
+Heavy modules (numpy, PIL, the TFLite runtime) are imported inside the commands,
+so `qrun --help` stays quick and `qrun classify` pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -6,11 +17,134 @@ from qrun import __version__
 from qrun.errors import run
 
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Run quantized and Edge TPU models on this device: classify an image, "
+                       "benchmark a model, show the runtime and Edge TPUs. Without --model, "
+                       "qrun uses the current deployment, $QDEPLOY_HOME/current "
+                       "(~/qdeploy/current).")
+
+MODEL_HELP = ("Model file (.tflite) or deployment directory with manifest.json. "
+              "Default: $QDEPLOY_HOME/current (~/qdeploy/current).")
+DEVICE_HELP = ("auto: the Edge TPU when its delegate loads, else the CPU int8 twin (says why); "
+               "edgetpu: the Edge TPU or an error; cpu: the CPU model.")
+TPU_HELP = "Which Edge TPU: usb, usb:N, pci, pci:N or :N. Default: the first found."
+THREADS_HELP = "CPU threads for the interpreter. Default: the runtime's choice."
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """qrun: classify and benchmark TFLite models on the Edge TPU or the CPU."""
 
 
 @app.command()
-def version():
+def classify(
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Image to classify (JPEG, PNG or BMP)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", "-l",
+        help="Labels file: 'id label' / 'id: label' lines, or one label per line. "
+             "Default: the deployment's."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many classes to print."),
+    threshold: float = typer.Option(0.0, "--threshold", "-t", help="Lowest score to print."),
+    count: int = typer.Option(1, "--count", "-c",
+                              help="Times to run the model; the first includes model load."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Classify IMAGE: print 'label: score' lines, best first, and the time of each invoke."""
+    from qrun.classify import classify as run_classify
+
+    result = run_classify(image, model, labels, top_k, threshold, count, device, tpu, threads)
+    if result.fell_back:
+        typer.echo(f"note: {result.device['reason']}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    for i, ms in enumerate(result.timings_ms, 1):
+        flag = " (first: includes loading the model)" if i == 1 else ""
+        typer.echo(f"invoke {i}: {ms:.2f} ms{flag}")
+    for c in result.classes:
+        typer.echo(f"{c.label or c.id}: {c.score:.5f}")
+
+
+@app.command()
+def bench(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    runs: int = typer.Option(100, "--runs", "-n", help="Timed steady-state runs."),
+    warmup: int = typer.Option(10, "--warmup", "-w",
+                               help="Untimed runs after the first inference."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    json_out: Optional[str] = typer.Option(
+        None, "--json",
+        help="Write the JSON report to this file (atomically), or '-' for stdout."),
+    compare: bool = typer.Option(
+        False, "--compare",
+        help="Benchmark every variant the deployment holds (float, int8, edgetpu when the "
+             "delegate loads) with the same settings; the JSON holds one report each."),
+) -> None:
+    """Measure latency (init, first inference, warm-up, steady state), memory and host facts."""
+    from qrun import bench as bench_mod
+
+    if compare:
+        report = bench_mod.compare(model, runs, warmup, threads, tpu,
+                                   progress=bench_mod.stderr_progress)
+        texts = [bench_mod.summary(r) for r in report["reports"]]
+    else:
+        report = bench_mod.bench(model, runs, warmup, threads, device, tpu,
+                                 progress=bench_mod.stderr_progress).to_dict()
+        texts = [bench_mod.summary(report)]
+    if json_out is None:
+        typer.echo("\n\n".join(texts))
+        return
+    text = json.dumps(report, indent=2) + "\n"
+    if json_out == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from qrun import atomic
+
+    target = Path(json_out)
+    if not target.parent.is_dir():
+        from qrun.errors import UserError
+
+        raise UserError(f"--json {json_out}: directory {target.parent} does not exist; "
+                        "create it or give another path")
+    atomic.write_text(target, text)
+    typer.echo("\n\n".join(texts))
+    typer.echo(f"report written to {target}", err=True)
+
+
+@app.command()
+def info(
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m",
+        help="Model file or deployment directory to describe. Default: the current "
+             "deployment, if there is one."),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, and model tensors."""
+    from qrun import info as info_mod
+
+    report = info_mod.info(model, tpu)
+    typer.echo(json.dumps(report, indent=2) if as_json else info_mod.format_info(report))
+
+
+@app.command()
+def version() -> None:
     """Print the version."""
     typer.echo(f"qrun {__version__}")
 

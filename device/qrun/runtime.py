@@ -1,17 +1,45 @@
-"""Which TFLite runtime is installed, and interpreters made with it.
+"""Which TFLite runtime is installed, the Edge TPU delegate, and interpreters made with them.
 
 `ai_edge_litert` (LiteRT) is preferred; `tflite_runtime` is the fallback for Pi
-images that pin it. Neither is imported until an interpreter is needed.
+images that pin it. Neither is imported until an interpreter is needed. The
+Edge TPU delegate is a shared library named per platform (`EDGETPU_LIBRARIES`);
+`QRUN_EDGETPU_LIBRARY` overrides the name, e.g. for a library outside the loader
+path. Load it in-process only after `qrun.probe` loaded it in a subprocess: a
+libedgetpu built against another TensorFlow can segfault the process.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from qrun.errors import UserError
 
 RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+RUNTIME_PACKAGES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
+
+# Delegate library per platform.system(), as in pycoral.utils.edgetpu.
+EDGETPU_LIBRARIES = {
+    "Linux": "libedgetpu.so.1",
+    "Darwin": "libedgetpu.1.dylib",
+    "Windows": "edgetpu.dll",
+}
+LIBRARY_ENV = "QRUN_EDGETPU_LIBRARY"
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
+# "" (first found), ":N", "usb", "usb:N", "pci", "pci:N".
+DEVICE_PATTERN = re.compile(r"^(|:\d+|usb|usb:\d+|pci|pci:\d+)$")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """The TFLite runtime in use: module name ("ai_edge_litert" or "tflite_runtime") and version."""
+
+    name: str
+    version: str
 
 
 def interpreter_module():
@@ -26,13 +54,125 @@ def interpreter_module():
     raise UserError("no TFLite runtime is installed; install one with: pip install ai-edge-litert")
 
 
-def make_interpreter(model_path: Path, num_threads: Optional[int] = None):
-    """A CPU interpreter for `model_path`, tensors allocated."""
+def runtime_info() -> RuntimeInfo:
+    """Name and version of the runtime `interpreter_module` picks."""
+    import sys
+
     module = interpreter_module()
+    name = module.__name__.split(".")[0]
+    version = getattr(sys.modules.get(name), "__version__", None)
+    if not version:
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version(RUNTIME_PACKAGES.get(name, name))
+        except Exception:  # noqa: BLE001 - a version is informative only
+            version = "unknown"
+    return RuntimeInfo(name=name, version=str(version))
+
+
+def edgetpu_library(system: Optional[str] = None) -> str:
+    """The delegate library to load: `QRUN_EDGETPU_LIBRARY`, else this platform's name.
+
+    Args:
+      system: a `platform.system()` value; the running one when None.
+    Returns:
+      A library name for the dynamic loader, or a path.
+    """
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return override
+    system = system or platform.system()
     try:
-        interpreter = module.Interpreter(model_path=str(model_path), num_threads=num_threads)
+        return EDGETPU_LIBRARIES[system]
+    except KeyError:
+        raise UserError(f"the Edge TPU runtime has no build for {system}; use --device cpu") \
+            from None
+
+
+def check_device(device: str) -> str:
+    """Validate an Edge TPU `device` option: "", ":N", "usb", "usb:N", "pci" or "pci:N"."""
+    device = (device or "").strip()
+    if not DEVICE_PATTERN.match(device):
+        raise UserError(f"--tpu '{device}' is not an Edge TPU name; use usb, usb:N, pci, pci:N "
+                        "or :N (N counts from 0)")
+    return device
+
+
+def delegate_options(device: str = "") -> dict:
+    """Options for `load_delegate`: {"device": device}, or none for the first TPU found."""
+    return {"device": device} if device else {}
+
+
+def load_edgetpu_delegate(device: str = "", library: Optional[str] = None):
+    """Load the Edge TPU delegate in this process (probe it first: see qrun.probe).
+
+    Args:
+      device: "", ":N", "usb", "usb:N", "pci" or "pci:N".
+      library: the delegate library; `edgetpu_library()` when None.
+    Returns:
+      The runtime's Delegate object, to pass to `make_interpreter(delegates=[...])`.
+    """
+    module = interpreter_module()
+    library = library or edgetpu_library()
+    try:
+        return module.load_delegate(library, delegate_options(check_device(device)))
+    except (ValueError, OSError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise UserError(f"the Edge TPU delegate did not load from {library} ({first}); "
+                        "run qrun info, or use --device cpu") from None
+
+
+def is_edgetpu_model(model_path: Path) -> bool:
+    """True when the model file holds the `edgetpu-custom-op` (compiled by edgetpu_compiler)."""
+    try:
+        with open(model_path, "rb") as f:
+            return EDGETPU_CUSTOM_OP in f.read()
+    except OSError:
+        return False
+
+
+def make_interpreter(model_path: Path, num_threads: Optional[int] = None,
+                     delegates: Optional[Sequence] = None):
+    """An interpreter for `model_path`, tensors allocated; on the CPU unless `delegates` given.
+
+    Args:
+      model_path: a .tflite file.
+      num_threads: CPU threads; the runtime's default when None.
+      delegates: loaded delegates (e.g. `[load_edgetpu_delegate()]`).
+    Returns:
+      The runtime's Interpreter. A file that is not a loadable model, or an Edge TPU
+      model without the delegate, raises UserError.
+    """
+    module = interpreter_module()
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UserError(f"model not found: {model_path}")
+    try:
+        interpreter = module.Interpreter(model_path=str(model_path), num_threads=num_threads,
+                                         experimental_delegates=list(delegates or []) or None)
         interpreter.allocate_tensors()
     except ValueError as exc:
         raise UserError(f"{model_path} cannot be loaded as a TFLite model: "
-                        f"{str(exc).splitlines()[0]}") from None
+                        f"{str(exc).splitlines()[0]}; check the file is complete "
+                        "(re-copy or re-convert it)") from None
+    except RuntimeError as exc:
+        raise UserError(runtime_error_message(model_path, str(exc))) from None
     return interpreter
+
+
+def runtime_error_message(model_path: Path, text: str) -> str:
+    """One line for a RuntimeError the runtime raised while preparing or running a model."""
+    first = " ".join(text.split())
+    if "edgetpu-custom-op" in text:
+        return (f"{model_path} is compiled for the Edge TPU and needs the delegate "
+                "(libedgetpu); run it with --device auto so qrun can fall back to its CPU "
+                "twin, or give the int8 model")
+    custom = re.search(r"unresolved custom op: ([\w.-]+)", text)
+    if custom:
+        return (f"{model_path} uses the custom op '{custom.group(1)}', which this runtime "
+                "does not provide; convert the model with builtin ops only")
+    if "requires runtime version" in text:
+        return (f"{model_path} needs a newer Edge TPU runtime ({first}); upgrade libedgetpu "
+                "or recompile with edgetpu_compiler -m <version>")
+    return f"{model_path} failed in the TFLite runtime: {first[:300]}"

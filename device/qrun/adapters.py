@@ -1,0 +1,101 @@
+"""Small functions over an interpreter: input geometry, feeding an image, reading classes.
+
+Modelled on pycoral's `adapters/common.py` and `adapters/classify.py`, without
+pycoral: each function takes the interpreter (from qrun.runtime) and does one thing.
+Ties between equal scores are broken by the lower class id, so results never
+depend on sort stability or the runtime's kernels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from qrun import preprocess
+from qrun.errors import UserError
+
+
+class Class(NamedTuple):
+    """One classification result: class id, its label ("" if none) and its score."""
+
+    id: int
+    label: str
+    score: float
+
+
+def input_details(interpreter, index: int = 0) -> dict:
+    """The runtime's details dict of input tensor `index`."""
+    return interpreter.get_input_details()[index]
+
+
+def output_details(interpreter, index: int = 0) -> dict:
+    """The runtime's details dict of output tensor `index`."""
+    return interpreter.get_output_details()[index]
+
+
+def quantization(details: dict) -> tuple[float, int]:
+    """(scale, zero_point) of a tensor; (0.0, 0) when it is not quantized."""
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return float(scale), int(zero_point)
+
+
+def input_size(interpreter) -> tuple[int, int]:
+    """(width, height) the image input wants, as PIL's resize takes it."""
+    height, width, _ = preprocess.image_geometry(input_details(interpreter)["shape"])
+    return width, height
+
+
+def prepare_image(interpreter, image_path, pre: preprocess.Preprocess) -> np.ndarray:
+    """Read `image_path` and turn it into a batch of one for input 0 (LANCZOS, Coral's rules)."""
+    details = input_details(interpreter)
+    pixels = preprocess.load_image(image_path, details["shape"], pre)
+    scale, zero_point = quantization(details)
+    return preprocess.to_input(pixels, pre, details["dtype"], scale, zero_point)[None, ...]
+
+
+def set_input(interpreter, data: np.ndarray) -> None:
+    """Copy `data` (already of the input's dtype and shape) into input 0."""
+    interpreter.set_tensor(input_details(interpreter)["index"], data)
+
+
+def output_scores(interpreter) -> np.ndarray:
+    """Output 0 as a flat float vector, dequantized ``scale * (q - zero_point)``."""
+    details = output_details(interpreter)
+    raw = interpreter.get_tensor(details["index"])
+    if sum(1 for d in raw.shape if d != 1) > 1:
+        raise UserError(f"the model's output has shape {list(raw.shape)}, not one score per "
+                        "class; classify needs a classification model (output [1, N])")
+    scale, zero_point = quantization(details)
+    return preprocess.dequantize(raw.reshape(-1), scale, zero_point)
+
+
+def num_classes(interpreter) -> int:
+    """How many scores output 0 holds."""
+    return int(np.prod(output_details(interpreter)["shape"]))
+
+
+def get_classes_from_scores(scores: np.ndarray, top_k: int = 1, threshold: float = -np.inf,
+                            labels: Optional[dict] = None) -> list[Class]:
+    """The `top_k` classes scoring at least `threshold`, best first, ties by lower id.
+
+    Args:
+      scores: one float per class.
+      top_k: how many to return at most.
+      threshold: minimum score to keep.
+      labels: id -> label; ids without a label get "".
+    Returns:
+      A list of Class.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ids = np.arange(scores.size)
+    order = np.lexsort((ids, -scores))  # last key first: score descending, then id ascending
+    labels = labels or {}
+    picked = [i for i in order[:max(int(top_k), 0)] if scores[i] >= threshold]
+    return [Class(int(i), labels.get(int(i), ""), float(scores[i])) for i in picked]
+
+
+def get_classes(interpreter, top_k: int = 1, threshold: float = -np.inf,
+                labels: Optional[dict] = None) -> list[Class]:
+    """The classes of the last invoke, as `get_classes_from_scores` orders them."""
+    return get_classes_from_scores(output_scores(interpreter), top_k, threshold, labels)

@@ -1,0 +1,244 @@
+"""`qrun bench`: latency of one model on this device, as a stable JSON report.
+
+Field names follow TFLite's benchmark_model (init, first inference, warm-up
+mean, steady-state statistics, memory) plus what a fleet report needs: model
+sha256, runtime, device used and why, host facts, schema version. The
+steady-state loop times nothing but ``interpreter.invoke()`` on fixed random
+input (seed 0), so its median stays within a few percent of a bare loop.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+import qrun
+from qrun import deployment, hostinfo, runtime
+from qrun.errors import UserError
+
+SCHEMA_VERSION = 1
+KIND = "qrun-bench"
+COMPARE_KIND = "qrun-bench-compare"
+INPUT_SEED = 0
+VARIANT_ORDER = ("float", "int8", "edgetpu")
+
+
+@dataclass
+class BenchReport:
+    """One `qrun bench` run; `to_dict` gives the schema-version-1 JSON object."""
+
+    timestamp: str
+    model: dict
+    runtime: dict
+    device: dict
+    settings: dict
+    init_ms: float
+    first_inference_ms: float
+    warmup_mean_ms: float
+    latency_us: dict
+    timings_us: list
+    peak_rss_kb: Optional[int]
+    host: dict
+    schema_version: int = SCHEMA_VERSION
+    kind: str = KIND
+    qrun_version: str = qrun.__version__
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        head = {k: d.pop(k) for k in ("schema_version", "kind", "timestamp", "qrun_version")}
+        return {**head, **d}
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO-8601 with a Z, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def latency_stats(timings_us) -> dict:
+    """count, min, median, mean, std (population), p90, p99, max of steady-state times in µs."""
+    t = np.asarray(timings_us, dtype=np.float64)
+    if t.size == 0:
+        raise UserError("no timed runs: --runs must be at least 1")
+    p90, p99 = np.percentile(t, [90, 99])
+    return {"count": int(t.size), "min": float(t.min()), "median": float(np.median(t)),
+            "mean": float(t.mean()), "std": float(t.std()), "p90": float(p90),
+            "p99": float(p99), "max": float(t.max())}
+
+
+def fill_inputs(interpreter, seed: int = INPUT_SEED) -> None:
+    """Set every input to reproducible random values of its dtype (as benchmark_model does)."""
+    rng = np.random.default_rng(seed)
+    for details in interpreter.get_input_details():
+        shape, dtype = details["shape"], np.dtype(details["dtype"])
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            data = rng.integers(info.min, int(info.max) + 1, size=shape, dtype=dtype)
+        elif dtype == np.bool_:
+            data = rng.integers(0, 2, size=shape).astype(np.bool_)
+        else:
+            data = rng.random(size=shape).astype(dtype)
+        interpreter.set_tensor(details["index"], data)
+
+
+def timed_invokes(interpreter, runs: int, model_path: Path) -> list:
+    """Invoke `runs` times; return each invoke's time in µs, nothing else timed."""
+    invoke = interpreter.invoke
+    clock = time.perf_counter_ns
+    timings = []
+    append = timings.append
+    try:
+        for _ in range(runs):
+            start = clock()
+            invoke()
+            append((clock() - start) / 1e3)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(runtime.runtime_error_message(model_path, str(exc))) from None
+    return timings
+
+
+def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
+                 threads: Optional[int] = None,
+                 progress: Callable[[str], None] = lambda _: None) -> BenchReport:
+    """Benchmark the model `choice` names on its device.
+
+    Args:
+      choice: from qrun.deployment.choose.
+      runs: timed steady-state invokes (at least 1).
+      warmup: untimed invokes after the first one.
+      threads: CPU threads; the runtime's default when None.
+      progress: called with one-line status messages.
+    Returns:
+      A BenchReport.
+    """
+    if runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    from qrun.manifest import sha256_file
+
+    progress(f"loading {choice.path} on {choice.used}")
+    loaded = deployment.load(choice, threads)
+    interpreter = loaded.interpreter
+    fill_inputs(interpreter)
+    first_ms = timed_invokes(interpreter, 1, choice.path)[0] / 1e3
+    warm = timed_invokes(interpreter, warmup, choice.path) if warmup else []
+    progress(f"timing {runs} runs ({loaded.variant} on {choice.used})")
+    timings = timed_invokes(interpreter, runs, choice.path)
+    info = runtime.runtime_info()
+    path = Path(choice.path)
+    return BenchReport(
+        timestamp=utc_now(),
+        model={"path": str(path.resolve()), "sha256": sha256_file(path),
+               "size": path.stat().st_size, "variant": loaded.variant},
+        runtime={"name": info.name, "version": info.version},
+        device={"requested": choice.requested, "used": choice.used, "reason": choice.reason},
+        settings={"runs": runs, "warmup": warmup, "threads": threads,
+                  "input": f"random, seed {INPUT_SEED}"},
+        init_ms=loaded.init_ms,
+        first_inference_ms=first_ms,
+        warmup_mean_ms=float(np.mean(warm) / 1e3) if warm else 0.0,
+        latency_us=latency_stats(timings),
+        timings_us=timings,
+        peak_rss_kb=hostinfo.peak_rss_kb(),
+        host=hostinfo.host_facts(),
+    )
+
+
+def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
+          threads: Optional[int] = None, device: str = "auto", tpu: str = "",
+          progress: Callable[[str], None] = lambda _: None) -> BenchReport:
+    """Benchmark the model `--model` names (see qrun.deployment) on the device `--device` picks."""
+    dep = deployment.resolve(model)
+    choice = deployment.choose(dep, device, tpu)
+    if choice.fell_back or choice.requested != choice.used:
+        progress(f"note: {choice.reason}")
+    return bench_choice(choice, runs, warmup, threads, progress)
+
+
+def summary(report: dict) -> str:
+    """A few human-readable lines for a report (what `qrun bench` prints without --json)."""
+    lat = report["latency_us"]
+    dev = report["device"]
+    m = report["model"]
+    return "\n".join([
+        f"model:   {m['path']} ({m['variant']}, {m['size']} bytes)",
+        f"device:  {dev['used']} (asked {dev['requested']}: {dev['reason']})",
+        f"runtime: {report['runtime']['name']} {report['runtime']['version']}",
+        f"init {report['init_ms']:.1f} ms, first inference {report['first_inference_ms']:.2f} ms, "
+        f"warm-up mean {report['warmup_mean_ms']:.2f} ms",
+        f"steady state ({lat['count']} runs, µs): min {lat['min']:.1f}  median "
+        f"{lat['median']:.1f}  mean {lat['mean']:.1f}  std {lat['std']:.1f}  p90 {lat['p90']:.1f}  "
+        f"p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
+        f"peak RSS {report['peak_rss_kb']} KiB",
+    ])
+
+
+def stderr_progress(message: str) -> None:
+    """Print a progress line on stderr (stdout stays for the report)."""
+    print(f"qrun bench: {message}", file=sys.stderr, flush=True)
+
+
+def compare_choices(dep: deployment.Deployment, tpu: str = "",
+                    probe: Optional[Callable] = None) -> tuple[list, list]:
+    """The variants to compare (float, int8 on the CPU; edgetpu if the delegate loads), and the skipped.
+
+    Returns:
+      (choices, skipped), skipped being [{"variant": ..., "reason": ...}].
+    """
+    found = {}
+    if dep.manifest is not None and dep.root is not None:
+        for role in VARIANT_ORDER:
+            path = dep.artifact(role)
+            if path is not None:
+                found[role] = path
+    if dep.model is not None and dep.model not in found.values():
+        role = dep.role_of(dep.model) or deployment.variant_hint(dep, dep.model) or "model"
+        found.setdefault(role, dep.model)
+    if "edgetpu" in found and "int8" not in found:
+        twin = deployment.cpu_model(dep)
+        if twin is not None and twin != found.get("float"):
+            found["int8"] = twin
+    choices, skipped = [], []
+    for role in sorted(found, key=lambda r: VARIANT_ORDER.index(r) if r in VARIANT_ORDER else -1):
+        path = found[role]
+        variant = role if role in VARIANT_ORDER else None
+        if role != "edgetpu":
+            choices.append(deployment.Choice(path, variant, "cpu", "cpu", "--compare: CPU variant"))
+            continue
+        if probe is None:
+            from qrun.probe import probe_delegate as probe
+        result = probe(runtime.edgetpu_library(), runtime.check_device(tpu), path)
+        if result.ok:
+            choices.append(deployment.Choice(path, "edgetpu", "edgetpu", "edgetpu",
+                                             result.reason, tpu=tpu))
+        else:
+            skipped.append({"variant": "edgetpu", "path": str(path), "reason": result.reason})
+    return choices, skipped
+
+
+def compare(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
+            threads: Optional[int] = None, tpu: str = "",
+            progress: Callable[[str], None] = lambda _: None) -> dict:
+    """`qrun bench --compare`: one report per variant of the deployment, same settings.
+
+    Returns:
+      {"schema_version": 1, "kind": "qrun-bench-compare", "reports": [...], "skipped": [...]}.
+    """
+    dep = deployment.resolve(model)
+    choices, skipped = compare_choices(dep, tpu)
+    for s in skipped:
+        progress(f"note: skipping {s['variant']}: {s['reason']}")
+    if not choices:
+        raise UserError(f"{model or deployment.qdeploy_home() / deployment.CURRENT} holds no "
+                        "model that runs here; push a deployment with an int8 model")
+    reports = [bench_choice(c, runs, warmup, threads, progress).to_dict() for c in choices]
+    return {"schema_version": SCHEMA_VERSION, "kind": COMPARE_KIND, "timestamp": utc_now(),
+            "qrun_version": qrun.__version__, "reports": reports, "skipped": skipped}

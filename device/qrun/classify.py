@@ -1,0 +1,106 @@
+"""`qrun classify`: one image through a classification model, top-k labels and per-invoke times.
+
+Preprocessing follows Coral's classify example unless the manifest says
+otherwise (see qrun.preprocess); scores are dequantized and ties go to the lower
+class id (see qrun.adapters). The first invoke includes loading the model (onto
+the Edge TPU, when used), so it is reported apart from the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from qrun import adapters, deployment, runtime
+from qrun.errors import UserError
+
+
+@dataclass
+class ClassifyResult:
+    """What one classification gave: classes best first, invoke times, model and device."""
+
+    classes: list
+    timings_ms: list
+    model: str
+    variant: str
+    device: dict
+    runtime: dict
+    init_ms: float
+    labels: Optional[str] = None
+    fell_back: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "qrun-classify",
+            "results": [{"id": c.id, "label": c.label, "score": c.score} for c in self.classes],
+            "ids": [c.id for c in self.classes],
+            "labels": [c.label for c in self.classes],
+            "scores": [c.score for c in self.classes],
+            "timings_ms": self.timings_ms,
+            "first_includes_model_load": True,
+            "init_ms": self.init_ms,
+            "model": {"path": self.model, "variant": self.variant},
+            "labels_file": self.labels,
+            "device": {**self.device, "fell_back": self.fell_back},
+            "runtime": self.runtime,
+        }
+
+
+def invoke(interpreter, model_path: Path) -> float:
+    """Run the model once; return the time in ms. A runtime failure becomes a UserError."""
+    start = time.perf_counter()
+    try:
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(runtime.runtime_error_message(model_path, str(exc))) from None
+    return (time.perf_counter() - start) * 1e3
+
+
+def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] = None,
+             top_k: int = 3, threshold: float = 0.0, count: int = 1, device: str = "auto",
+             tpu: str = "", threads: Optional[int] = None) -> ClassifyResult:
+    """Classify `image` with the model `--model` names (see qrun.deployment.resolve).
+
+    Args:
+      image: a JPEG, PNG or BMP file.
+      model: model file or deployment directory; the current deployment when None.
+      labels: label file; the deployment's when None.
+      top_k, threshold: how many classes to keep, and the lowest score kept.
+      count: how many times to invoke (the classes come from the last).
+      device, tpu: `--device` and the Edge TPU device option.
+      threads: CPU threads for the interpreter.
+    Returns:
+      A ClassifyResult.
+    """
+    if count < 1:
+        raise UserError(f"--count must be at least 1, got {count}")
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    image = Path(image)
+    if not image.is_file():
+        raise UserError(f"image not found: {image}")
+    dep = deployment.resolve(model)
+    choice = deployment.choose(dep, device, tpu)
+    loaded = deployment.load(choice, threads)
+    interpreter = loaded.interpreter
+    names = {}
+    label_file = deployment.labels_path(dep, labels)
+    if label_file is not None:
+        from qrun.labels import check_fit, read_labels
+
+        parsed = read_labels(label_file)
+        check_fit(parsed, adapters.num_classes(interpreter), label_file)
+        names = parsed.names
+    data = adapters.prepare_image(interpreter, image, deployment.preprocess_of(dep))
+    adapters.set_input(interpreter, data)
+    timings = [invoke(interpreter, choice.path) for _ in range(count)]
+    classes = adapters.get_classes(interpreter, top_k, threshold, names)
+    info = runtime.runtime_info()
+    return ClassifyResult(
+        classes=classes, timings_ms=timings, model=str(choice.path), variant=loaded.variant,
+        device={"requested": choice.requested, "used": choice.used, "reason": choice.reason},
+        runtime={"name": info.name, "version": info.version}, init_ms=loaded.init_ms,
+        labels=str(label_file) if label_file else None, fell_back=choice.fell_back)

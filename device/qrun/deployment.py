@@ -1,0 +1,248 @@
+"""Which model file to run, and on which device: `--model`, `--device` and the CPU twin.
+
+`--model` names a model file or a deployment directory (with `manifest.json`);
+without it qrun uses the current deployment, ``$QDEPLOY_HOME/current``
+(``~/qdeploy/current``). `choose` then picks the file for the requested device:
+an Edge TPU model (it holds `edgetpu-custom-op`) runs with the delegate when a
+probe subprocess loaded it; in auto mode it otherwise falls back to its CPU int8
+twin (the manifest's "int8" artifact, or ``X.tflite`` beside ``X_edgetpu.tflite``),
+and the `Choice` says why in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from qrun import manifest as manifest_mod
+from qrun import runtime
+from qrun.errors import UserError
+from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess
+
+HOME_ENV = "QDEPLOY_HOME"
+DEFAULT_HOME = "~/qdeploy"
+CURRENT = "current"
+DEVICES = ("auto", "edgetpu", "cpu")
+EDGETPU_SUFFIX = "_edgetpu"
+TWIN_HINT = ("compile and push a deployment with qdeploy (it carries the int8 model), "
+             "or put the uncompiled {name} beside it")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `--model` names: a model file and/or a deployment root with its manifest."""
+
+    root: Optional[Path]  # directory holding manifest.json, if any
+    manifest: Optional[manifest_mod.Manifest]
+    model: Optional[Path]  # the file asked for; None when a directory was given
+
+    def role_of(self, path: Path) -> Optional[str]:
+        """The manifest role ("float", "int8", "edgetpu") of a file, if the manifest lists it."""
+        if self.manifest is None:
+            return None
+        for role, art in self.manifest.artifacts.items():
+            if art.file == Path(path).name and role in ("float", "int8", "edgetpu"):
+                return role
+        return None
+
+    def artifact(self, role: str) -> Optional[Path]:
+        """The file of `role` in the deployment, if listed and present."""
+        if self.manifest is None or self.root is None:
+            return None
+        path = self.manifest.path_of(self.root, role)
+        return path if path is not None and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model file to run, on which device, and why (one line)."""
+
+    path: Path
+    variant: Optional[str]  # "float" | "int8" | "edgetpu"; None until the model is read
+    requested: str
+    used: str  # "cpu" | "edgetpu"
+    reason: str
+    fell_back: bool = False
+    tpu: str = ""  # Edge TPU device option when used == "edgetpu"
+
+
+def qdeploy_home() -> Path:
+    """``$QDEPLOY_HOME``, else ``~/qdeploy``."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+
+
+def resolve(model: Optional[Path]) -> Deployment:
+    """A Deployment for `--model` (a file or a directory), or the current deployment."""
+    if model is None:
+        current = qdeploy_home() / CURRENT
+        if not current.exists():
+            raise UserError(f"no --model given and no current deployment at {current}; push one "
+                            "with qdeploy push, set QDEPLOY_HOME, or pass --model FILE")
+        model = current
+    model = Path(model)
+    if model.is_dir():
+        return Deployment(root=model, manifest=manifest_mod.load(model), model=None)
+    if not model.is_file():
+        raise UserError(f"model not found: {model}; give a .tflite file or a deployment directory")
+    found = manifest_mod.find(model)
+    if found is not None:
+        loaded = manifest_mod.load(found.parent)
+        if any(a.file == model.name for a in loaded.artifacts.values()):
+            return Deployment(root=found.parent, manifest=loaded, model=model)
+    return Deployment(root=None, manifest=None, model=model)
+
+
+def edgetpu_model(dep: Deployment) -> Optional[Path]:
+    """The Edge TPU model of the deployment, if it has one."""
+    if dep.model is None:
+        return dep.artifact("edgetpu")
+    return dep.model if runtime.is_edgetpu_model(dep.model) else None
+
+
+def cpu_model(dep: Deployment) -> Optional[Path]:
+    """The model to run on the CPU: the file itself, or the twin of an Edge TPU model."""
+    if dep.model is None:
+        return dep.artifact("int8") or dep.artifact("float")
+    if not runtime.is_edgetpu_model(dep.model):
+        return dep.model
+    return twin_of(dep)
+
+
+def twin_of(dep: Deployment) -> Optional[Path]:
+    """The CPU int8 twin of an Edge TPU model file: the manifest's, else X.tflite beside it."""
+    if dep.manifest is not None:
+        twin = dep.artifact("int8")
+        if twin is not None:
+            return twin
+    stem = dep.model.stem
+    if stem.endswith(EDGETPU_SUFFIX):
+        sibling = dep.model.with_name(stem[: -len(EDGETPU_SUFFIX)] + dep.model.suffix)
+        if sibling.is_file() and not runtime.is_edgetpu_model(sibling):
+            return sibling
+    return None
+
+
+def variant_hint(dep: Deployment, path: Path) -> Optional[str]:
+    """The variant of `path` if known without loading it (manifest role or custom op)."""
+    role = dep.role_of(path)
+    if role:
+        return role
+    return "edgetpu" if runtime.is_edgetpu_model(path) else None
+
+
+def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
+           probe: Optional[Callable] = None) -> Choice:
+    """Pick the model file and device for `requested` ("auto", "edgetpu" or "cpu").
+
+    Args:
+      dep: what `resolve` returned.
+      requested: the `--device` value.
+      tpu: the Edge TPU device option ("", "usb", "pci:0", ...).
+      probe: `qrun.probe.probe_delegate` or a stand-in with its signature.
+    Returns:
+      A Choice; a request that cannot be met raises UserError naming the fix.
+    """
+    if requested not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, not '{requested}'")
+    tpu = runtime.check_device(tpu)
+    tpu_model = edgetpu_model(dep)
+    cpu = cpu_model(dep)
+    asked = dep.model or dep.root
+    if requested == "cpu":
+        if cpu is None:
+            raise UserError(f"{asked} has no CPU model to run with --device cpu; "
+                            + TWIN_HINT.format(name=_twin_name(tpu_model)))
+        twin = cpu != dep.model
+        reason = "--device cpu" + (f"; running the twin {cpu.name}" if twin else "")
+        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", reason)
+    if tpu_model is None:
+        if requested == "edgetpu":
+            raise UserError(f"--device edgetpu needs an Edge TPU model, and {asked} has none; "
+                            "compile one with qdeploy compile (edgetpu_compiler), or use "
+                            "--device cpu")
+        what = "the model has no Edge TPU ops" if dep.model else "the deployment has no Edge " \
+            "TPU model"
+        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", f"{what}; ran on the CPU")
+    if probe is None:
+        from qrun.probe import probe_delegate as probe
+    library = runtime.edgetpu_library()
+    result = probe(library, tpu, tpu_model)
+    if result.ok:
+        return Choice(tpu_model, "edgetpu", requested, "edgetpu", result.reason, tpu=tpu)
+    if requested == "edgetpu":
+        raise UserError(f"--device edgetpu: {result.reason}; fix that, or use --device auto to "
+                        "fall back to the CPU twin")
+    if cpu is None:
+        raise UserError(f"{result.reason}, and {tpu_model.name} has no CPU twin to fall back "
+                        "to; " + TWIN_HINT.format(name=_twin_name(tpu_model)))
+    variant = variant_hint(dep, cpu) or "int8"
+    return Choice(cpu, variant, requested, "cpu",
+                  f"{result.reason}; fell back to {variant} twin {cpu.name}", fell_back=True)
+
+
+@dataclass
+class Loaded:
+    """An interpreter ready to invoke, with the time it took to build."""
+
+    interpreter: object
+    choice: Choice
+    variant: str
+    init_ms: float
+
+
+def load(choice: Choice, num_threads: Optional[int] = None) -> Loaded:
+    """Build the interpreter for `choice` (loading the delegate in-process if it uses the TPU)."""
+    start = time.perf_counter()
+    delegates = None
+    if choice.used == "edgetpu":
+        delegates = [runtime.load_edgetpu_delegate(choice.tpu)]
+    interpreter = runtime.make_interpreter(choice.path, num_threads, delegates)
+    init_ms = (time.perf_counter() - start) * 1e3
+    variant = choice.variant or variant_of(interpreter)
+    return Loaded(interpreter, choice, variant, init_ms)
+
+
+def variant_of(interpreter) -> str:
+    """ "int8" when the model computes in 8-bit integers, else "float" (from its tensors)."""
+    import numpy as np
+
+    integer = (np.int8, np.uint8)
+    for details in interpreter.get_input_details() + interpreter.get_output_details():
+        if details["dtype"] in integer:
+            return "int8"
+    try:
+        tensors = interpreter.get_tensor_details()
+    except (ValueError, RuntimeError):
+        return "float"
+    quantized = [t for t in tensors if t["dtype"] in integer and t["quantization"][0] != 0]
+    return "int8" if quantized else "float"
+
+
+def preprocess_of(dep: Deployment) -> Preprocess:
+    """The manifest's preprocessing, else Coral's defaults (mean 128, std 128)."""
+    if dep.manifest is not None:
+        return dep.manifest.preprocess
+    return Preprocess(mean=CORAL_MEAN, std=CORAL_STD)
+
+
+def labels_path(dep: Deployment, given: Optional[Path]) -> Optional[Path]:
+    """`--labels`, else the deployment's labels file, else None."""
+    if given is not None:
+        return Path(given)
+    if dep.manifest is None or dep.root is None:
+        return None
+    path = dep.manifest.path_of(dep.root, "labels")
+    if path is None and dep.manifest.labels:
+        path = dep.root / dep.manifest.labels
+    return path
+
+
+def _twin_name(tpu_model: Optional[Path]) -> str:
+    if tpu_model is None:
+        return "int8 model"
+    stem = tpu_model.stem
+    base = stem[: -len(EDGETPU_SUFFIX)] if stem.endswith(EDGETPU_SUFFIX) else stem
+    return base + tpu_model.suffix

@@ -1,0 +1,132 @@
+"""`qrun info`: the runtime, whether libedgetpu loads, which Edge TPUs are present, and a model's tensors.
+
+Edge TPUs are found without the runtime: PCIe/M.2 ones as `/dev/apex_N`, USB
+Accelerators by their USB ids in `/sys/bus/usb/devices` (`1a6e:089a` until the
+runtime has loaded the firmware, `18d1:9302` after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from qrun import runtime
+from qrun.errors import UserError
+
+DEV_ROOT = Path("/dev")
+USB_ROOT = Path("/sys/bus/usb/devices")
+USB_IDS = {
+    "1a6e:089a": "USB Accelerator, firmware not loaded yet",
+    "18d1:9302": "USB Accelerator, firmware loaded",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One model input or output: name, shape, dtype and quantization (scale, zero point)."""
+
+    name: str
+    shape: list
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+def edgetpu_devices(dev_root: Path = DEV_ROOT, usb_root: Path = USB_ROOT) -> list[dict]:
+    """Edge TPUs visible to the OS: PCIe `/dev/apex_*` and USB Accelerators by USB id."""
+    found = [{"kind": "pci", "path": str(p), "state": "PCIe/M.2 Edge TPU"}
+             for p in sorted(Path(dev_root).glob("apex_*"))]
+    for dev in sorted(Path(usb_root).glob("*")) if Path(usb_root).is_dir() else []:
+        try:
+            usb_id = ((dev / "idVendor").read_text().strip() + ":"
+                      + (dev / "idProduct").read_text().strip()).lower()
+        except OSError:
+            continue
+        if usb_id in USB_IDS:
+            found.append({"kind": "usb", "path": str(dev), "id": usb_id, "state": USB_IDS[usb_id]})
+    return found
+
+
+def tensor_info(details: dict) -> TensorInfo:
+    """A TensorInfo from a runtime details dict."""
+    import numpy as np
+
+    scale, zero_point = details.get("quantization", (0.0, 0))
+    return TensorInfo(name=str(details.get("name", "")),
+                      shape=[int(d) for d in details["shape"]],
+                      dtype=np.dtype(details["dtype"]).name, scale=float(scale),
+                      zero_point=int(zero_point))
+
+
+def describe_model(path: Path) -> dict:
+    """Inputs, outputs and kind of a model file, read without allocating (works for Edge TPU models)."""
+    module = runtime.interpreter_module()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model not found: {path}")
+    try:
+        interpreter = module.Interpreter(model_path=str(path))
+    except ValueError as exc:
+        raise UserError(f"{path} cannot be loaded as a TFLite model: "
+                        f"{str(exc).splitlines()[0]}; check the file is complete") from None
+    return {
+        "path": str(path),
+        "size": path.stat().st_size,
+        "edgetpu": runtime.is_edgetpu_model(path),
+        "inputs": [asdict(tensor_info(d)) for d in interpreter.get_input_details()],
+        "outputs": [asdict(tensor_info(d)) for d in interpreter.get_output_details()],
+    }
+
+
+def info(model: Optional[Path] = None, tpu: str = "") -> dict:
+    """Everything `qrun info` reports, as one dict."""
+    from qrun import deployment
+    from qrun.probe import probe_delegate
+
+    rt = runtime.runtime_info()
+    library = runtime.edgetpu_library()
+    probe = probe_delegate(library, runtime.check_device(tpu))
+    report = {
+        "kind": "qrun-info",
+        "runtime": {"name": rt.name, "version": rt.version},
+        "edgetpu_library": {"name": library, "loads": probe.ok, "kind": probe.kind,
+                            "reason": probe.reason},
+        "edgetpu_devices": edgetpu_devices(),
+        "models": [],
+    }
+    if model is None and not (deployment.qdeploy_home() / deployment.CURRENT).exists():
+        return report
+    dep = deployment.resolve(model)
+    paths = [dep.model] if dep.model else []
+    if dep.manifest is not None and dep.root is not None:
+        for role in ("edgetpu", "int8", "float"):
+            p = dep.artifact(role)
+            if p is not None and p not in paths:
+                paths.append(p)
+    for p in paths:
+        described = describe_model(p)
+        described["role"] = dep.role_of(p)
+        report["models"].append(described)
+    return report
+
+
+def format_info(report: dict) -> str:
+    """The human-readable form of `info()`."""
+    lib = report["edgetpu_library"]
+    lines = [f"runtime: {report['runtime']['name']} {report['runtime']['version']}",
+             f"libedgetpu: {lib['name']}: " + ("loads" if lib["loads"] else lib["reason"])]
+    devices = report["edgetpu_devices"]
+    lines.append("Edge TPUs: " + (", ".join(f"{d['path']} ({d['state']})" for d in devices)
+                                  if devices else "none found (/dev/apex_*, USB 1a6e:089a / "
+                                  "18d1:9302)"))
+    for m in report["models"]:
+        kind = "Edge TPU model" if m["edgetpu"] else "CPU model"
+        role = f", role {m['role']}" if m.get("role") else ""
+        lines.append(f"model: {m['path']} ({kind}{role}, {m['size']} bytes)")
+        for which in ("inputs", "outputs"):
+            for t in m[which]:
+                quant = (f"scale {t['scale']:.6g}, zero point {t['zero_point']}"
+                         if t["scale"] else "not quantized")
+                lines.append(f"  {which[:-1]} {t['name']}: {t['shape']} {t['dtype']}, {quant}")
+    return "\n".join(lines)
