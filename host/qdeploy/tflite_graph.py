@@ -94,8 +94,8 @@ def load(path: Path) -> Graph:
     try:
         return _read(path, data)
     except _PARSE_ERRORS as exc:
-        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                        "copy or convert it again") from None
+        raise UserError(f"{path} is truncated or corrupt: its flatbuffer cannot be read "
+                        f"({type(exc).__name__}); copy or convert it again") from None
 
 
 def _read(path: Path, data: bytes) -> Graph:

@@ -1,3 +1,101 @@
-"""`qdeploy compile` commands (to be written)."""
+"""`qdeploy compile` and `qdeploy preflight`: parse arguments, call qdeploy.compiler /
+qdeploy.preflight, print the verdict first."""
 
-from qdeploy.cli.app import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qdeploy import compiler, preflight
+from qdeploy.cli.app import app
+from qdeploy.errors import UserError
+
+
+COMPILE_HELP = (
+    "Compile the int8 model for the Edge TPU and say how much of it runs there.\n\n"
+    "Runs edgetpu_compiler into a temporary directory and moves model_int8_edgetpu.tflite "
+    "and its .log into DIR only when the compile succeeded and mapped at least one op, then "
+    "records them in manifest.json. Prints the verdict first (ops on the Edge TPU, "
+    "subgraphs, on-chip memory, first op left on the CPU); a failure is explained in one "
+    "line with a fix and exits non-zero.\n\n"
+    "Without the compiler (it runs only on x86-64 Linux) the preflight predicts its "
+    "verdict, and the exit status is non-zero because nothing was compiled.")
+
+PREFLIGHT_HELP = (
+    "Predict what edgetpu_compiler will do with MODEL, without the compiler.\n\n"
+    "Reads the .tflite flatbuffer (no TensorFlow) and prints the verdict, then one line per "
+    "op (index, op, version, predicted status) and the predicted number of ops on the Edge "
+    "TPU. Checks data types, dynamic shapes, constant parameters, batch 1 / rank, the Edge "
+    "TPU op table and its limits, op versions compiler 16 cannot parse, and that every op "
+    "after the first unmapped one runs on the CPU. A compiled _edgetpu model is reported as "
+    "such. Exits 1 when no op is predicted on the Edge TPU.")
+
+
+@app.command("compile", help=COMPILE_HELP)
+def compile_command(
+    target: Path = typer.Argument(..., help="Directory made by `qdeploy convert` (its "
+                                  "model_int8.tflite is compiled) or a .tflite model."),
+    compiler_path: Optional[Path] = typer.Option(
+        None, "--compiler", help="Path of edgetpu_compiler (default: found on PATH)."),
+    min_runtime: Optional[int] = typer.Option(
+        None, "--min-runtime", help="Oldest Edge TPU runtime to support (-m); compiler 16 "
+        "defaults to 14, use 13 for runtime 13."),
+    multiple_subgraphs: bool = typer.Option(
+        False, "--multiple-subgraphs", help="Map ops after the first unsupported one into "
+        "further Edge TPU subgraphs (-a, experimental)."),
+    search_delegate: bool = typer.Option(
+        False, "--search-delegate", help="On failure, retry with fewer ops until a prefix "
+        "compiles (-d, compiler 16)."),
+    search_step: Optional[int] = typer.Option(
+        None, "--search-step", help="Ops dropped per retry of --search-delegate (-k)."),
+    timeout: int = typer.Option(compiler.DEFAULT_TIMEOUT_S, "--timeout",
+                                help="Seconds before the compile is stopped (-t)."),
+    segments: Optional[int] = typer.Option(
+        None, "--segments", help="Split into N segments for pipelining (-n)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Compile DIR's int8 model for the Edge TPU (help: COMPILE_HELP)."""
+    options = compiler.CompileOptions(min_runtime=min_runtime,
+                                      multiple_subgraphs=multiple_subgraphs,
+                                      search_delegate=search_delegate, search_step=search_step,
+                                      timeout=timeout, segments=segments)
+    outcome = compiler.compile_or_preflight(target, options, compiler_path)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_dict()))
+    elif outcome.missing:
+        typer.echo(f"{outcome.missing}")
+        typer.echo("running the preflight instead:")
+        _print_prediction(outcome.result)
+    else:
+        typer.echo(outcome.verdict)
+        for line in outcome.result.notes:
+            typer.echo(f"  {line}")
+    if outcome.missing:
+        raise UserError(f"{compiler.COMPILER_NAME} not found, nothing compiled; the "
+                        "preflight above predicts its verdict")
+    if not outcome.ok:
+        raise UserError(outcome.result.failure.message())
+
+
+@app.command("preflight", help=PREFLIGHT_HELP)
+def preflight_command(
+    model: Path = typer.Argument(..., help="A .tflite model (int8, or an _edgetpu one)."),
+    multiple_subgraphs: bool = typer.Option(
+        False, "--multiple-subgraphs", help="Predict for compile --multiple-subgraphs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Predict the compiler's verdict on MODEL (help: PREFLIGHT_HELP)."""
+    prediction = preflight.preflight(model, multiple_subgraphs)
+    if as_json:
+        typer.echo(json.dumps(prediction.to_dict()))
+    else:
+        _print_prediction(prediction)
+    if not prediction.ok:
+        raise typer.Exit(1)
+
+
+def _print_prediction(prediction) -> None:
+    typer.echo(prediction.verdict)
+    for line in preflight.report_lines(prediction):
+        typer.echo(line)
