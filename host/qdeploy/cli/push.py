@@ -1,3 +1,138 @@
-"""`qdeploy push` commands (to be written)."""
+"""`qdeploy push` and `qdeploy rollback`: parse options, call qdeploy.push, print."""
 
-from qdeploy.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from qdeploy.cli.app import app
+from qrun.errors import UserError
+
+TARGET_HELP = ("[user@]host[:port] or a ~/.ssh/config Host alias; 'local' for this machine "
+               "(no SSH). Repeatable.")
+REMOTE_DIR_HELP = "Release directory on the device (releases/, current, venv/)."
+
+
+def _targets(target: List[str], inventory: Optional[Path]):
+    from qdeploy import inventory as inv
+    from qdeploy.targets import parse_target
+
+    found = [parse_target(t) for t in target]
+    if inventory is not None:
+        found += [t for t in inv.load(inventory) if t not in found]
+    return found
+
+
+def _options(**kw):
+    from qdeploy.push import PushOptions
+
+    return PushOptions(**{k: v for k, v in kw.items() if v is not None})
+
+
+@app.command()
+def push(
+    directory: Path = typer.Argument(Path("qdeploy-out"),
+                                     help="A qdeploy convert/compile output directory."),
+    target: List[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
+    inventory: Optional[Path] = typer.Option(
+        None, "--inventory", "-i",
+        help="File with one target per line (or an Ansible INI inventory's host lines)."),
+    remote_dir: str = typer.Option("~/qdeploy", "--remote-dir", help=REMOTE_DIR_HELP),
+    python: str = typer.Option("python3", "--python",
+                               help="The device's Python, for the runner venv."),
+    wheelhouse: Optional[Path] = typer.Option(
+        None, "--wheelhouse",
+        help="Directory of dependency wheels for the device (offline devices: pip uses only "
+             "these)."),
+    bench: bool = typer.Option(True, "--bench/--no-bench",
+                               help="Run qrun bench on the device after the push."),
+    bench_runs: Optional[int] = typer.Option(None, "--bench-runs", min=1,
+                                             help="Timed runs for qrun bench (its default: 100)."),
+    compare: bool = typer.Option(False, "--compare",
+                                 help="Bench every variant (float, int8, edgetpu) and store each."),
+    reports: Path = typer.Option(Path("reports"), "--reports",
+                                 help="Where reports and the SQLite store go."),
+    identity: Optional[Path] = typer.Option(None, "--identity",
+                                            help="Private key file (besides agent and ~/.ssh/id_*)."),
+    known_hosts: Optional[Path] = typer.Option(None, "--known-hosts",
+                                               help="known_hosts file (default ~/.ssh/known_hosts)."),
+    accept_new: bool = typer.Option(False, "--accept-new",
+                                    help="Record an unknown host's key (a changed key is still "
+                                         "refused)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config",
+                                              help="ssh config file (default ~/.ssh/config)."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1,
+                                          help="Seconds to wait for a device to answer."),
+    command_timeout: float = typer.Option(1800.0, "--command-timeout", min=1.0,
+                                          help="Seconds a device command may stay silent."),
+    jobs: int = typer.Option(8, "--jobs", "-j", min=1, help="Targets pushed at once."),
+):
+    """Push DIRECTORY to the targets, install the runner, benchmark there, store the reports."""
+    from rich.console import Console
+
+    from qdeploy import push as push_mod
+
+    found = _targets(target, inventory)
+    options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
+                       bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
+                       identity=identity, known_hosts=known_hosts, accept_new=accept_new,
+                       ssh_config=ssh_config, connect_timeout=connect_timeout,
+                       command_timeout=command_timeout, jobs=jobs)
+    err = Console(stderr=True)
+    if err.is_terminal:
+        with push_mod.RichProgress([t.name for t in found], console=err) as progress:
+            results = push_mod.push_many(found, directory, options, progress)
+    else:
+        results = push_mod.push_many(found, directory, options, push_mod.LineProgress())
+    failed = [r for r in results if not r.ok]
+    if len(results) == 1 and failed:
+        raise UserError(failed[0].error)
+    push_mod.print_table(results, Console())
+    for r in results:
+        for path in r.report_files:
+            typer.echo(f"{r.target}: report {path}")
+    for r in failed:
+        print(f"error: {r.error}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    target: List[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
+                                             help="File with one target per line."),
+    to: Optional[str] = typer.Option(None, "--to",
+                                     help="Release id to switch to (default: the previous)."),
+    remote_dir: str = typer.Option("~/qdeploy", "--remote-dir", help=REMOTE_DIR_HELP),
+    python: str = typer.Option("python3", "--python", help="The device's Python."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="Private key file."),
+    known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file."),
+    accept_new: bool = typer.Option(False, "--accept-new", help="Record an unknown host's key."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1,
+                                          help="Seconds to wait for a device to answer."),
+):
+    """Switch each target's `current` release back to the previous one (or --to RELEASE)."""
+    from qdeploy import push as push_mod
+
+    found = _targets(target, inventory)
+    if not found:
+        raise UserError("no target: pass --target [user@]host[:port] or --inventory FILE")
+    options = _options(remote_dir=remote_dir, python=python, identity=identity,
+                       known_hosts=known_hosts, accept_new=accept_new, ssh_config=ssh_config,
+                       connect_timeout=connect_timeout)
+    failed = []
+    for t in found:
+        try:
+            links = push_mod.rollback_target(t, options, to)
+        except UserError as exc:
+            failed.append(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        typer.echo(f"{t.name}: current -> {links['current']} (previous: {links['previous']})")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,353 @@
+"""`qdeploy push`: ship a deployment to one or many targets, bench it there, bring the report home.
+
+One target's push, in order, over one connection (`push_target`):
+  1. probe the device's release state (one round trip),
+  2. plan by sha256 and send only what changed into a new release, switch `current`
+     (nothing to do when the manifests are equal),
+  3. make sure the device's runner has the host's version (install the qrun wheel if not),
+  4. run `qrun bench --json -` there, stream its progress, store the report
+     (`reports/<target>-<time>.json` and a row in the SQLite store).
+A fleet (`push_many`) runs that per target in a bounded thread pool; a failed target is a
+`PushResult` with its error, never an exception that stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from qrun import atomic
+from qrun.errors import UserError
+from qdeploy import release, targets, transfer, wheel
+from qdeploy.ssh import Connection, LocalConnection
+
+DEFAULT_DIR = Path("qdeploy-out")
+DEFAULT_REPORTS = Path("reports")
+DEFAULT_JOBS = 8
+BENCH_TIMEOUT_S = 1800.0
+
+# progress(target, stage, detail, done_bytes, total_bytes)
+Progress = Callable[[str, str, str, Optional[int], Optional[int]], None]
+
+
+def _no_progress(target, stage, detail="", done=None, total=None):
+    pass
+
+
+@dataclass
+class PushOptions:
+    remote_dir: str = release.DEFAULT_REMOTE_DIR
+    python: str = "python3"
+    wheelhouse: Optional[Path] = None
+    bench: bool = True
+    bench_runs: Optional[int] = None
+    compare: bool = False
+    reports_dir: Path = DEFAULT_REPORTS
+    accept_new: bool = False
+    identity: Optional[Path] = None
+    known_hosts: Optional[Path] = None
+    ssh_config: Optional[Path] = None
+    connect_timeout: Optional[float] = None
+    command_timeout: float = BENCH_TIMEOUT_S
+    jobs: int = DEFAULT_JOBS
+
+
+@dataclass
+class PushResult:
+    """What happened on one target; the CLI prints a table of these."""
+
+    target: str
+    ok: bool = False
+    error: Optional[str] = None
+    release_id: Optional[str] = None
+    previous: Optional[str] = None
+    unchanged: bool = False
+    files_sent: int = 0
+    files_skipped: int = 0
+    bytes_sent: int = 0
+    transfer_s: float = 0.0
+    runner_version: Optional[str] = None
+    runner_installed: bool = False
+    report_files: list = field(default_factory=list)
+    report_ids: list = field(default_factory=list)
+    reports: list = field(default_factory=list)  # qrun-bench report dicts
+    seconds: float = 0.0
+
+
+def connect(target: targets.Target, options: PushOptions):
+    """An unopened connection for `target`: local, or SSH resolved through ~/.ssh/config."""
+    if target.is_local:
+        return LocalConnection(command_timeout=options.command_timeout)
+    if options.identity is not None and not Path(options.identity).is_file():
+        raise UserError(f"--identity {options.identity} does not exist; pass a private key file")
+    config = targets.load_ssh_config(options.ssh_config)
+    endpoint = targets.resolve(target, config, identity=options.identity,
+                               known_hosts=options.known_hosts)
+    return Connection(endpoint, accept_new=options.accept_new,
+                      connect_timeout=options.connect_timeout,
+                      command_timeout=options.command_timeout)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "target"
+
+
+def _runner_command(conn, options: PushOptions) -> str:
+    if conn.is_local:
+        return f"{shlex.quote(sys.executable)} -m qrun"
+    return f"{release.shell_path(options.remote_dir)}/venv/bin/qrun"
+
+
+def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dict:
+    """Run `qrun bench --json -` against the device's current release; the parsed report."""
+    args = ["bench", "--json", "-"]
+    if options.compare:
+        args.append("--compare")
+    if options.bench_runs is not None:
+        args += ["--runs", str(options.bench_runs)]
+    cmd = (f"QDEPLOY_HOME={release.shell_path(options.remote_dir)} "
+           f"{_runner_command(conn, options)} {' '.join(args)}")
+    result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout)
+    if not result.ok:
+        raise UserError(f"{conn.name}: qrun bench failed on the device "
+                        f"({result.last_error_line()})")
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        raise UserError(f"{conn.name}: qrun bench printed no JSON report "
+                        f"({result.stdout[:120]!r}); check `qrun bench` on the device") from None
+    if not isinstance(report, dict):
+        raise UserError(f"{conn.name}: qrun bench printed JSON that is not a report")
+    return report
+
+
+def store_report(report: dict, target: str, reports_dir: Path) -> tuple[Path, list]:
+    """Write the report under `reports_dir` atomically, then add it to the SQLite store."""
+    from qdeploy import store
+
+    reports_dir = Path(reports_dir)
+    try:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the reports directory {reports_dir} "
+                        f"({exc.strerror}); pass --reports DIR") from None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = reports_dir / f"{_safe(target)}-{stamp}.json"
+    atomic.write_text(path, json.dumps(report, indent=2) + "\n")
+    with store.open_store(reports_dir) as s:
+        ids = s.add_reports(report, target, path)
+    return path, ids
+
+
+def reports_of(document: dict) -> list:
+    if document.get("kind") == "qrun-bench-compare":
+        return list(document.get("reports") or [])
+    return [document]
+
+
+def push_target(target: targets.Target, deployment: transfer.Deployment,
+                options: PushOptions, progress: Progress = _no_progress) -> PushResult:
+    """Push to one target; failures come back in the result, never as an exception."""
+    start = time.perf_counter()
+    result = PushResult(target=target.name)
+    name = target.name
+    try:
+        progress(name, "connecting", "", None, None)
+        with connect(target, options) as conn:
+            state = release.probe(conn, options.remote_dir)
+            xfer = transfer.Transfer(conn, options.remote_dir, options.python)
+            plan = xfer.plan(deployment, state)
+            total = plan.bytes_to_send
+            progress(name, "unchanged" if plan.unchanged else "uploading",
+                     "" if plan.unchanged else f"{len(plan.send)} files", 0, total)
+            sent = xfer.send(plan, lambda n: progress(name, "uploading", "", n, total))
+            result.release_id, result.previous = sent.release_id, sent.previous
+            result.unchanged = plan.unchanged
+            result.files_sent, result.files_skipped = sent.files_sent, sent.files_skipped
+            result.bytes_sent, result.transfer_s = sent.bytes_sent, sent.seconds
+            progress(name, "uploaded", "", total, total)
+            if conn.is_local:
+                from qrun import __version__
+                result.runner_version = __version__
+            else:
+                progress(name, "runner", "checking", None, None)
+                runner = wheel.ensure_runner(
+                    conn, options.remote_dir, options.python, options.wheelhouse,
+                    device_version=state.runner_version,
+                    on_line=lambda line: progress(name, "runner", line, None, None))
+                result.runner_version, result.runner_installed = runner.version, runner.installed
+            if options.bench:
+                progress(name, "bench", "starting", None, None)
+                report = run_bench(conn, options,
+                                   lambda line: progress(name, "bench", line, None, None))
+                path, ids = store_report(report, name, options.reports_dir)
+                result.report_files.append(path)
+                result.report_ids.extend(ids)
+                result.reports.extend(reports_of(report))
+        result.ok = True
+        progress(name, "done", "", None, None)
+    except UserError as exc:
+        result.error = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+        progress(name, "failed", str(exc), None, None)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def push_many(target_list: list, directory: Path, options: PushOptions,
+              progress: Progress = _no_progress) -> list:
+    """Push one deployment to every target, `options.jobs` at a time; results in target order."""
+    if not target_list:
+        raise UserError("no target: pass --target [user@]host[:port] (repeatable), "
+                        "--inventory FILE, or --target local")
+    names = [t.name for t in target_list]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"target {dupes[0]} is given twice; list each target once")
+    deployment = transfer.load_deployment(directory)
+    if len(target_list) == 1:
+        return [push_target(target_list[0], deployment, options, progress)]
+    with ThreadPoolExecutor(max_workers=max(1, min(options.jobs, len(target_list))),
+                            thread_name_prefix="qdeploy-push") as pool:
+        futures = [pool.submit(push_target, t, deployment, options, progress)
+                   for t in target_list]
+        return [f.result() for f in futures]
+
+
+def push_local(directory: Path, reports_dir: Path, remote_dir: Path,
+               bench_runs: Optional[int] = None) -> PushResult:
+    """Push to the `local` target (no SSH): the rehearsal quickstart ends with."""
+    options = PushOptions(remote_dir=str(remote_dir), reports_dir=Path(reports_dir),
+                          bench_runs=bench_runs)
+    deployment = transfer.load_deployment(directory)
+    return push_target(targets.Target("local", "local"), deployment, options)
+
+
+def rollback_target(target: targets.Target, options: PushOptions, to: Optional[str] = None) -> dict:
+    with connect(target, options) as conn:
+        return release.rollback(conn, options.remote_dir, options.python, to)
+
+
+# -- presenting -----------------------------------------------------------------------------
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ms(us) -> str:
+    return f"{us / 1000:.2f} ms" if isinstance(us, (int, float)) else "-"
+
+
+def device_text(report: dict) -> str:
+    dev = report.get("device") or {}
+    used = dev.get("used", "?")
+    label = {"edgetpu": "Edge TPU", "cpu": "CPU"}.get(used, str(used))
+    reason = dev.get("reason")
+    return f"{label} ({reason})" if reason else label
+
+
+def render_table(results: list):
+    """A rich Table: one row per target (and per report of a compare run)."""
+    from rich.table import Table
+
+    table = Table(title="qdeploy push", title_justify="left")
+    for col, justify in (("target", "left"), ("result", "left"), ("release", "left"),
+                         ("files sent / skipped", "right"), ("bytes", "right"),
+                         ("transfer", "right"), ("runner", "left"),
+                         ("device used", "left"), ("median", "right"), ("p99", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in results:
+        if not r.ok:
+            table.add_row(r.target, "[red]failed[/red]", "-", "-", "-", "-", "-",
+                          r.error or "", "-", "-")
+            continue
+        outcome = "unchanged" if r.unchanged else "pushed"
+        runner = (f"{r.runner_version} (installed)" if r.runner_installed
+                  else str(r.runner_version or "-"))
+        base = [r.target, f"[green]{outcome}[/green]", r.release_id or "-",
+                f"{r.files_sent} / {r.files_skipped}", _size(r.bytes_sent),
+                f"{r.transfer_s:.2f} s", runner]
+        if not r.reports:
+            table.add_row(*base, "not benchmarked (--no-bench)", "-", "-")
+        for i, rep in enumerate(r.reports):
+            lat = rep.get("latency_us") or {}
+            variant = (rep.get("model") or {}).get("variant")
+            dev = device_text(rep) + (f" [{variant}]" if variant and len(r.reports) > 1 else "")
+            row = base if i == 0 else [""] * len(base)
+            table.add_row(*row, dev, _ms(lat.get("median")), _ms(lat.get("p99")))
+    return table
+
+
+def print_table(results: list, console=None) -> None:
+    from rich.console import Console
+
+    (console or Console()).print(render_table(results))
+
+
+class LineProgress:
+    """Progress as plain lines on stderr (logs, CI): stage changes and bench progress."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.lock = threading.Lock()
+        self.last: dict = {}
+
+    def __call__(self, target, stage, detail="", done=None, total=None):
+        if stage == "uploading" and done is not None and self.last.get(target) == stage:
+            return
+        self.last[target] = stage
+        text = f"{target}: {stage}" + (f": {detail}" if detail else "")
+        if stage == "uploading" and total:
+            text += f" ({_size(total)})"
+        with self.lock:
+            print(text, file=self.stream, flush=True)
+
+
+class RichProgress:
+    """One progress bar per target (bytes while uploading), its stage as the description."""
+
+    def __init__(self, names: list, console=None):
+        from rich.progress import (BarColumn, DownloadColumn, Progress as RProgress,
+                                   TextColumn, TimeElapsedColumn)
+
+        self.progress = RProgress(TextColumn("{task.fields[target]:<20}"), BarColumn(),
+                                  DownloadColumn(), TimeElapsedColumn(),
+                                  TextColumn("{task.description}"), console=console,
+                                  transient=False)
+        self.tasks = {n: self.progress.add_task("waiting", target=n, total=None)
+                      for n in names}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, target, stage, detail="", done=None, total=None):
+        task = self.tasks.get(target)
+        if task is None:
+            return
+        desc = stage + (f": {detail}" if detail else "")
+        kwargs = {"description": desc[:60]}
+        if total is not None:
+            kwargs["total"] = total or 1
+        if done is not None:
+            kwargs["completed"] = done if total != 0 else 1
+        if stage == "done":
+            t = self.progress.tasks[task]
+            kwargs["completed"] = t.total or 1
+            kwargs["total"] = t.total or 1
+        self.progress.update(task, **kwargs)
