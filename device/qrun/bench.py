@@ -86,6 +86,16 @@ def fill_inputs(interpreter, seed: int = INPUT_SEED) -> None:
         interpreter.set_tensor(details["index"], data)
 
 
+def check_settings(runs: int, warmup: int, threads: Optional[int]) -> None:
+    """Fail early, before any model loads, on settings that cannot be run."""
+    if runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+
+
 def timed_invokes(interpreter, runs: int, model_path: Path) -> list:
     """Invoke `runs` times; return each invoke's time in µs, nothing else timed."""
     invoke = interpreter.invoke
@@ -116,12 +126,7 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
     Returns:
       A BenchReport.
     """
-    if runs < 1:
-        raise UserError(f"--runs must be at least 1, got {runs}")
-    if warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {warmup}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
+    check_settings(runs, warmup, threads)
     from qrun.manifest import sha256_file
 
     progress(f"loading {choice.path} on {choice.used}")
@@ -156,9 +161,10 @@ def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
           threads: Optional[int] = None, device: str = "auto", tpu: str = "",
           progress: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Benchmark the model `--model` names (see qrun.deployment) on the device `--device` picks."""
+    check_settings(runs, warmup, threads)
     dep = deployment.resolve(model)
     choice = deployment.choose(dep, device, tpu)
-    if choice.fell_back or choice.requested != choice.used:
+    if choice.fell_back:
         progress(f"note: {choice.reason}")
     return bench_choice(choice, runs, warmup, threads, progress)
 
@@ -232,6 +238,7 @@ def compare(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
     Returns:
       {"schema_version": 1, "kind": "qrun-bench-compare", "reports": [...], "skipped": [...]}.
     """
+    check_settings(runs, warmup, threads)
     dep = deployment.resolve(model)
     choices, skipped = compare_choices(dep, tpu)
     for s in skipped:

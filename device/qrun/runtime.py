@@ -170,7 +170,7 @@ def runtime_error_message(model_path: Path, text: str) -> str:
                 "twin, or give the int8 model")
     custom = re.search(r"unresolved custom op: ([\w.-]+)", text)
     if custom:
-        return (f"{model_path} uses the custom op '{custom.group(1)}', which this runtime "
+        return (f"{model_path} uses the custom op '{custom.group(1).rstrip('.')}', which this runtime "
                 "does not provide; convert the model with builtin ops only")
     if "requires runtime version" in text:
         return (f"{model_path} needs a newer Edge TPU runtime ({first}); upgrade libedgetpu "
