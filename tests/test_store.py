@@ -76,7 +76,7 @@ def test_real_report_round_trips(tmp_path, int8_report):
 
 
 def test_compare_document_gives_one_row_per_report(tmp_path, int8_report):
-    other = bench(store.Path(int8_report["model"]["path"]), "int8")
+    other = bench(store.Path(int8_report["model"]["path"]))
     doc = {"schema_version": 1, "kind": "qrun-bench-compare",
            "reports": [int8_report, {**other, "model": {**other["model"], "variant": "edgetpu",
                                                         "path": "m_edgetpu.tflite"}}]}
