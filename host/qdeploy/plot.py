@@ -40,18 +40,26 @@ def title_for(rows: Sequence[ReportRow]) -> str:
     return (f"Inference latency of {', '.join(models)} on {', '.join(targets)}")
 
 
-def series_label(row: ReportRow, rows: Sequence[ReportRow]) -> str:
-    """`variant (device)`, with the target and model added when the plot holds several."""
-    label = f"{row.variant} ({row.device_used})"
+def series_label(row: ReportRow, rows: Sequence[ReportRow], sep: str = " ") -> str:
+    """`variant (device)`, with the model and target added when the plot holds several.
+
+    `sep` joins the parts: a space for the legend, a newline under a bar.
+    """
+    parts = [f"{row.variant} ({row.device_used})"]
     if len({r.model_name for r in rows}) > 1:
-        label = f"{row.model_name} {label}"
+        parts.insert(0, row.model_name)
     if len({r.target for r in rows}) > 1:
-        label = f"{label} @ {row.target}"
-    return label
+        parts.append(f"@ {row.target}")
+    return sep.join(parts)
 
 
-def _colour(row: ReportRow, index: int) -> str:
-    return VARIANT_COLOURS.get(row.variant, OTHER_COLOURS[index % len(OTHER_COLOURS)])
+def colours(rows: Sequence[ReportRow]) -> list:
+    """One colour per series: by variant when each variant appears once, else by position."""
+    variants = [r.variant for r in rows]
+    if len(set(variants)) == len(variants) and set(variants) <= set(VARIANT_COLOURS):
+        return [VARIANT_COLOURS[v] for v in variants]
+    palette = tuple(VARIANT_COLOURS.values()) + OTHER_COLOURS
+    return [palette[i % len(palette)] for i in range(len(rows))]
 
 
 def render_png(rows: Sequence[ReportRow], width_px: int = WIDTH_PX,
@@ -66,12 +74,13 @@ def render_png(rows: Sequence[ReportRow], width_px: int = WIDTH_PX,
     try:
         fig.suptitle(title_for(rows), fontsize=13)
         labels = [series_label(r, rows) for r in rows]
+        colour = colours(rows)
         for i, (row, label) in enumerate(zip(rows, labels)):
             timings = np.sort(np.asarray(row.timings_us or [row.median_us], dtype=float)) / 1e3
             fraction = np.arange(1, timings.size + 1) / timings.size
-            cdf.step(timings, fraction, where="post", color=_colour(row, i), linewidth=1.8,
+            cdf.step(timings, fraction, where="post", color=colour[i], linewidth=1.8,
                      label=f"{label}, n={timings.size}")
-            cdf.axvline(row.median_us / 1e3, color=_colour(row, i), linestyle=":", linewidth=1)
+            cdf.axvline(row.median_us / 1e3, color=colour[i], linestyle=":", linewidth=1)
         cdf.set_xlabel("latency per inference (ms)")
         cdf.set_ylabel("fraction of runs at or below")
         cdf.set_ylim(0, 1.02)
@@ -83,16 +92,15 @@ def render_png(rows: Sequence[ReportRow], width_px: int = WIDTH_PX,
         width = 0.38
         medians = [r.median_us / 1e3 for r in rows]
         p99s = [r.p99_us / 1e3 for r in rows]
-        colours = [_colour(r, i) for i, r in enumerate(rows)]
-        b1 = bars.bar(x - width / 2, medians, width, color=colours, label="median")
-        b2 = bars.bar(x + width / 2, p99s, width, color=colours, alpha=0.5, hatch="//",
+        b1 = bars.bar(x - width / 2, medians, width, color=colour, label="median")
+        b2 = bars.bar(x + width / 2, p99s, width, color=colour, alpha=0.5, hatch="//",
                       edgecolor="black", linewidth=0.5, label="p99")
         bars.bar_label(b1, fmt="%.2f", fontsize=8, padding=2)
         bars.bar_label(b2, fmt="%.2f", fontsize=8, padding=2)
         bars.set_xticks(x)
         bars.set_xlim(-0.9, len(rows) - 0.1)
-        bars.set_xticklabels(labels, rotation=15 if len(rows) > 3 else 0, ha="right"
-                             if len(rows) > 3 else "center", fontsize=9)
+        bars.set_xticklabels([series_label(r, rows, sep="\n") for r in rows],
+                             fontsize=9 if len(rows) <= 4 else 7)
         bars.set_ylabel("latency (ms)")
         bars.set_title("Median and p99 per variant and target", fontsize=11)
         bars.set_ylim(0, max(p99s + medians) * 1.15)
