@@ -9,7 +9,7 @@ DATA = ROOT / "tests" / "data"
 CORAL = DATA / "coral"
 MNIST = ROOT / "models" / "mnist"
 
-pytest_plugins = []
+pytest_plugins = ["tests.fixtures.convert", "tests.fixtures.sshd", "tests.fixtures.pibox"]
 
 
 @pytest.fixture(scope="session")

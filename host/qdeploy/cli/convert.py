@@ -1,3 +1,126 @@
-"""`qdeploy convert`, `evaluate` and `quickstart` commands."""
+"""`qdeploy convert`, `qdeploy evaluate` and `qdeploy quickstart`."""
 
-from qdeploy.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qdeploy.cli.app import app
+from qdeploy.cli.ui import StepUI, out, print_json, progress_bar
+
+DEFAULT_OUT = Path("qdeploy-out")
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Float source model: a .keras/.h5 file or a "
+                                 "SavedModel directory."),
+    calib: Path = typer.Option(..., "--calib", help="Representative dataset: a folder of "
+                               "images (searched recursively), an .npy/.npz array, or MNIST "
+                               "idx files. uint8 arrays are pixels; float arrays are model "
+                               "inputs."),
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Output directory."),
+    num_calib: int = typer.Option(100, "--num-calib", help="Calibration samples to use."),
+    io: str = typer.Option("uint8", "--io", help="Integer type of the model's input and "
+                           "output: uint8 or int8."),
+    preprocess: str = typer.Option("unit", "--preprocess", help="Pixels to float input: "
+                                   "unit ([0,1], /255), symmetric ([-1,1]), raw, or "
+                                   "mean=M,std=S[,color=L|RGB]. Stored in the manifest and "
+                                   "applied unchanged on the device."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file to ship with "
+                                          "the model."),
+):
+    """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
+
+    Writes model_float.tflite, model_int8.tflite and manifest.json into --out. The batch
+    is fixed to 1 and every op must have an int8 kernel, as the Edge TPU needs.
+    """
+    from qdeploy.convert import convert as run_convert
+    from qrun.preprocess import parse_preprocess
+
+    pre = parse_preprocess(preprocess)
+    with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
+        result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
+                             preprocess=pre, labels=labels, progress=tick)
+    print_conversion(result)
+
+
+def print_conversion(result) -> None:
+    m = result.manifest
+    float_size = m.artifacts["float"].size
+    int8_size = m.artifacts["int8"].size
+    out.print(f"Converted {m.converter['source_model']} into {result.out_dir}/")
+    if result.batch_fixed:
+        out.print(f"  batch fixed to 1: input {m.input.shape} (the source model's batch was "
+                  "dynamic); no dynamic-shape ops")
+    else:
+        out.print(f"  input {m.input.shape}, static shapes, no dynamic-shape ops")
+    out.print(f"  model_float.tflite  {float_size:>10,} bytes")
+    out.print(f"  model_int8.tflite   {int8_size:>10,} bytes  ({float_size / int8_size:.2f}x "
+              f"smaller), {len(result.int8_ops)} ops: {' '.join(result.int8_ops)}")
+    for name, spec in (("input ", m.input), ("output", m.output)):
+        out.print(f"  {name} {spec.dtype} {spec.shape}  scale {spec.scale:.6g}  "
+                  f"zero point {spec.zero_point}")
+    out.print(f"  calibrated on {result.calibration_samples} samples from "
+              f"{m.calibration['source']}")
+
+
+@app.command()
+def evaluate(
+    directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert output directory."),
+    data: Path = typer.Option(..., "--data", help="Labelled data: a folder with one "
+                              "sub-folder per class, an .npz with arrays x and y, or an idx "
+                              "image file (or a folder holding an idx image/label pair)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="The idx label file, when "
+                                          "--data is an idx image file whose label file is "
+                                          "not beside it."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Accuracy of the float and the int8 model on labelled data, and what int8 saved.
+
+    Both run through the device runtime with the manifest's preprocessing. The figures
+    are stored in manifest.json for later reports.
+    """
+    from qdeploy.evaluate import evaluate as run_evaluate
+
+    with progress_bar("Evaluating float and int8 models") as tick:
+        result = run_evaluate(directory, data, labels=labels, limit=limit, progress=tick)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        print_evaluation(result)
+
+
+def print_evaluation(e) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"float vs int8 on {e.samples} samples", title_justify="left")
+    for col in ("", "float", "int8", "change"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("top-1 accuracy", f"{e.float_accuracy:.2%}", f"{e.int8_accuracy:.2%}",
+                  f"{e.delta_pp:+.2f} pp")
+    table.add_row("size", f"{e.float_size:,} B", f"{e.int8_size:,} B",
+                  f"{e.size_ratio:.2f}x smaller")
+    table.add_row("top-1 agreement", "", f"{e.agreement:.2%}", "")
+    out.print(table)
+
+
+@app.command()
+def quickstart(
+    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Output directory."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: "
+                                         "the recipe's)."),
+):
+    """Run the whole pipeline on the bundled MNIST demo: train, convert, evaluate.
+
+    Trains the TFLite quantization tutorial's model on the first 8,000 images of the
+    bundled MNIST test split and reports on the last 2,000 (held out).
+    """
+    from qdeploy import quickstart as qs
+
+    result = qs.run(out_dir, StepUI(), epochs=epochs)
+    print_conversion(result.conversion)
+    print_evaluation(result.evaluation)
