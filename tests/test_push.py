@@ -1,0 +1,217 @@
+"""`qdeploy push` against a real sshd on 127.0.0.1: releases, sha256 planning, runner, bench, store.
+
+The runner is installed into a device venv once per session (the first push); later tests
+link that venv into their own remote dir so each starts from an empty device but a known runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import qrun
+from qdeploy import push, release, store, targets, transfer
+from tests.fixtures.sshd import make_deployment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No real ~/.ssh, agent or cache: every key and known_hosts file is the test's own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+
+def known_hosts(path: Path, server, port=None) -> Path:
+    line = server.known_hosts_line()
+    if port is not None:
+        line = line.replace(f"]:{server.port} ", f"]:{port} ")
+    path.write_text(line)
+    return path
+
+
+def options(tmp: Path, server, key, **kw) -> push.PushOptions:
+    kh = tmp / "known_hosts"
+    if not kh.exists():
+        known_hosts(kh, server)
+    base = dict(identity=key.private, known_hosts=kh, reports_dir=tmp / "reports",
+                bench=False, ssh_config=tmp / "no-ssh-config")
+    base.update(kw)
+    return push.PushOptions(**base)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def first_push(sshd, ssh_client_key, device_wheelhouse, tmp_path_factory):
+    """A push to an empty device: installs the runner (from the wheelhouse), benches, stores."""
+    tmp = tmp_path_factory.mktemp("first-push")
+    dep = make_deployment(tmp / "qdeploy-out")
+    opts = options(tmp, sshd, ssh_client_key, bench=True, bench_runs=5,
+                   wheelhouse=device_wheelhouse)
+    lines = []
+    results = push.push_many([targets.parse_target(sshd.target)], dep, opts,
+                             lambda t, stage, detail="", done=None, total=None:
+                             lines.append((stage, detail)))
+    return results[0], dep, opts, lines
+
+
+@pytest.fixture
+def device(sshd, first_push, tmp_path):
+    """An empty remote dir on the sshd 'device' whose venv is the session's installed runner."""
+    remote = tmp_path / "device"
+    remote.mkdir()
+    venv = sshd.home / "qdeploy" / "venv"
+    (remote / "venv").symlink_to(venv)
+    return remote
+
+
+def test_first_push_installs_runner_switches_current_and_stores_report(first_push, sshd):
+    result, dep, opts, lines = first_push
+    assert result.ok, result.error
+    assert result.runner_installed and result.runner_version == qrun.__version__
+    assert not result.unchanged and result.files_sent == 4 and result.files_skipped == 0
+    root = sshd.home / "qdeploy"
+    current = root / "current"
+    assert current.is_symlink() and os.readlink(current) == f"releases/{result.release_id}"
+    for name in ("manifest.json", "imagenet_labels.txt", "mobilenet_v1_0.25_128_quant.tflite",
+                 "mobilenet_v1_0.25_128_quant_edgetpu.tflite"):
+        assert sha(current / name) == sha(dep / name)
+    assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".staging")]
+    # The runner answers with the host's version and came from our wheel (qrun only).
+    dist = list((root / "venv").glob("lib/python*/site-packages/qrun-*.dist-info"))
+    assert [d.name for d in dist] == [f"qrun-{qrun.__version__}.dist-info"]
+    assert not list((root / "venv").glob("lib/python*/site-packages/qdeploy*"))
+    # Bench progress was streamed, the report came home as a file and a SQLite row.
+    assert any(stage == "bench" and "qrun bench" in detail for stage, detail in lines)
+    assert len(result.report_files) == 1
+    report = json.loads(result.report_files[0].read_text())
+    assert report["kind"] == "qrun-bench" and report["schema_version"] == 1
+    assert report["model"]["sha256"] in {a.sha256 for a in
+                                         transfer.load_deployment(dep).manifest.artifacts.values()}
+    assert report["device"]["used"] == "cpu" and report["device"]["reason"]
+    assert report["latency_us"]["count"] == 5
+    db = sqlite3.connect(opts.reports_dir / store.STORE_NAME)
+    rows = db.execute("SELECT target, model_sha256, device_used, median_us, report_file "
+                      "FROM reports").fetchall()
+    assert rows == [(sshd.target, report["model"]["sha256"], "cpu",
+                     report["latency_us"]["median"], str(result.report_files[0]))]
+
+
+def test_unchanged_repush_sends_no_model_bytes(sshd, ssh_client_key, device, deployment,
+                                               tmp_path, tcp_proxy):
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    target = targets.parse_target(sshd.target)
+    first = push.push_many([target], deployment, opts)[0]
+    assert first.ok and not first.runner_installed, first.error
+    model_bytes = sum(f.stat().st_size for f in deployment.iterdir())
+
+    proxy = tcp_proxy(sshd.port)
+    known_hosts(tmp_path / "known_hosts", sshd, port=proxy.port)
+    again = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")],
+                           deployment, opts)[0]
+    assert again.ok, again.error
+    assert again.unchanged and again.files_sent == 0 and again.bytes_sent == 0
+    assert again.release_id == first.release_id
+    # What crossed the wire, counted by the relay: the SSH handshake and one probe, not the
+    # 1.3 MB of models.
+    assert 0 < proxy.sent < 20_000 < model_bytes
+    assert sorted(p.name for p in (device / "releases").iterdir()) == [first.release_id]
+
+
+def test_changed_model_uploads_only_changed_files_and_keeps_previous(
+        sshd, ssh_client_key, device, tmp_path):
+    dep = make_deployment(tmp_path / "out")
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    target = [targets.parse_target(sshd.target)]
+    first = push.push_many(target, dep, opts)[0]
+    assert first.ok, first.error
+    # A re-converted deployment: new labels, same models.
+    changed = make_deployment(tmp_path / "out", extra={"notes.txt": b"calibrated again\n"})
+    second = push.push_many(target, changed, opts)[0]
+    assert second.ok, second.error
+    assert not second.unchanged and second.release_id != first.release_id
+    assert second.files_sent == 2 and second.files_skipped == 3  # notes + manifest; 3 linked
+    assert second.bytes_sent == (dep / "notes.txt").stat().st_size + \
+        (dep / "manifest.json").stat().st_size
+    assert second.previous == f"releases/{first.release_id}"
+    assert os.readlink(device / "current") == f"releases/{second.release_id}"
+    assert os.readlink(device / "previous") == f"releases/{first.release_id}"
+    assert (device / "releases" / first.release_id / "manifest.json").is_file()
+    assert (device / "current" / "notes.txt").read_bytes() == b"calibrated again\n"
+    model = "mobilenet_v1_0.25_128_quant.tflite"
+    # Unchanged models are hard links into the previous release, not copies.
+    assert (device / "current" / model).stat().st_ino == \
+        (device / "releases" / first.release_id / model).stat().st_ino
+
+    # Rollback switches back; a second rollback switches forward again.
+    links = push.rollback_target(target[0], opts)
+    assert links == {"current": first.release_id, "previous": second.release_id}
+    assert os.readlink(device / "current") == f"releases/{first.release_id}"
+    assert not (device / "current" / "notes.txt").exists()
+    push.rollback_target(target[0], opts)
+    assert os.readlink(device / "current") == f"releases/{second.release_id}"
+    with pytest.raises(push.UserError, match="does not exist"):
+        push.rollback_target(target[0], opts, to="20000101T000000Z-nope")
+
+
+def test_rollback_without_previous_release_is_refused(sshd, ssh_client_key, device, deployment,
+                                                      tmp_path):
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    target = targets.parse_target(sshd.target)
+    with pytest.raises(push.UserError, match="no previous release"):
+        push.rollback_target(target, opts)
+    assert push.push_many([target], deployment, opts)[0].ok
+    with pytest.raises(push.UserError, match="no previous release"):
+        push.rollback_target(target, opts)
+
+
+def test_file_changed_after_planning_is_caught_by_the_device(sshd, ssh_client_key,
+                                                                   device, tmp_path):
+    """A file changed after its manifest was read is caught by the device's sha256 check."""
+    dep = make_deployment(tmp_path / "out")
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    conn = push.connect(targets.parse_target(sshd.target), opts)
+    with conn:
+        deployment = transfer.load_deployment(dep)
+        xfer = transfer.Transfer(conn, str(device))
+        plan = xfer.plan(deployment, release.probe(conn, str(device)))
+        labels = dep / "imagenet_labels.txt"
+        labels.write_bytes(labels.read_bytes().replace(b"tench", b"TENCH"))  # same size
+        with pytest.raises(push.UserError, match="sha256 of imagenet_labels.txt on the device"):
+            xfer.send(plan)
+    assert not (device / "current").exists()
+    assert [p.name for p in (device / "releases").iterdir()] == []
+
+
+def test_push_local_rehearses_without_ssh(deployment, tmp_path):
+    remote = tmp_path / "local-device"
+    result = push.push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
+    assert result.ok, result.error
+    assert os.readlink(remote / "current") == f"releases/{result.release_id}"
+    assert sha(remote / "current" / "manifest.json") == sha(deployment / "manifest.json")
+    [report] = result.reports
+    assert report["latency_us"]["count"] == 3
+    assert Path(report["model"]["path"]).resolve().parent == \
+        (remote / "releases" / result.release_id).resolve()
+    with store.open_store(tmp_path / "reports") as s:
+        assert s.count() == 1 and s.targets() == ["local"]
+    again = push.push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
+    assert again.unchanged and again.bytes_sent == 0
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    push.print_table([result, again], console)
+    text = console.export_text()
+    assert "local" in text and "pushed" in text and "unchanged" in text and "CPU" in text

@@ -1,0 +1,264 @@
+"""Connecting to a device: host keys, authentication, timeouts, ~/.ssh/config, target strings.
+
+Against a real sshd on 127.0.0.1; every key and known_hosts file is the test's own.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+from qdeploy import inventory, push, targets
+from qdeploy.ssh import Connection, fingerprint
+from qrun.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+def _connect(server, tmp_path, key=None, accept_new=False, known=None, **kw):
+    endpoint = targets.Endpoint(
+        name=server.target, hostname="127.0.0.1", port=kw.pop("port", server.port),
+        user="root", identity_files=(str(key.private),) if key else (),
+        known_hosts_files=(str(known or tmp_path / "known_hosts"),))
+    return Connection(endpoint, accept_new=accept_new, **kw).open()
+
+
+def _host_fp(server) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", str(server.host_key)], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[1]
+
+
+@pytest.mark.slow
+def test_unknown_host_refused_with_fingerprint_then_accept_new_records_it(
+        sshd, ssh_client_key, tmp_path):
+    known = tmp_path / "known_hosts"
+    with pytest.raises(UserError) as info:
+        _connect(sshd, tmp_path, ssh_client_key)
+    msg = str(info.value)
+    assert "not known" in msg and _host_fp(sshd) in msg and "--accept-new" in msg
+    assert not known.exists()
+
+    conn = _connect(sshd, tmp_path, ssh_client_key, accept_new=True)
+    try:
+        assert conn.run("echo hello").stdout == b"hello\n"
+    finally:
+        conn.close()
+    # Recorded the way OpenSSH does, so plain ssh (and the next push) trusts it.
+    assert known.read_text().split() == sshd.known_hosts_line().split()
+    check = subprocess.run(["ssh-keygen", "-F", f"[127.0.0.1]:{sshd.port}", "-f", str(known)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0
+    _connect(sshd, tmp_path, ssh_client_key).close()  # now known, no flag needed
+
+
+@pytest.mark.slow
+def test_changed_host_key_is_refused_even_with_accept_new(sshd, ssh_client_key, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    keytype, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {keytype} {b64}\n")
+    for accept_new in (False, True):
+        with pytest.raises(UserError) as info:
+            _connect(sshd, tmp_path, ssh_client_key, accept_new=accept_new)
+        msg = str(info.value)
+        assert "CHANGED" in msg and _host_fp(sshd) in msg and "ssh-keygen -R" in msg
+    assert known.read_text() == f"[127.0.0.1]:{sshd.port} {keytype} {b64}\n"
+
+
+@pytest.mark.slow
+def test_hashed_known_hosts_entry_is_honoured(sshd, ssh_client_key, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(sshd.known_hosts_line())
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")
+    _connect(sshd, tmp_path, ssh_client_key).close()
+
+
+@pytest.mark.slow
+def test_wrong_key_is_refused_in_one_line(sshd, tmp_path):
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+
+    class Key:
+        private = wrong
+
+    with pytest.raises(UserError) as info:
+        _connect(sshd, tmp_path, Key())
+    msg = str(info.value)
+    assert "refused authentication" in msg and str(wrong) in msg and "--identity" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.slow
+def test_passphrase_key_points_to_ssh_agent(sshd, tmp_path):
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    locked = tmp_path / "locked_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)],
+                   check=True)
+
+    class Key:
+        private = locked
+
+    with pytest.raises(UserError, match="ssh-agent|refused authentication"):
+        _connect(sshd, tmp_path, Key())
+
+
+@pytest.mark.slow
+def test_ssh_agent_key_is_used(sshd, ssh_client_key, tmp_path, monkeypatch):
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"}
+        subprocess.run(["ssh-add", str(ssh_client_key.private)], env=env, check=True,
+                       capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        conn = _connect(sshd, tmp_path, key=None)  # no identity file: the agent's key
+        try:
+            assert conn.run("true").ok
+        finally:
+            conn.close()
+    finally:
+        agent.terminate()
+        agent.wait(timeout=5)
+
+
+def test_unreachable_port_is_one_clear_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    endpoint = targets.Endpoint(name=f"pi@127.0.0.1:{port}", hostname="127.0.0.1", port=port,
+                                user="pi", known_hosts_files=(str(tmp_path / "kh"),))
+    with pytest.raises(UserError) as info:
+        Connection(endpoint, connect_timeout=2).open()
+    msg = str(info.value)
+    assert f"127.0.0.1:{port}" in msg and "refused" in msg.lower() and "\n" not in msg
+
+
+def test_silent_server_times_out(tmp_path):
+    """A port that accepts but never speaks SSH: the connect timeout ends the wait."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        endpoint = targets.Endpoint(name="mute", hostname="127.0.0.1", port=port, user="pi",
+                                    known_hosts_files=(str(tmp_path / "kh"),))
+        with pytest.raises(UserError, match="mute: .*127.0.0.1:%d" % port):
+            Connection(endpoint, connect_timeout=0.5).open()
+
+
+@pytest.mark.slow
+def test_ssh_config_alias_through_include(sshd, ssh_client_key, tmp_path, _isolated_home):
+    """Host alias with HostName/User/Port/IdentityFile, defined in a file pulled in by Include."""
+    ssh_dir = _isolated_home / ".ssh"
+    (ssh_dir / "config.d").mkdir()
+    (ssh_dir / "config").write_text("Include config.d/*.conf\n\nHost *\n  ConnectTimeout 7\n")
+    (ssh_dir / "config.d" / "pis.conf").write_text(
+        f"Host mypi\n  HostName 127.0.0.1\n  User root\n  Port {sshd.port}\n"
+        f"  IdentityFile {ssh_client_key.private}\n")
+    (ssh_dir / "known_hosts").write_text(sshd.known_hosts_line())
+    config = targets.load_ssh_config()
+    endpoint = targets.resolve(targets.parse_target("mypi"), config)
+    assert (endpoint.hostname, endpoint.port, endpoint.user) == ("127.0.0.1", sshd.port, "root")
+    assert endpoint.identity_files == (str(ssh_client_key.private),)
+    assert endpoint.connect_timeout == 7.0
+    # The target string's user and port win over the config's.
+    over = targets.resolve(targets.parse_target("pi@mypi:2200"), config)
+    assert (over.user, over.port, over.hostname) == ("pi", 2200, "127.0.0.1")
+    conn = push.connect(targets.parse_target("mypi"), push.PushOptions())
+    with conn:
+        assert conn.run("echo $HOME").stdout.decode().strip() == str(sshd.home)
+
+
+def test_fingerprint_matches_ssh_keygen(sshd):
+    import paramiko
+
+    key = paramiko.Ed25519Key.from_private_key_file(str(sshd.host_key))
+    assert fingerprint(key) == _host_fp(sshd)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pi.local", ("pi.local", None, None)),
+    ("pi@raspberrypi.local", ("raspberrypi.local", "pi", None)),
+    ("pi@192.168.1.20:2222", ("192.168.1.20", "pi", 2222)),
+    ("root@[::1]:22", ("::1", "root", 22)),
+    ("mypi", ("mypi", None, None)),
+])
+def test_parse_target(text, expected):
+    t = targets.parse_target(text)
+    assert (t.host, t.user, t.port) == expected and t.name == text and not t.is_local
+
+
+@pytest.mark.parametrize("bad", ["", "pi@", "@host", "pi@host:", "pi@host:99999",
+                                 "pi@host:22:33", "pi host", "ssh://pi@host", "pi@-host"])
+def test_bad_target_strings_are_refused(bad):
+    with pytest.raises(UserError, match="--target|port"):
+        targets.parse_target(bad)
+
+
+def test_local_target():
+    assert targets.parse_target("local").is_local
+    assert not targets.parse_target("pi@local").is_local
+
+
+def test_inventory_plain_and_ansible_ini(tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(
+        "# lab devices\n"
+        "pi@10.0.0.5\n"
+        "\n"
+        "[pis]\n"
+        "kitchen ansible_host=192.168.1.20 ansible_user=pi ansible_port=2222\n"
+        "garage.local ansible_user=admin  # trailing comment\n"
+        "\n"
+        "[pis:vars]\n"
+        "ansible_python_interpreter=/usr/bin/python3\n"
+        "\n"
+        "[all:children]\n"
+        "pis\n"
+        "[bench]\n"
+        "kitchen ansible_host=192.168.1.20 ansible_user=pi ansible_port=2222\n"
+        "local\n")
+    found = inventory.load(inv)
+    assert [(t.name, t.host, t.user, t.port) for t in found] == [
+        ("pi@10.0.0.5", "10.0.0.5", "pi", None),
+        ("kitchen", "192.168.1.20", "pi", 2222),
+        ("garage.local", "garage.local", "admin", None),
+        ("local", "local", None, None),
+    ]
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("web[01:20].example.com", "is not a target"),
+    ("kitchen ansible_host", "not a key=value"),
+    ("kitchen ansible_port=ssh", "not a number"),
+])
+def test_inventory_bad_line_is_named(tmp_path, line, problem):
+    inv = tmp_path / "hosts"
+    inv.write_text("pi@ok.local\n\n" + line + "\n")
+    with pytest.raises(UserError, match=f"inventory {inv} line 3.*{problem}"):
+        inventory.load(inv)
+
+
+def test_empty_inventory_is_refused(tmp_path):
+    inv = tmp_path / "hosts"
+    inv.write_text("# nothing yet\n")
+    with pytest.raises(UserError, match="lists no hosts"):
+        inventory.load(inv)
