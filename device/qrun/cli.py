@@ -6,7 +6,6 @@ so `qrun --help` stays quick and `qrun classify` pays only for what it uses.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,8 +14,10 @@ import typer
 
 from qrun import __version__
 from qrun.errors import run
+from qrun.lightcli import LightCommand, LightGroup
 
-app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
+
+app = typer.Typer(name="qrun", cls=LightGroup, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
                        "benchmark a model, show the runtime and Edge TPUs. Without --model, "
@@ -45,7 +46,7 @@ def main_options(
     """qrun: classify and benchmark TFLite models on the Edge TPU or the CPU."""
 
 
-@app.command()
+@app.command(cls=LightCommand)
 def classify(
     image: Path = typer.Argument(..., metavar="IMAGE", help="Image to classify (JPEG, PNG or BMP)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -69,6 +70,8 @@ def classify(
     if result.fell_back:
         typer.echo(f"note: {result.device['reason']}", err=True)
     if as_json:
+        import json
+
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     for i, ms in enumerate(result.timings_ms, 1):
@@ -78,7 +81,7 @@ def classify(
         typer.echo(f"{c.label or c.id}: {c.score:.5f}")
 
 
-@app.command()
+@app.command(cls=LightCommand)
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     runs: int = typer.Option(100, "--runs", "-n", help="Timed steady-state runs."),
@@ -109,6 +112,8 @@ def bench(
     if json_out is None:
         typer.echo("\n\n".join(texts))
         return
+    import json
+
     text = json.dumps(report, indent=2) + "\n"
     if json_out == "-":
         sys.stdout.write(text)
@@ -127,7 +132,7 @@ def bench(
     typer.echo(f"report written to {target}", err=True)
 
 
-@app.command()
+@app.command(cls=LightCommand)
 def info(
     model: Optional[Path] = typer.Option(
         None, "--model", "-m",
@@ -139,11 +144,13 @@ def info(
     """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, and model tensors."""
     from qrun import info as info_mod
 
+    import json
+
     report = info_mod.info(model, tpu)
     typer.echo(json.dumps(report, indent=2) if as_json else info_mod.format_info(report))
 
 
-@app.command()
+@app.command(cls=LightCommand)
 def version() -> None:
     """Print the version."""
     typer.echo(f"qrun {__version__}")

@@ -15,14 +15,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from qrun import manifest as manifest_mod
 from qrun import runtime
 from qrun.errors import UserError
 from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess
 
+if TYPE_CHECKING:
+    from qrun.manifest import Manifest
+
 HOME_ENV = "QDEPLOY_HOME"
+MANIFEST_NAME = "manifest.json"  # qrun.manifest.MANIFEST_NAME, without importing it
 DEFAULT_HOME = "~/qdeploy"
 CURRENT = "current"
 DEVICES = ("auto", "edgetpu", "cpu")
@@ -36,7 +39,7 @@ class Deployment:
     """What `--model` names: a model file and/or a deployment root with its manifest."""
 
     root: Optional[Path]  # directory holding manifest.json, if any
-    manifest: Optional[manifest_mod.Manifest]
+    manifest: Optional["Manifest"]
     model: Optional[Path]  # the file asked for; None when a directory was given
 
     def role_of(self, path: Path) -> Optional[str]:
@@ -84,14 +87,17 @@ def resolve(model: Optional[Path]) -> Deployment:
         model = current
     model = Path(model)
     if model.is_dir():
+        from qrun import manifest as manifest_mod
+
         return Deployment(root=model, manifest=manifest_mod.load(model), model=None)
     if not model.is_file():
         raise UserError(f"model not found: {model}; give a .tflite file or a deployment directory")
-    found = manifest_mod.find(model)
-    if found is not None:
-        loaded = manifest_mod.load(found.parent)
+    if (model.parent / MANIFEST_NAME).is_file():  # a bare model file needs no manifest module
+        from qrun import manifest as manifest_mod
+
+        loaded = manifest_mod.load(model.parent)
         if any(a.file == model.name for a in loaded.artifacts.values()):
-            return Deployment(root=found.parent, manifest=loaded, model=model)
+            return Deployment(root=model.parent, manifest=loaded, model=model)
     return Deployment(root=None, manifest=None, model=model)
 
 

@@ -10,6 +10,7 @@ libedgetpu built against another TensorFlow can segfault the process.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -126,9 +127,23 @@ def load_edgetpu_delegate(device: str = "", library: Optional[str] = None):
 def is_edgetpu_model(model_path: Path) -> bool:
     """True when the model file holds the `edgetpu-custom-op` (compiled by edgetpu_compiler)."""
     try:
-        with open(model_path, "rb") as f:
-            return EDGETPU_CUSTOM_OP in f.read()
+        stat = os.stat(model_path)
     except OSError:
+        return False
+    return _holds_custom_op(os.path.realpath(model_path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _holds_custom_op(path: str, size: int, mtime_ns: int) -> bool:
+    """Search the file once per (path, size, mtime); mapped, not read, so big models stay cheap."""
+    import mmap
+
+    if size == 0:
+        return False
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(EDGETPU_CUSTOM_OP) >= 0
+    except (OSError, ValueError):
         return False
 
 
