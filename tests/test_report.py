@@ -25,8 +25,8 @@ from qdeploy.cli import app
 from qdeploy.store import open_store
 from qrun.errors import UserError
 from tests.conftest import ROOT
-from tests.fixtures.reports import (coral_int8, int8_report, scaled, tiny_compare,  # noqa: F401
-                                    tiny_models, tiny_reports)
+from tests.fixtures.reports import (coral_int8, int8_report, local_push,  # noqa: F401
+                                    scaled, tiny_compare, tiny_models, tiny_reports)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -80,6 +80,23 @@ def test_table_ratios_match_stored_medians(filled, tiny_reports):
     int8_line = next(line for line in text.splitlines() if "│ local" in line and "int8" in line)
     assert expected in int8_line
     assert reporting.ms(stored[("local", "int8")]) in int8_line
+
+
+def test_local_push_lands_in_the_store_and_report_reads_it(local_push):
+    """qdeploy push --target local --compare (real qrun bench) -> store -> qdeploy report."""
+    with open_store(local_push, create=False) as s:
+        rows = s.latest()
+        assert s.count() == 2 and s.targets() == ["local"]
+    assert [(r.model_name, r.variant, r.device_used) for r in rows] == [
+        ("tiny", "float", "cpu"), ("tiny", "int8", "cpu")]
+    assert all(len(r.timings_us) == r.count > 0 for r in rows)
+    assert all(Path(r.report_file).is_file() for r in rows)
+    medians = {r.variant: r.median_us for r in rows}
+    out = CliRunner().invoke(app, ["report", "--reports", str(local_push), "--json"])
+    assert out.exit_code == 0, out.output
+    speedup = {r["variant"]: r["speedup"] for r in json.loads(out.output)["latest"]}
+    assert speedup["int8"] == pytest.approx(medians["float"] / medians["int8"], rel=1e-12)
+    assert speedup["float"] == 1.0
 
 
 def test_regression_flag_only_for_more_than_ten_percent(tmp_path, int8_report):

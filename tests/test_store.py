@@ -190,7 +190,8 @@ def test_model_facts_from_a_real_manifest(tmp_path, coral_int8, int8_report):
     m = qmanifest.Manifest(input=qmanifest.TensorSpec([1, 128, 128, 3], "uint8"),
                            output=qmanifest.TensorSpec([1, 1001], "uint8"),
                            preprocess=Preprocess(), artifacts={"int8": art},
-                           evaluation={"int8": {"accuracy": 0.875, "n": 200}})
+                           evaluation={"samples": 200, "float_accuracy": 0.9,
+                                       "int8_accuracy": 0.875, "delta_pp": -2.5})
     qmanifest.save(m, model.parent)
     m = qmanifest.load(model.parent)  # as a later step reads it
     with _store(tmp_path) as s:
@@ -211,6 +212,29 @@ def test_accuracy_carried_in_the_report(tmp_path, int8_report):
     with _store(tmp_path) as s:
         s.add_report(carried, "local", tmp_path / "r.json")
         assert s.latest()[0].accuracy == 0.5
+
+
+def test_accuracy_carried_by_a_compare_document(tmp_path, int8_report):
+    tpu = {**int8_report, "model": {**int8_report["model"], "variant": "edgetpu",
+                                    "sha256": "e" * 64, "path": "m_edgetpu.tflite"}}
+    doc = {"schema_version": 1, "kind": "qrun-bench-compare", "reports": [int8_report, tpu],
+           "evaluation": {"float_accuracy": 0.91, "int8_accuracy": 0.9}}
+    with _store(tmp_path) as s:
+        s.add_reports(doc, "local", tmp_path / "c.json")
+        assert {r.variant: r.accuracy for r in s.latest()} == {"int8": 0.9, "edgetpu": 0.9}
+
+
+@pytest.mark.parametrize("evaluation, variant, expected", [
+    ({"float_accuracy": 0.91, "int8_accuracy": 0.9}, "float", 0.91),
+    ({"float_accuracy": 0.91, "int8_accuracy": 0.9}, "edgetpu", 0.9),
+    ({"int8": 0.8}, "int8", 0.8),
+    ({"accuracy": {"float": {"accuracy": 0.7}}}, "float", 0.7),
+    ({"accuracy": 0.6}, "int8", 0.6),
+    ({"int8_accuracy": 90.0}, "int8", None),  # a percentage, not a fraction: not guessed
+    (None, "int8", None),
+])
+def test_accuracy_for(evaluation, variant, expected):
+    assert store.accuracy_for(evaluation, variant) == expected
 
 
 @pytest.mark.parametrize("path, name", [("mnist_int8.tflite", "mnist"),

@@ -13,9 +13,10 @@ knows better (e.g. the deployment's directory name) passes `model_name=`.
 
 Size and accuracy per model file are kept by sha256 in a second table
 (`Store.add_model_facts`, or `Store.add_manifest_facts` for a whole deployment);
-the size also comes with each report. A report may carry its accuracy itself as
-`model.accuracy` or `evaluation.accuracy` (a fraction in [0, 1]); it is recorded
-as a model fact.
+the size also comes with each report. A report may carry its accuracy itself
+(`model.accuracy`, or an `evaluation` record in `qdeploy evaluate`'s form on the
+report or on the compare document: see `accuracy_for`); it is recorded as a model
+fact.
 """
 
 from __future__ import annotations
@@ -285,12 +286,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _accuracy_of(report: dict) -> Optional[float]:
-    for holder in (report.get("model"), report.get("evaluation")):
-        if isinstance(holder, dict):
-            value = holder.get("accuracy")
-            if isinstance(value, _NUMBER) and not isinstance(value, bool):
-                return float(value)
+def accuracy_for(evaluation, variant: str) -> Optional[float]:
+    """The accuracy (a fraction) of `variant` in an evaluation record, or None.
+
+    Understood forms: `qdeploy evaluate`'s (`float_accuracy`, `int8_accuracy`), per
+    variant (`{"int8": 0.98}` or `{"int8": {"accuracy": 0.98}}`, also under an
+    `accuracy` key), or one `accuracy` for the model the record comes with. The
+    compiled Edge TPU model computes what its int8 model computes, so `edgetpu`
+    falls back to the int8 figure.
+    """
+    if not isinstance(evaluation, dict):
+        return None
+    nested = evaluation.get("accuracy")
+    per_variant = nested if isinstance(nested, dict) else evaluation
+    for name in ((variant, "int8") if variant == "edgetpu" else (variant,)):
+        for value in (evaluation.get(f"{name}_accuracy"), per_variant.get(name)):
+            found = _fraction(value)
+            if found is not None:
+                return found
+    return _fraction(nested)
+
+
+def _accuracy_of(report: dict, evaluation=None) -> Optional[float]:
+    """Accuracy a report carries: `model.accuracy`, or its (or its document's) `evaluation`."""
+    variant = report["model"]["variant"]
+    for record in (report["model"], report.get("evaluation"), evaluation):
+        found = accuracy_for(record, variant)
+        if found is not None:
+            return found
     return None
 
 
@@ -328,13 +351,16 @@ class Store:
         if not target:
             raise UserError("a report needs a target name")
         reports = reports_in(document, str(report_file))
+        evaluation = document.get("evaluation")  # a compare run may carry the manifest's
         ids = []
         with self.connection:  # one transaction: all rows or none
             for report in reports:
-                ids.append(self._insert(report, target, str(report_file), model_name))
+                ids.append(self._insert(report, target, str(report_file), model_name,
+                                        evaluation))
         return ids
 
-    def _insert(self, r: dict, target: str, report_file: str, model_name: Optional[str]) -> int:
+    def _insert(self, r: dict, target: str, report_file: str, model_name: Optional[str],
+                evaluation=None) -> int:
         model, lat, host = r["model"], r["latency_us"], r["host"]
         name = model_name or model_name_of(model["path"])
         row = {
@@ -364,7 +390,7 @@ class Store:
         columns = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
         cursor = self.connection.execute(f"INSERT INTO reports ({columns}) VALUES ({marks})", row)
-        accuracy = _accuracy_of(r)
+        accuracy = _accuracy_of(r, evaluation)
         self._upsert_facts(row["model_sha256"], row["variant"], row["model_size"], accuracy,
                            "report")
         return cursor.lastrowid
@@ -385,20 +411,16 @@ class Store:
     def add_manifest_facts(self, manifest, variants: Iterable[str] = VARIANTS) -> int:
         """Record size and accuracy of each model artifact of a qrun `Manifest`.
 
-        Accuracy is read from `manifest.evaluation`, which may hold, per variant,
-        a fraction or a dict with `accuracy` (or `top1`); either directly or under
-        an `accuracy` key. Returns how many artifacts were recorded.
+        Accuracy is read from `manifest.evaluation` (see `accuracy_for`): what
+        `qdeploy evaluate` wrote. Returns how many artifacts were recorded.
         """
-        evaluation = manifest.evaluation if isinstance(manifest.evaluation, dict) else {}
-        per_variant = evaluation.get("accuracy") if isinstance(evaluation.get("accuracy"),
-                                                               dict) else evaluation
         recorded = 0
         for variant in variants:
             art = manifest.artifacts.get(variant)
             if art is None:
                 continue
             self.add_model_facts(art.sha256, variant, art.size,
-                                 _fraction(per_variant.get(variant)), source="manifest")
+                                 accuracy_for(manifest.evaluation, variant), source="manifest")
             recorded += 1
         return recorded
 
