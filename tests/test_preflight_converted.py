@@ -10,6 +10,7 @@ import pytest
 from qdeploy import compiler, preflight, tflite_graph
 from qdeploy import edgetpu_ops as t
 from qdeploy.errors import UserError
+from qrun import manifest
 from tests.fixtures.compile import converted_models  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
@@ -84,3 +85,29 @@ def test_reader_sees_the_shape_signature(converted_models):
     first = graph.tensors[graph.inputs[0]]
     assert first.shape == (1, 28, 28) and first.shape_signature == (-1, 28, 28)
     assert first.dtype == "UINT8"
+
+
+def test_quickstart_entry_on_a_real_convert_output(seed_model_file, calib_npy, tmp_path,
+                                                   monkeypatch):
+    """`qdeploy.convert` output -> compile_or_preflight: without a compiler, the preflight
+    answers; with the test double, compile updates convert's own manifest."""
+    from qdeploy import convert
+    from tests.test_compile import CORAL, DOUBLE, LOGS, MOBILENET, SUCCESS
+
+    out = convert.convert(seed_model_file, calib_npy, tmp_path / "out", num_calib=8).out_dir
+    monkeypatch.setenv("PATH", str(tmp_path))  # no edgetpu_compiler
+    outcome = compiler.compile_or_preflight(out)
+    assert outcome.ok and not outcome.compiled
+    assert outcome.result.on_edgetpu == len(outcome.result.ops)  # the seed model maps fully
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "edgetpu_compiler").symlink_to(DOUBLE)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")  # the double needs python3
+    monkeypatch.setenv("FAKE_EDGETPU_TRANSCRIPT", str(LOGS / SUCCESS))
+    monkeypatch.setenv("FAKE_EDGETPU_TWIN", str(CORAL / f"{MOBILENET}_edgetpu.tflite"))
+    outcome = compiler.compile_or_preflight(out)
+    assert outcome.ok and outcome.compiled
+    m = manifest.load(out)
+    assert {"int8", "edgetpu"} <= set(m.artifacts) and m.compiled["log"].endswith(".log")
+    assert manifest.mismatches(m, out) == []

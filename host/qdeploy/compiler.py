@@ -123,8 +123,9 @@ def read_version(compiler: Path) -> str:
                         f"{INSTALL_HINT}") from None
     m = compiler_log.VERSION.search(text)
     if not m:
-        raise UserError(f"{compiler} did not print an Edge TPU compiler version; is it "
-                        f"{COMPILER_NAME}? {INSTALL_HINT}")
+        said = text.strip().splitlines()[-1] if text.strip() else "nothing"
+        raise UserError(f"{compiler} did not print an Edge TPU compiler version (it said: "
+                        f"{said}); is it {COMPILER_NAME}? {INSTALL_HINT}")
     return m.group(1)
 
 
