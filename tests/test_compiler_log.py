@@ -151,6 +151,11 @@ def test_statuses_of_partial_tables():
         assert [(r.op, r.status) for r in log.unmapped_rows()] == expected, name
 
 
+def test_nothing_mapped_names_the_first_blocking_row():
+    log = compiler_log.parse((LOGS / "26-table-unsupported-rank-batch.txt").read_text())
+    assert compiler_log.diagnose(log).cause.endswith(f"(first: CONV_2D, {t.UNSUPPORTED_RANK})")
+
+
 def test_op_version_failure_names_op_and_version():
     log = compiler_log.parse((LOGS / "15-console-v16-op-version-QUANTIZE-v3.txt").read_text())
     failure = compiler_log.diagnose(log)

@@ -236,7 +236,9 @@ def diagnose(log: CompilerLog, returncode: int = 0) -> Optional[Failure]:
         return Failure("failed", f"the compiler failed: {detail}",
                        "run qdeploy preflight MODEL to find the op that blocks it")
     if log.ops_on_edgetpu == 0 or log.edgetpu_subgraphs == 0:
+        rows = log.unmapped_rows()
+        first = f" (first: {rows[0].op}, {rows[0].status})" if rows else ""
         return Failure("nothing_mapped", "the compiler mapped 0 ops to the Edge TPU: the "
-                       "model would run only on the CPU",
+                       f"model would run only on the CPU{first}",
                        "run qdeploy preflight MODEL to see the first op that blocks it")
     return None
