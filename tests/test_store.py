@@ -246,3 +246,18 @@ def test_accuracy_for(evaluation, variant, expected):
                                         ("_int8.tflite", "_int8")])
 def test_model_name_of(path, name):
     assert store.model_name_of(path) == name
+
+
+def test_parallel_writers_each_get_their_row(tmp_path, int8_report):
+    """A fleet push stores from several threads at once, each with its own connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def push_one(i: int) -> int:
+        with store.open_store(tmp_path / "reports") as s:
+            return s.add_report(int8_report, f"pi{i}", tmp_path / f"{i}.json")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        ids = list(pool.map(push_one, range(12)))
+    assert len(set(ids)) == 12
+    with _store(tmp_path) as s:
+        assert s.count() == 12 and len(s.targets()) == 12
