@@ -13,7 +13,15 @@ from qdeploy.cli.app import app
 from qdeploy.store import open_store
 
 
-@app.command()
+HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
+        "The table gives the device used, runtime, median/p90/p99 latency, init and first "
+        "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it) "
+        "and the speed-up over the float variant (ratio of medians). The history flags a "
+        "median more than 10% worse than the previous report of the same model, target and "
+        "variant.")
+
+
+@app.command(help=HELP)
 def report(
     reports: Path = typer.Option(Path("reports"), "--reports", metavar="DIR",
                                  help="Directory holding the report store (qdeploy.sqlite), "
@@ -37,14 +45,7 @@ def report(
                                         help="Write one self-contained HTML page with the "
                                              "tables and the plot embedded."),
 ):
-    """Show the latest benchmark per target and variant, and the history of each.
-
-    The table gives the device used, runtime, median/p90/p99 latency, init and first
-    inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it)
-    and the speed-up over the float variant (ratio of medians). The history flags a
-    median more than 10% worse than the previous report of the same model, target and
-    variant.
-    """
+    """`qdeploy report`: read the store, print tables or JSON, write the plot and page."""
     for path, what in ((plot, "plot"), (html, "HTML page")):
         if path is not None:
             reporting.check_output_path(path, what)
