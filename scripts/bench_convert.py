@@ -41,7 +41,7 @@ def main() -> int:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = quickstart.run(Path(tmp) / "out", Quiet(), epochs=args.epochs)
+        result = quickstart.run(Path(tmp) / "out", Quiet(), epochs=args.epochs, push=False)
     e = result.evaluation
     checks = {
         "abs_delta_pp": abs(e.delta_pp) <= TARGETS["abs_delta_pp"],

@@ -74,8 +74,13 @@ class ConvertResult:
 def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             io_type: str = "uint8", preprocess: Optional[Preprocess] = None,
             labels: Optional[Path] = None,
-            progress: Optional[Callable[[int, int], None]] = None) -> ConvertResult:
-    """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`."""
+            progress: Optional[Callable[[int, int], None]] = None,
+            calib_label: Optional[str] = None) -> ConvertResult:
+    """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`.
+
+    `calib_label` names the representative dataset in the manifest when its path means
+    nothing to a reader (a temporary file, say).
+    """
     if io_type not in IO_TYPES:
         raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got '{io_type}'")
     if num_calib < 1:
@@ -86,6 +91,8 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
     out_dir = prepare_out_dir(Path(out_dir))
     source = load_source_model(Path(model_path))
     samples = datasets.load_calibration(calib, source.fixed_shape, pre, limit=num_calib)
+    if calib_label:
+        samples.source = calib_label
     inputs = datasets.float_inputs(samples, pre)
 
     with atomic.staging_dir(out_dir) as stage:

@@ -2,7 +2,9 @@
 
 One function per step, run in order by `run`: train the tutorial's model on the
 bundled data, convert it to full integer, evaluate what that cost on the held-out
-images, then the later steps of the pipeline. Each step reports through `ui`, which
+images, compile it for the Edge TPU (or predict the compiler's verdict when the
+compiler is not installed), and rehearse a deployment by pushing to the `local`
+target, which benchmarks it on this machine. Each step reports through `ui`, which
 the command line supplies, so this module decides what happens and the CLI only
 prints.
 """
@@ -10,7 +12,7 @@ prints.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Optional, Protocol
 
@@ -35,11 +37,15 @@ class QuickstartResult:
     out_dir: Path
     conversion: ConvertResult
     evaluation: Evaluation
-    extra: dict = field(default_factory=dict)
+    compile_outcome: Optional[object] = None  # qdeploy.compiler.Outcome
+    push_result: Optional[object] = None  # qdeploy.push.PushResult
 
 
-def run(out_dir: Path, ui: UI, epochs: Optional[int] = None) -> QuickstartResult:
-    """Train, convert and evaluate the demo model into `out_dir`."""
+def run(out_dir: Path, ui: UI, epochs: Optional[int] = None,
+        remote_dir: Optional[Path] = None, reports_dir: Optional[Path] = None,
+        push: bool = True) -> QuickstartResult:
+    """Train, convert, evaluate and compile the demo model into `out_dir`, then push it
+    to the `local` target (release under `remote_dir`, report under `reports_dir`)."""
     recipe = demo.load_recipe()
     split = demo.load_split(recipe)
     out_dir = Path(out_dir)
@@ -48,7 +54,11 @@ def run(out_dir: Path, ui: UI, epochs: Optional[int] = None) -> QuickstartResult
         model_path = train_step(recipe, split, work, ui, epochs)
         conversion = convert_step(recipe, split, model_path, work, out_dir, ui)
         evaluation = evaluate_step(split, work, out_dir, ui)
-    return QuickstartResult(out_dir, conversion, evaluation)
+    result = QuickstartResult(out_dir, conversion, evaluation)
+    result.compile_outcome = compile_step(out_dir, ui)
+    if push:
+        result.push_result = push_step(out_dir, ui, remote_dir, reports_dir)
+    return result
 
 
 def train_step(recipe: demo.Recipe, split: demo.Split, work: Path, ui: UI,
@@ -82,7 +92,9 @@ def convert_step(recipe: demo.Recipe, split: demo.Split, model_path: Path, work:
         result = convert(model_path, calib, out_dir, num_calib=settings["num_calib"],
                          io_type=settings["io"],
                          preprocess=parse_preprocess(settings["preprocess"]),
-                         labels=labels, progress=tick)
+                         labels=labels, progress=tick,
+                         calib_label=f"bundled MNIST, first {settings['num_calib']} "
+                                     "training images")
     return result
 
 
@@ -99,3 +111,29 @@ def evaluate_step(split: demo.Split, work: Path, out_dir: Path, ui: UI) -> Evalu
             tick(done[0], 2 * total)
 
         return evaluate(out_dir, heldout, progress=both_models)
+
+
+def compile_step(out_dir: Path, ui: UI):
+    """Compile for the Edge TPU when edgetpu_compiler is installed, else run the preflight."""
+    from qdeploy.compiler import compile_or_preflight
+
+    with ui.step("Compiling for the Edge TPU (or predicting the compiler's verdict)"):
+        return compile_or_preflight(out_dir)
+
+
+def push_step(out_dir: Path, ui: UI, remote_dir: Optional[Path] = None,
+              reports_dir: Optional[Path] = None):
+    """Rehearse a deployment: push to the `local` target and benchmark there."""
+    from qdeploy.push import push_local
+
+    remote_dir = Path(remote_dir or default_home())
+    reports_dir = Path(reports_dir or "reports")
+    with ui.step(f"Pushing to the local target ({remote_dir}) and benchmarking"):
+        return push_local(out_dir, reports_dir, remote_dir)
+
+
+def default_home() -> Path:
+    """Where `qrun` looks for the current deployment: $QDEPLOY_HOME, else ~/qdeploy."""
+    import os
+
+    return Path(os.environ.get("QDEPLOY_HOME") or Path.home() / "qdeploy")

@@ -10,8 +10,10 @@ from typing import Iterator, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+WIDTH_WHEN_PIPED = 132  # rich would wrap tables at 80 columns in logs and CI
+
 console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH_WHEN_PIPED)
 
 
 @contextlib.contextmanager

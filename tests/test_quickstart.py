@@ -1,0 +1,37 @@
+"""`qdeploy quickstart`: the main job on the bundled default, every step for real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qrun import manifest as mf
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_predicts_the_compiler_and_pushes_to_local(converted_demo):
+    outcome = converted_demo.compile_outcome
+    # no edgetpu_compiler on this machine: the preflight answers, and every op of the
+    # batch-1 tutorial model is predicted to map
+    assert outcome.compiled is False and outcome.missing
+    assert outcome.ok, outcome.verdict
+    assert "7 of 7" in outcome.verdict
+    push = converted_demo.push_result
+    assert push.ok, push.error
+    assert push.files_sent >= 3
+    (report,) = push.reports
+    assert report["kind"] == "qrun-bench"
+    assert report["model"]["sha256"] == mf.load(converted_demo.out_dir).artifacts["int8"].sha256
+    assert report["device"]["used"] == "cpu"
+    lat = report["latency_us"]
+    assert lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
+    (report_file,) = push.report_files
+    assert json.loads(open(report_file).read())["latency_us"] == lat
+
+
+def test_quickstart_command_help_explains_itself(run_cli):
+    code, out, _ = run_cli("quickstart", "--help")
+    assert code == 0
+    assert "bundled MNIST" in out and "local" in out
