@@ -87,14 +87,18 @@ def connect(target: targets.Target, options: PushOptions):
     """An unopened connection for `target`: local, or SSH resolved through ~/.ssh/config."""
     if target.is_local:
         return LocalConnection(command_timeout=options.command_timeout)
-    if options.identity is not None and not Path(options.identity).is_file():
-        raise UserError(f"--identity {options.identity} does not exist; pass a private key file")
+    check_identity(options)
     config = targets.load_ssh_config(options.ssh_config)
     endpoint = targets.resolve(target, config, identity=options.identity,
                                known_hosts=options.known_hosts)
     return Connection(endpoint, accept_new=options.accept_new,
                       connect_timeout=options.connect_timeout,
                       command_timeout=options.command_timeout)
+
+
+def check_identity(options: PushOptions) -> None:
+    if options.identity is not None and not Path(options.identity).is_file():
+        raise UserError(f"--identity {options.identity} does not exist; pass a private key file")
 
 
 def _safe(name: str) -> str:
@@ -212,6 +216,7 @@ def push_many(target_list: list, directory: Path, options: PushOptions,
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"target {dupes[0]} is given twice; list each target once")
+    check_identity(options)
     deployment = transfer.load_deployment(directory)
     if len(target_list) == 1:
         return [push_target(target_list[0], deployment, options, progress)]
@@ -305,6 +310,8 @@ class LineProgress:
         self.last: dict = {}
 
     def __call__(self, target, stage, detail="", done=None, total=None):
+        if stage == "failed":
+            return  # the error line follows the table
         if stage == "uploading" and done is not None and self.last.get(target) == stage:
             return
         self.last[target] = stage

@@ -90,7 +90,8 @@ def push(
     failed = [r for r in results if not r.ok]
     if len(results) == 1 and failed:
         raise UserError(failed[0].error)
-    push_mod.print_table(results, Console())
+    out = Console()
+    push_mod.print_table(results, out if out.is_terminal else Console(width=160))
     for r in results:
         for path in r.report_files:
             typer.echo(f"{r.target}: report {path}")
