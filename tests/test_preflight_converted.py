@@ -43,6 +43,22 @@ def test_float_model_is_not_quantized(converted_models):
     assert all(r.status == t.UNSUPPORTED_DTYPE for r in p.ops)
 
 
+def test_float_io_keeps_quantize_and_dequantize_on_cpu_like_the_real_compiler(
+        converted_models):
+    """Real log 03 (compiler 15, a float-I/O MNIST model): QUANTIZE 'otherwise supported,
+    but not mapped', DEQUANTIZE 'unsupported data type', everything between mapped."""
+    from qdeploy import compiler_log
+    from tests.test_compiler_log import LOGS
+    real = compiler_log.parse((LOGS / "03-logfile-v15-dequantize-unsupported-dtype-mnist4.txt")
+                              .read_text())
+    real_unmapped = {(r.op, r.status) for r in real.op_table if not r.mapped}
+    p = preflight.preflight(converted_models["mnist_float_io"])
+    assert {(r.op, r.status) for r in p.ops if not r.mapped} == real_unmapped
+    assert [r.op for r in p.ops if not r.mapped] == ["QUANTIZE", "DEQUANTIZE"]
+    assert p.ops[0].op == "QUANTIZE" and p.ops[-1].op == "DEQUANTIZE"
+    assert p.on_edgetpu == len(p.ops) - 2 and p.subgraphs == 1 and p.ok
+
+
 def test_op_outside_the_table_sends_the_rest_to_the_cpu(converted_models):
     p = preflight.preflight(converted_models["mnist_transpose"])
     names = [r.op for r in p.ops]

@@ -12,6 +12,7 @@ is installed, else predict its verdict with `qdeploy.preflight`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -174,7 +175,8 @@ def run_compiler(argv: list, timeout_s: float) -> Run:
         out, _ = proc.communicate(timeout=timeout_s)
         return Run(proc.returncode, out)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         return Run(proc.returncode, out or "", timed_out=True)
 
@@ -297,6 +299,9 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
     if manifest.find(directory):
         manifest.load(directory)  # a broken manifest is reported before compiling
     check_model(model)
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"cannot write in {directory}; make it writable or copy the model "
+                        "to a directory you own")
     path = find_compiler(compiler)
     if path is None:
         raise CompilerMissing(f"{COMPILER_NAME} not found on PATH; {INSTALL_HINT}")
