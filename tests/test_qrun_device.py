@@ -200,3 +200,21 @@ def test_no_current_deployment(run_qrun, qdeploy_home):
     assert out.err_lines == [f"error: no --model given and no current deployment at "
                              f"{qdeploy_home / 'current'}; push one with qdeploy push, set "
                              "QDEPLOY_HOME, or pass --model FILE"]
+
+
+def test_device_cpu_on_a_deployment_names_no_twin(deployment_dir):
+    choice = deployment.choose(deployment.resolve(deployment_dir), "cpu")
+    assert choice.reason == "--device cpu" and choice.variant == "int8"
+
+
+def test_pi_model_from_device_tree(tmp_path):
+    from qrun.hostinfo import cpu_model, pi_model
+
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
+    assert pi_model(model) == "Raspberry Pi 5 Model B Rev 1.0"
+    assert pi_model(tmp_path / "absent") is None
+    pi5 = ("processor\t: 0\nBogoMIPS\t: 108.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n"
+           "\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
+    assert cpu_model(pi5) == "Cortex-A76"
+    assert cpu_model("model name\t: Intel(R) Xeon(R)\n") == "Intel(R) Xeon(R)"

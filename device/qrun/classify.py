@@ -9,7 +9,7 @@ the Edge TPU, when used), so it is reported apart from the rest.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +30,6 @@ class ClassifyResult:
     init_ms: float
     labels: Optional[str] = None
     fell_back: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {

@@ -161,7 +161,7 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
         if cpu is None:
             raise UserError(f"{asked} has no CPU model to run with --device cpu; "
                             + TWIN_HINT.format(name=_twin_name(tpu_model)))
-        twin = cpu != dep.model
+        twin = dep.model is not None and cpu != dep.model
         reason = "--device cpu" + (f"; running the twin {cpu.name}" if twin else "")
         return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", reason)
     if tpu_model is None:

@@ -16,6 +16,9 @@ CPUINFO = Path("/proc/cpuinfo")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 OS_RELEASE = Path("/etc/os-release")
 CPU_KEYS = ("model name", "Hardware", "Model", "Processor")
+# ARM "CPU part" ids of the cores found on Raspberry Pis (arm64 kernels print no model name).
+ARM_PARTS = {"0xb76": "ARM1176", "0xc07": "Cortex-A7", "0xd03": "Cortex-A53",
+             "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76"}
 
 
 def _read(path: Path) -> Optional[str]:
@@ -26,20 +29,28 @@ def _read(path: Path) -> Optional[str]:
 
 
 def cpu_model(cpuinfo: Optional[str] = None) -> str:
-    """The CPU's name from /proc/cpuinfo (first of model name, Hardware, ...), else platform's."""
+    """The CPU's name from /proc/cpuinfo (model name, ARM core by CPU part, ...), else platform's."""
     text = _read(CPUINFO) if cpuinfo is None else cpuinfo
+    fields: dict = {}
+    for line in (text or "").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(name.strip(), value.strip())
+    if "model name" in fields:
+        return fields["model name"]
+    part = ARM_PARTS.get(fields.get("CPU part", "").lower())
+    if part:
+        return part
     for key in CPU_KEYS:
-        for line in (text or "").splitlines():
-            name, sep, value = line.partition(":")
-            if sep and name.strip() == key and value.strip():
-                return value.strip()
+        if key in fields:
+            return fields[key]
     return platform.processor() or platform.machine()
 
 
 def pi_model(path: Path = DEVICE_TREE_MODEL) -> Optional[str]:
     """The board name from the device tree (e.g. "Raspberry Pi 5 Model B Rev 1.0"), or None."""
-    text = _read(path)
-    return text.replace("\x00", "").strip() or None if text else None
+    text = (_read(path) or "").replace("\x00", "").strip()
+    return text or None
 
 
 def os_name() -> str:
