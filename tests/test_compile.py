@@ -185,6 +185,8 @@ def test_segments_are_published_with_their_own_roles(tmp_path, fake):
     assert [m.artifacts[f"edgetpu_segment_{i}"].file for i in range(2)] == [
         "model_int8_segment_0_of_2_edgetpu.tflite", "model_int8_segment_1_of_2_edgetpu.tflite"]
     assert manifest.mismatches(m, d) == []
+    compiler.compile_model(d, compiler.CompileOptions(), DOUBLE)  # again, without segments
+    assert sorted(r for r in manifest.load(d).artifacts if r.startswith("edgetpu")) == ["edgetpu"]
 
 
 def test_a_model_file_in_a_directory_without_manifest(tmp_path, fake):

@@ -275,6 +275,8 @@ def record(stage: Path, directory: Path, outputs: list, version: str,
         return False
     m = manifest.load(directory)
     models = [n for n in outputs if n.endswith(".tflite")]
+    for role in [r for r in m.artifacts if r.startswith(EDGETPU_ROLE)]:
+        del m.artifacts[role]  # a previous compile's (segment) models are no longer current
     for i, name in enumerate(models):
         role = EDGETPU_ROLE if len(models) == 1 else f"{EDGETPU_ROLE}_segment_{i}"
         m.artifacts[role] = manifest.artifact_for(stage / name)
