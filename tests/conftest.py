@@ -9,7 +9,7 @@ DATA = ROOT / "tests" / "data"
 CORAL = DATA / "coral"
 MNIST = ROOT / "models" / "mnist"
 
-pytest_plugins = ["tests.fixtures.convert", "tests.fixtures.sshd", "tests.fixtures.pibox"]
+pytest_plugins = ["tests.fixtures.convert", "tests.fixtures.sshd", "tests.fixtures.pibox", "tests.fixtures.runner"]
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,7 @@ import re
 
 import pytest
 
-from tests.fixtures.runner import (  # noqa: F401 - fixtures
-    CORAL, V1_025, deployment_dir, qdeploy_home, qrun_process, run_qrun)
+from tests.fixtures.runner import CORAL, V1_025
 
 MODEL = CORAL / f"{V1_025}.tflite"
 EDGETPU = CORAL / f"{V1_025}_edgetpu.tflite"

@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
-
 from qrun import adapters
 from qrun.classify import classify
-from qrun.labels import check_fit, parse_labels, read_labels
 from qrun.errors import UserError
+from qrun.labels import check_fit, parse_labels, read_labels
 from qrun.preprocess import Preprocess
-from tests.fixtures.runner import (  # noqa: F401 - fixtures
-    CORAL, V1_025, deployment_dir, make_deployment, qdeploy_home, run_qrun)
+
+from tests.fixtures.runner import CORAL, V1_025, make_deployment
 
 BIRD = CORAL / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
 IMAGENET = CORAL / "imagenet_labels.txt"

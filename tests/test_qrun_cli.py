@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import qrun
-from tests.fixtures.runner import (  # noqa: F401 - fixtures
-    CORAL, V1_025, deployment_dir, qdeploy_home, qrun_process, run_qrun)
+
+from tests.fixtures.runner import CORAL, V1_025
 
 FORBIDDEN = ("tensorflow", "paramiko", "keras", "pycoral", "rich")
 

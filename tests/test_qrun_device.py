@@ -13,12 +13,11 @@ import shutil
 import signal
 
 import pytest
-
 from qrun import deployment, runtime
 from qrun.errors import UserError
 from qrun.probe import probe_delegate, read_outcome
-from tests.fixtures.runner import (  # noqa: F401 - fixtures
-    CORAL, V1_025, deployment_dir, lone_edgetpu_model, qdeploy_home, run_qrun)
+
+from tests.fixtures.runner import CORAL, V1_025
 
 EDGETPU = CORAL / f"{V1_025}_edgetpu.tflite"
 TWIN = CORAL / f"{V1_025}.tflite"

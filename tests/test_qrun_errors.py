@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.runner import (  # noqa: F401 - fixtures
-    CORAL, V1_025, lone_edgetpu_model, qdeploy_home, qrun_process, run_qrun)
+from tests.fixtures.runner import CORAL, V1_025
 
 MODEL = CORAL / f"{V1_025}.tflite"
 CAT = CORAL / "cat.bmp"

@@ -16,7 +16,6 @@ from qrun import __version__
 from qrun.errors import run
 from qrun.lightcli import LightCommand, LightGroup
 
-
 app = typer.Typer(name="qrun", cls=LightGroup, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
@@ -142,9 +141,9 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, and model tensors."""
-    from qrun import info as info_mod
-
     import json
+
+    from qrun import info as info_mod
 
     report = info_mod.info(model, tpu)
     typer.echo(json.dumps(report, indent=2) if as_json else info_mod.format_info(report))

@@ -39,7 +39,7 @@ class Deployment:
     """What `--model` names: a model file and/or a deployment root with its manifest."""
 
     root: Optional[Path]  # directory holding manifest.json, if any
-    manifest: Optional["Manifest"]
+    manifest: Optional[Manifest]
     model: Optional[Path]  # the file asked for; None when a directory was given
 
     def role_of(self, path: Path) -> Optional[str]:
@@ -250,5 +250,5 @@ def _twin_name(tpu_model: Optional[Path]) -> str:
     if tpu_model is None:
         return "int8 model"
     stem = tpu_model.stem
-    base = stem[: -len(EDGETPU_SUFFIX)] if stem.endswith(EDGETPU_SUFFIX) else stem
+    base = stem.removesuffix(EDGETPU_SUFFIX)
     return base + tpu_model.suffix

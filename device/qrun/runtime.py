@@ -14,9 +14,10 @@ import functools
 import os
 import platform
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from qrun.errors import UserError
 
