@@ -93,3 +93,17 @@ def test_edgetpu_devices_found_by_usb_id(tmp_path):
     assert [(d["kind"], d.get("id")) for d in found] == [
         ("pci", None), ("usb", "1a6e:089a"), ("usb", "18d1:9302")]
     assert "firmware not loaded" in found[1]["state"]
+
+
+def test_classify_path_skips_pydantic_and_keeps_option_errors(run_qrun):
+    """qrun.lightcli keeps typer's pydantic coercion off the path, and bad values still fail."""
+    code = ("import sys\nfrom qrun.cli import main\n"
+            f"sys.argv = ['qrun', 'classify', r'{CORAL / 'cat.bmp'}', '--model', "
+            f"r'{CORAL / (V1_025 + '.tflite')}', '--top-k', '2', '--threshold', '0.1']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n")
+    loaded = _modules_after(code)
+    assert not {m for m in loaded if m.split(".")[0] == "pydantic"}
+    out = run_qrun("bench", "--model", CORAL / (V1_025 + ".tflite"), "--runs", "many")
+    assert out.code == 2 and "'many' is not a valid int" in out.err
+    out = run_qrun("classify", CORAL / "cat.bmp", "--threshold", "high")
+    assert out.code == 2 and "'high' is not a valid float" in out.err

@@ -217,3 +217,24 @@ def test_pi_model_from_device_tree(tmp_path):
            "\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
     assert cpu_model(pi5) == "Cortex-A76"
     assert cpu_model("model name\t: Intel(R) Xeon(R)\n") == "Intel(R) Xeon(R)"
+
+
+def test_no_runtime_installed_names_the_package():
+    """With site-packages off the path (python -S) neither runtime imports: one clear line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import qrun
+
+    device_dir = str(Path(qrun.__file__).resolve().parent.parent)
+    code = ("import sys\n"
+            f"sys.path.insert(0, {device_dir!r})\n"
+            "from qrun.errors import run\n"
+            "from qrun.runtime import interpreter_module\n"
+            "run(interpreter_module)\n")
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == ("error: no TFLite runtime is installed; install one with: "
+                           "pip install ai-edge-litert\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +83,10 @@ def edgetpu_library(system: Optional[str] = None) -> str:
     override = os.environ.get(LIBRARY_ENV)
     if override:
         return override
-    system = system or platform.system()
+    if system is None:
+        import platform
+
+        system = platform.system()
     try:
         return EDGETPU_LIBRARIES[system]
     except KeyError:
