@@ -101,3 +101,11 @@ def test_real_process_edgetpu_model_without_twin(qrun_process, lone_edgetpu_mode
 def test_real_process_not_an_image(qrun_process):
     one_error(qrun_process("classify", CORAL / "COPYRIGHT.coral-test-data", "--model", MODEL),
               "is not a readable image")
+
+
+def test_deployment_whose_model_file_is_gone(run_qrun, deployment_dir):
+    for name in ("mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.25_128_quant_edgetpu.tflite"):
+        (deployment_dir / name).unlink()
+    one_error(run_qrun("classify", CAT, "--model", deployment_dir),
+              "holds no model to run", "mobilenet_v1_0.25_128_quant.tflite", "which is missing",
+              "push the deployment again")

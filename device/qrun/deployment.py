@@ -157,6 +157,9 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
     tpu_model = edgetpu_model(dep)
     cpu = cpu_model(dep)
     asked = dep.model or dep.root
+    if tpu_model is None and cpu is None:
+        raise UserError(f"{asked} holds no model to run{_missing_files(dep)}; push the "
+                        "deployment again (qdeploy push) or pass --model FILE")
     if requested == "cpu":
         if cpu is None:
             raise UserError(f"{asked} has no CPU model to run with --device cpu; "
@@ -244,6 +247,15 @@ def labels_path(dep: Deployment, given: Optional[Path]) -> Optional[Path]:
     if path is None and dep.manifest.labels:
         path = dep.root / dep.manifest.labels
     return path
+
+
+def _missing_files(dep: Deployment) -> str:
+    """ " (manifest lists X, which is missing)" for model artifacts whose file is gone."""
+    if dep.manifest is None or dep.root is None:
+        return ""
+    gone = [a.file for role, a in dep.manifest.artifacts.items()
+            if role in ("float", "int8", "edgetpu") and not (dep.root / a.file).is_file()]
+    return f" (manifest.json lists {', '.join(gone)}, which is missing)" if gone else ""
 
 
 def _twin_name(tpu_model: Optional[Path]) -> str:
