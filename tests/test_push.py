@@ -215,3 +215,18 @@ def test_push_local_rehearses_without_ssh(deployment, tmp_path):
     push.print_table([result, again], console)
     text = console.export_text()
     assert "local" in text and "pushed" in text and "unchanged" in text and "CPU" in text
+
+
+def test_compare_push_stores_every_variant_report(tmp_path):
+    """`--compare`: qrun bench --compare on the device, one stored row per variant."""
+    dep = make_deployment(tmp_path / "out")
+    opts = push.PushOptions(remote_dir=str(tmp_path / "local-device"), compare=True,
+                            bench_runs=2, reports_dir=tmp_path / "reports")
+    result = push.push_many([targets.parse_target("local")], dep, opts)[0]
+    assert result.ok, result.error
+    document = json.loads(result.report_files[0].read_text())
+    assert document["kind"] == "qrun-bench-compare"
+    variants = [r["model"]["variant"] for r in document["reports"]]
+    assert "int8" in variants and len(result.reports) == len(variants)
+    with store.open_store(tmp_path / "reports") as s:
+        assert s.count() == len(variants)

@@ -19,7 +19,8 @@ import shlex
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,7 @@ class PushOptions:
     python: str = "python3"
     wheelhouse: Optional[Path] = None
     bench: bool = True
+    runner: bool = True  # False: leave the device's runner alone (no check, no install)
     bench_runs: Optional[int] = None
     compare: bool = False
     reports_dir: Path = DEFAULT_REPORTS
@@ -182,6 +184,8 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
             if conn.is_local:
                 from qrun import __version__
                 result.runner_version = __version__
+            elif not options.runner:
+                result.runner_version = state.runner_version
             else:
                 progress(name, "runner", "checking", None, None)
                 runner = wheel.ensure_runner(
@@ -220,11 +224,58 @@ def push_many(target_list: list, directory: Path, options: PushOptions,
     deployment = transfer.load_deployment(directory)
     if len(target_list) == 1:
         return [push_target(target_list[0], deployment, options, progress)]
-    with ThreadPoolExecutor(max_workers=max(1, min(options.jobs, len(target_list))),
-                            thread_name_prefix="qdeploy-push") as pool:
-        futures = [pool.submit(push_target, t, deployment, options, progress)
-                   for t in target_list]
-        return [f.result() for f in futures]
+    workers = max(1, min(options.jobs, len(target_list)))
+    if "fork" not in multiprocessing.get_all_start_methods():
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qdeploy-push") as pool:
+            futures = [pool.submit(push_target, t, deployment, options, progress)
+                       for t in target_list]
+            return [f.result() for f in futures]
+    # One process per running target: paramiko encrypts in Python, so threads would share
+    # one core through the GIL; processes use them all. Progress comes back over a queue.
+    ctx = multiprocessing.get_context("fork")
+    events = ctx.Queue()
+    pump = threading.Thread(target=_pump_events, args=(events, progress), daemon=True)
+    pump.start()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                 initializer=_init_worker, initargs=(events,)) as pool:
+            futures = [pool.submit(_push_in_worker, t, deployment, options)
+                       for t in target_list]
+            results = []
+            for t, f in zip(target_list, futures):
+                try:
+                    results.append(f.result())
+                except Exception as exc:  # a worker died: that target failed, not the fleet
+                    results.append(PushResult(target=t.name, error=f"{t.name}: push process "
+                                              f"failed ({type(exc).__name__}: {exc})"))
+            return results
+    finally:
+        events.put(None)
+        pump.join(timeout=5)
+
+
+_worker_events = None
+
+
+def _init_worker(events) -> None:
+    global _worker_events
+    _worker_events = events
+
+
+def _queue_progress(target, stage, detail="", done=None, total=None):
+    _worker_events.put((target, stage, detail, done, total))
+
+
+def _push_in_worker(target, deployment, options) -> PushResult:
+    return push_target(target, deployment, options, _queue_progress)
+
+
+def _pump_events(events, progress: Progress) -> None:
+    for event in iter(events.get, None):
+        try:
+            progress(*event)
+        except Exception:  # a display problem must not stop the push
+            pass
 
 
 def push_local(directory: Path, reports_dir: Path, remote_dir: Path,

@@ -111,12 +111,14 @@ def probe(conn, remote_dir: str) -> RemoteState:
 # Runs on the device under its python3: argv = remote dir; stdin = JSON header line, then the
 # bytes of every file whose "source" is null, in header order. Prints one JSON line.
 RECEIVER = r'''
-import errno, fcntl, hashlib, json, os, shutil, sys
+import errno, fcntl, hashlib, json, os, queue, shutil, sys, threading
 R = os.path.expanduser(sys.argv[1]); REL = os.path.join(R, "releases"); KEEP = int(sys.argv[2])
 def fsync_dir(p):
     fd = os.open(p, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+def hasher(h, q):
+    for b in iter(q.get, None): h.update(b)
 def switch(name, dest):
     link = os.path.join(R, name); tmp = os.path.join(R, "." + name + ".tmp")
     if os.path.lexists(tmp): os.unlink(tmp)
@@ -141,13 +143,18 @@ def main():
                 with open(dst, "rb") as g:
                     for b in iter(lambda: g.read(1 << 20), b""): h.update(b)
             else:
+                # Hash on a second thread (hashlib drops the GIL) while this one reads and writes.
+                q = queue.Queue(8); t = threading.Thread(target=hasher, args=(h, q)); t.start()
                 left = f["size"]
-                with open(dst, "wb") as g:
-                    while left:
-                        b = inp.read(min(left, 1 << 20))
-                        if not b: raise EOFError("upload interrupted: the stream ended early")
-                        g.write(b); h.update(b); left -= len(b)
-                    g.flush(); os.fsync(g.fileno())
+                try:
+                    with open(dst, "wb") as g:
+                        while left:
+                            b = inp.read(min(left, 1 << 20))
+                            if not b: raise EOFError("upload interrupted: the stream ended early")
+                            g.write(b); q.put(b); left -= len(b)
+                        g.flush(); os.fsync(g.fileno())
+                finally:
+                    q.put(None); t.join()
             if h.hexdigest() != f["sha256"]:
                 raise ValueError("sha256 of %s on the device differs from the manifest" % f["name"])
         fsync_dir(stage)

@@ -317,10 +317,15 @@ class Connection:
             reader = threading.Thread(target=pump_stderr, daemon=True)
             reader.start()
             try:
+                piece = max(1024, chan.out_max_packet_size - 64)
                 for chunk in _chunks(stdin):
                     if chan.exit_status_ready() or chan.closed:
                         break  # the command stopped reading; its status says why
-                    chan.sendall(chunk)
+                    # One packet's worth at a time: paramiko's sendall re-slices (copies) the
+                    # rest of its argument after every packet, quadratic on large blocks.
+                    view = memoryview(chunk)
+                    for start in range(0, len(view), piece):
+                        chan.sendall(view[start:start + piece].tobytes())
                 chan.shutdown_write()
             except OSError:
                 if not chan.exit_status_ready():

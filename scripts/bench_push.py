@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""`qdeploy push` against OpenSSH's own tools on loopback sshds, side by side in one run.
+
+Three comparisons, each interleaved over --reps rounds (medians reported) so machine noise
+falls on both sides alike:
+- 64 MiB push: a fresh release (upload, sha256 on the device, switch) vs `scp` of the same
+  file. Target: push <= 1.0x scp.
+- unchanged re-push vs `rsync -a` of the unchanged directory (its quick check). Target:
+  <= 0.5x rsync, and zero model bytes sent (bytes on the wire, counted by a relay, are printed
+  for both: only the handshake and one probe for qdeploy).
+- 10 targets in parallel vs 1 target, both with qdeploy (and scp for reference). Target:
+  <= 3x.
+qdeploy runs in-process (`push_many`, --no-bench, runner left alone): rsync and scp are
+C programs, so a Python interpreter start would measure imports, not the push. The CLI's
+wall time for the unchanged re-push is printed too.
+
+Setup: starts 10 `sshd -D` on 127.0.0.1 with temporary keys (as root), installs Debian's
+rsync when missing, stops every sshd by PID at the end.
+
+    .venv/bin/python scripts/bench_push.py [--reps 3] [--size-mib 64] [--targets 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qdeploy import push, targets, transfer  # noqa: E402
+from tests.fixtures.sshd import TcpProxy, _keygen, _missing, make_deployment, start_sshd  # noqa: E402
+
+TARGETS = {"push_vs_scp": 1.0, "repush_vs_rsync": 0.5, "fleet_vs_one": 3.0}
+
+
+def ensure_rsync() -> None:
+    if shutil.which("rsync"):
+        return
+    print("installing rsync (Debian package) for the comparison", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "rsync"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--targets", type=int, default=10)
+    args = ap.parse_args()
+    missing = _missing()
+    if missing:
+        sys.exit(f"error: {missing}")
+    ensure_rsync()
+
+    tmp = Path(tempfile.mkdtemp(prefix="qdeploy-bench-push-"))
+    servers = []
+    try:
+        key = _keygen(tmp / "id_ed25519", "bench")
+        for i in range(args.targets):
+            (tmp / f"sshd{i}").mkdir()
+            servers.append(start_sshd(tmp / f"sshd{i}", key.with_suffix(".pub")))
+        kh = tmp / "known_hosts"
+        kh.write_text("".join(s.known_hosts_line() for s in servers))
+        os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
+        payload = os.urandom(args.size_mib << 20)
+        dep = make_deployment(tmp / "qdeploy-out", extra={"payload.bin": payload})
+        big = dep / "payload.bin"
+        transfer.load_deployment(dep)  # the stat cache a user's second push would have
+        opts = push.PushOptions(identity=key, known_hosts=kh, bench=False, runner=False,
+                                ssh_config=tmp / "no-ssh-config", jobs=args.targets)
+        one = [targets.parse_target(servers[0].target)]
+        fleet = [targets.parse_target(s.target) for s in servers]
+        ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={kh}", "-o", "BatchMode=yes"]
+        s0 = servers[0]
+
+        def push_to(tlist, remote: str):
+            opts.remote_dir = remote  # under each sshd's own $HOME: one device per server
+            results = push.push_many(tlist, dep, opts)
+            bad = [r.error for r in results if not r.ok]
+            if bad:
+                raise SystemExit(f"error: push failed: {bad[0]}")
+            return results
+
+        def scp_to(server, dest: Path):
+            dest.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["scp", "-q", *ssh_opts, "-P", str(server.port), str(big),
+                            f"root@127.0.0.1:{dest}/"], check=True)
+
+        def rsync_to(dest: Path, stats=False):
+            out = subprocess.run(["rsync", "-a", *(["--stats"] if stats else []), "-e",
+                                  " ".join(["ssh", *ssh_opts, "-p", str(s0.port)]),
+                                  f"{dep}/", f"root@127.0.0.1:{dest}/"],
+                                 check=True, capture_output=True, text=True)
+            return out.stdout
+
+        fig = {k: [] for k in ("push", "scp", "repush", "rsync", "one", "fleet", "scp1",
+                               "scp10")}
+        repush_bytes = None
+        for rep in range(args.reps):
+            work = tmp / f"rep{rep}"
+            # 64 MiB: fresh release vs scp (alternating which goes first).
+            order = [("scp", lambda: scp_to(s0, work / "scp")),
+                     ("push", lambda: push_to(one, f"~/rep{rep}/push"))]
+            for name, fn in (order if rep % 2 else order[::-1]):
+                fig[name].append(timed(fn)[0])
+            # Unchanged re-push vs rsync's unchanged re-sync.
+            rsync_to(work / "rsync")
+            order = [("rsync", lambda: rsync_to(work / "rsync")),
+                     ("repush", lambda: push_to(one, f"~/rep{rep}/push"))]
+            for name, fn in (order if rep % 2 else order[::-1]):
+                seconds, value = timed(fn)
+                fig[name].append(seconds)
+                if name == "repush":
+                    repush_bytes = value[0].bytes_sent
+                    assert value[0].unchanged
+            # 1 target vs N targets, qdeploy; scp for reference.
+            fig["one"].append(timed(lambda: push_to(one, f"~/rep{rep}/one"))[0])
+            fig["fleet"].append(timed(lambda: push_to(fleet, f"~/rep{rep}/fleet"))[0])
+            fig["scp1"].append(timed(lambda: scp_to(s0, work / "scp1"))[0])
+
+            def scp_all():
+                procs = [subprocess.Popen(["scp", "-q", *ssh_opts, "-P", str(s.port), str(big),
+                                           f"root@127.0.0.1:{work}/scpN{i}/"])
+                         for i, s in enumerate(servers) if (work / f"scpN{i}").mkdir() is None]
+                if any(p.wait() for p in procs):
+                    raise SystemExit("error: scp failed")
+            fig["scp10"].append(timed(scp_all)[0])
+            shutil.rmtree(work, ignore_errors=True)
+            for s in servers:
+                shutil.rmtree(s.home / f"rep{rep}", ignore_errors=True)
+
+        # Bytes on the wire for an unchanged re-push (relay count) and rsync's own count.
+        wire = "~/wire"
+        push_to(one, wire)
+        proxy = TcpProxy(s0.port)
+        with open(kh, "a") as f:
+            f.write(s0.known_hosts_line().replace(f"]:{s0.port} ", f"]:{proxy.port} "))
+        opts.remote_dir = wire
+        r = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep, opts)[0]
+        proxy.close()
+        wire_bytes = proxy.sent
+        rsync_to(tmp / "wire-rsync")
+        rsync_stats = rsync_to(tmp / "wire-rsync", stats=True)
+        rsync_sent = next((ln.split(":")[1].strip() for ln in rsync_stats.splitlines()
+                           if ln.startswith("Total bytes sent")), "?")
+        cli = [sys.executable, "-m", "qdeploy", "push", str(dep), "-t", s0.target, "--no-bench",
+               "--identity", str(key), "--known-hosts", str(kh), "--remote-dir", wire,
+               "--ssh-config", str(tmp / "no-ssh-config")]
+        cli_s = statistics.median(timed(lambda: subprocess.run(cli, check=True,
+                                                               capture_output=True))[0]
+                                  for _ in range(3))
+
+        med = {k: statistics.median(v) for k, v in fig.items()}
+        ratios = {"push_vs_scp": med["push"] / med["scp"],
+                  "repush_vs_rsync": med["repush"] / med["rsync"],
+                  "fleet_vs_one": med["fleet"] / med["one"]}
+        n = args.targets
+        print(f"qdeploy push benchmark: {args.size_mib} MiB model, loopback sshd, "
+              f"{args.reps} interleaved rounds, medians (s); {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"  64 MiB push (upload, verify, switch)  {med['push']:.3f}   scp {med['scp']:.3f}"
+              f"   ratio {ratios['push_vs_scp']:.2f}  (target <= {TARGETS['push_vs_scp']})")
+        print(f"  unchanged re-push                     {med['repush']:.3f}   rsync "
+              f"{med['rsync']:.3f}   ratio {ratios['repush_vs_rsync']:.2f}  "
+              f"(target <= {TARGETS['repush_vs_rsync']})")
+        print(f"    model bytes sent {repush_bytes}; bytes on the wire {wire_bytes} "
+              f"(rsync: {rsync_sent} sent); CLI wall time {cli_s:.2f} s (interpreter start "
+              "and imports included)")
+        print(f"  {n} targets vs 1, qdeploy               {med['fleet']:.3f} vs {med['one']:.3f}"
+              f"   ratio {ratios['fleet_vs_one']:.2f}  (target <= {TARGETS['fleet_vs_one']})")
+        print(f"  {n} targets vs 1, scp (reference)       {med['scp10']:.3f} vs {med['scp1']:.3f}"
+              f"   ratio {med['scp10'] / med['scp1']:.2f}")
+        met = all(ratios[k] <= TARGETS[k] for k in TARGETS) and repush_bytes == 0
+        print("all targets met" if met else "not all targets met: " + ", ".join(
+            k for k in TARGETS if ratios[k] > TARGETS[k]))
+        return 0
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
