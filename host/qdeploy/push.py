@@ -307,49 +307,62 @@ def _ms(us) -> str:
 
 
 def device_text(report: dict) -> str:
-    dev = report.get("device") or {}
-    used = dev.get("used", "?")
-    label = {"edgetpu": "Edge TPU", "cpu": "CPU"}.get(used, str(used))
-    reason = dev.get("reason")
-    return f"{label} ({reason})" if reason else label
+    used = (report.get("device") or {}).get("used", "?")
+    return {"edgetpu": "Edge TPU", "cpu": "CPU"}.get(used, str(used))
 
 
 def render_table(results: list):
-    """A rich Table: one row per target (and per report of a compare run)."""
+    """A rich Table: one row per target (and per variant of a compare run)."""
     from rich.table import Table
 
     table = Table(title="qdeploy push", title_justify="left")
-    for col, justify in (("target", "left"), ("result", "left"), ("release", "left"),
-                         ("files sent / skipped", "right"), ("bytes", "right"),
-                         ("transfer", "right"), ("runner", "left"),
-                         ("device used", "left"), ("median", "right"), ("p99", "right")):
-        table.add_column(col, justify=justify, overflow="fold")
+    table.add_column("target", min_width=10, overflow="fold")
+    for col in ("result", "sent/skip", "bytes", "time", "device", "median", "p99"):
+        table.add_column(col, justify="left" if col in ("result", "device") else "right",
+                         no_wrap=True)
     for r in results:
         if not r.ok:
-            table.add_row(r.target, "[red]failed[/red]", "-", "-", "-", "-", "-",
-                          r.error or "", "-", "-")
+            table.add_row(r.target, "[red]failed[/red]", "-", "-", "-", "-", "-", "-")
             continue
-        outcome = "unchanged" if r.unchanged else "pushed"
-        runner = (f"{r.runner_version} (installed)" if r.runner_installed
-                  else str(r.runner_version or "-"))
-        base = [r.target, f"[green]{outcome}[/green]", r.release_id or "-",
-                f"{r.files_sent} / {r.files_skipped}", _size(r.bytes_sent),
-                f"{r.transfer_s:.2f} s", runner]
+        base = [r.target, "[green]unchanged[/green]" if r.unchanged else "[green]pushed[/green]",
+                f"{r.files_sent}/{r.files_skipped}", _size(r.bytes_sent), f"{r.transfer_s:.2f} s"]
         if not r.reports:
-            table.add_row(*base, "not benchmarked (--no-bench)", "-", "-")
+            table.add_row(*base, "not run", "-", "-")
         for i, rep in enumerate(r.reports):
             lat = rep.get("latency_us") or {}
             variant = (rep.get("model") or {}).get("variant")
-            dev = device_text(rep) + (f" [{variant}]" if variant and len(r.reports) > 1 else "")
-            row = base if i == 0 else [""] * len(base)
-            table.add_row(*row, dev, _ms(lat.get("median")), _ms(lat.get("p99")))
+            dev = device_text(rep) + (f" ({variant})" if variant and len(r.reports) > 1 else "")
+            table.add_row(*(base if i == 0 else [""] * len(base)), dev,
+                          _ms(lat.get("median")), _ms(lat.get("p99")))
     return table
 
 
-def print_table(results: list, console=None) -> None:
+def result_notes(results: list, errors: bool = True) -> list:
+    """One line per target under the table: release, runner, why that device (or the error)."""
+    notes = []
+    for r in results:
+        if not r.ok:
+            if errors:
+                notes.append(f"error: {r.error}")
+            continue
+        runner = f"runner {r.runner_version}" + (" (installed)" if r.runner_installed else "")
+        line = f"{r.target}: release {r.release_id}; {runner}"
+        for rep in r.reports:
+            dev = rep.get("device") or {}
+            if dev.get("reason"):
+                line += f"; {device_text(rep)}: {dev['reason']}"
+        notes.append(line)
+    return notes
+
+
+def print_table(results: list, console=None, errors: bool = True) -> None:
+    """Print the result table and the notes under it (`errors`: failed targets' errors too)."""
     from rich.console import Console
 
-    (console or Console()).print(render_table(results))
+    console = console or Console()
+    console.print(render_table(results))
+    for note in result_notes(results, errors):
+        console.print(note, markup=False, highlight=False)
 
 
 class LineProgress:

@@ -91,7 +91,7 @@ def push(
     if len(results) == 1 and failed:
         raise UserError(failed[0].error)
     out = Console()
-    push_mod.print_table(results, out if out.is_terminal else Console(width=160))
+    push_mod.print_table(results, out if out.is_terminal else Console(width=160), errors=False)
     for r in results:
         for path in r.report_files:
             typer.echo(f"{r.target}: report {path}")
