@@ -230,3 +230,36 @@ def test_compare_push_stores_every_variant_report(tmp_path):
     assert "int8" in variants and len(result.reports) == len(variants)
     with store.open_store(tmp_path / "reports") as s:
         assert s.count() == len(variants)
+
+
+def test_runner_wheel_holds_qrun_only(tmp_path):
+    import zipfile
+
+    from qdeploy import wheel
+
+    path = wheel.build_wheel(tmp_path)
+    assert path.name == f"qrun-{qrun.__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        meta = zf.read(f"qrun-{qrun.__version__}.dist-info/METADATA").decode()
+        entry = zf.read(f"qrun-{qrun.__version__}.dist-info/entry_points.txt").decode()
+    assert {n.split("/")[0] for n in names} == {"qrun", f"qrun-{qrun.__version__}.dist-info"}
+    assert "qrun/cli.py" in names and not any("__pycache__" in n for n in names)
+    requires = sorted(ln.split(": ", 1)[1] for ln in meta.splitlines()
+                      if ln.startswith("Requires-Dist"))
+    # The device extra, without its marker; never the host's TensorFlow or paramiko.
+    assert {r.split(">")[0].split(";")[0] for r in requires} >= {"numpy", "ai-edge-litert"}
+    assert not [r for r in requires if "extra" in r or r.startswith(("tensorflow", "paramiko"))]
+    assert "qrun = qrun.cli:main" in entry
+    assert wheel.build_wheel(tmp_path / "again").read_bytes() == path.read_bytes()
+
+
+def test_missing_device_python_is_one_clear_line(sshd, ssh_client_key, device, deployment,
+                                                 tmp_path):
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device),
+                   python="/nonexistent/python3")
+    result = push.push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
+    assert not result.ok
+    assert "'/nonexistent/python3' was not found on the device" in result.error
+    assert "--python" in result.error
+    assert not (device / "current").exists()
