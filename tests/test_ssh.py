@@ -262,3 +262,14 @@ def test_empty_inventory_is_refused(tmp_path):
     inv.write_text("# nothing yet\n")
     with pytest.raises(UserError, match="lists no hosts"):
         inventory.load(inv)
+
+
+@pytest.mark.slow
+def test_command_timeout_is_one_line(sshd, ssh_client_key, tmp_path):
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    conn = _connect(sshd, tmp_path, ssh_client_key)
+    try:
+        with pytest.raises(UserError, match=r"no answer from .* for 0.5 s \(command timeout\)"):
+            conn.run("sleep 5", timeout=0.5)
+    finally:
+        conn.close()
