@@ -273,3 +273,10 @@ def test_command_timeout_is_one_line(sshd, ssh_client_key, tmp_path):
             conn.run("sleep 5", timeout=0.5)
     finally:
         conn.close()
+
+
+def test_proxy_jump_in_ssh_config_is_refused_not_ignored(tmp_path, _isolated_home):
+    (_isolated_home / ".ssh" / "config").write_text(
+        "Host behind\n  HostName 10.1.2.3\n  ProxyJump gateway\n")
+    with pytest.raises(UserError, match="ProxyJump for behind"):
+        targets.resolve(targets.parse_target("pi@behind"), targets.load_ssh_config())

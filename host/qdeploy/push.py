@@ -170,7 +170,7 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
         progress(name, "connecting", "", None, None)
         with connect(target, options) as conn:
             state = release.probe(conn, options.remote_dir)
-            xfer = transfer.Transfer(conn, options.remote_dir, options.python)
+            xfer = transfer.Transfer(conn, options.remote_dir, device_python(conn, options))
             plan = xfer.plan(deployment, state)
             total = plan.bytes_to_send
             progress(name, "unchanged" if plan.unchanged else "uploading",
@@ -289,7 +289,14 @@ def push_local(directory: Path, reports_dir: Path, remote_dir: Path,
 
 def rollback_target(target: targets.Target, options: PushOptions, to: Optional[str] = None) -> dict:
     with connect(target, options) as conn:
-        return release.rollback(conn, options.remote_dir, options.python, to)
+        return release.rollback(conn, options.remote_dir, device_python(conn, options), to)
+
+
+def device_python(conn, options: PushOptions) -> str:
+    """The interpreter for the device-side helpers: on `local`, this one unless told otherwise."""
+    if conn.is_local and options.python == PushOptions.python:
+        return sys.executable
+    return options.python
 
 
 # -- presenting -----------------------------------------------------------------------------

@@ -122,6 +122,11 @@ def resolve(target: Target, config=None, identity: Optional[Path] = None,
             known_hosts: Optional[Path] = None) -> Endpoint:
     """Apply ssh config to `target`; the target string's user and port win over the config's."""
     options = config.lookup(target.host) if config is not None else {}
+    for key in ("proxyjump", "proxycommand"):
+        if options.get(key) and str(options[key]).lower() != "none":
+            raise UserError(f"~/.ssh/config sets {'ProxyJump' if key == 'proxyjump' else 'ProxyCommand'} "
+                            f"for {target.host}, which qdeploy push does not support; push "
+                            "from a machine that reaches the device directly")
     hostname = options.get("hostname", target.host)
     try:
         port = target.port or int(options.get("port", DEFAULT_PORT))
