@@ -4,7 +4,8 @@
 Three comparisons, each interleaved over --reps rounds (medians reported) so machine noise
 falls on both sides alike:
 - 64 MiB push: a fresh release (upload, sha256 on the device, switch) vs `scp` of the same
-  file. Target: push <= 1.0x scp.
+  file. Target: push <= 1.0x scp. Also printed: scp followed by a remote `sha256sum`, the
+  same verified copy done with OpenSSH's tools.
 - unchanged re-push vs `rsync -a` of the unchanged directory (its quick check). Target:
   <= 0.5x rsync, and zero model bytes sent (bytes on the wire, counted by a relay, are printed
   for both: only the handshake and one probe for qdeploy).
@@ -109,14 +110,20 @@ def main() -> int:
                                  check=True, capture_output=True, text=True)
             return out.stdout
 
-        fig = {k: [] for k in ("push", "scp", "repush", "rsync", "one", "fleet", "scp1",
-                               "scp10")}
+        fig = {k: [] for k in ("push", "scp", "scpsum", "repush", "rsync", "one", "fleet",
+                               "scp1", "scp10")}
+
+        def scp_and_verify(dest: Path):
+            scp_to(s0, dest)
+            subprocess.run(["ssh", *ssh_opts, "-p", str(s0.port), "root@127.0.0.1",
+                            f"sha256sum {dest}/{big.name}"], check=True, capture_output=True)
         repush_bytes = None
         for rep in range(args.reps):
             work = tmp / f"rep{rep}"
             # 64 MiB: fresh release vs scp (alternating which goes first).
             order = [("scp", lambda: scp_to(s0, work / "scp")),
-                     ("push", lambda: push_to(one, f"~/rep{rep}/push"))]
+                     ("push", lambda: push_to(one, f"~/rep{rep}/push")),
+                     ("scpsum", lambda: scp_and_verify(work / "scpsum"))]
             for name, fn in (order if rep % 2 else order[::-1]):
                 fig[name].append(timed(fn)[0])
             # Unchanged re-push vs rsync's unchanged re-sync.
@@ -152,7 +159,9 @@ def main() -> int:
         with open(kh, "a") as f:
             f.write(s0.known_hosts_line().replace(f"]:{s0.port} ", f"]:{proxy.port} "))
         opts.remote_dir = wire
-        r = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep, opts)[0]
+        wired = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep,
+                               opts)[0]
+        assert wired.ok and wired.unchanged, wired.error
         proxy.close()
         wire_bytes = proxy.sent
         rsync_to(tmp / "wire-rsync")
@@ -176,6 +185,8 @@ def main() -> int:
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"  64 MiB push (upload, verify, switch)  {med['push']:.3f}   scp {med['scp']:.3f}"
               f"   ratio {ratios['push_vs_scp']:.2f}  (target <= {TARGETS['push_vs_scp']})")
+        print(f"    reference: scp then `ssh sha256sum` of the file (a verified copy with OpenSSH"
+              f" tools) {med['scpsum']:.3f}, ratio {med['push'] / med['scpsum']:.2f}")
         print(f"  unchanged re-push                     {med['repush']:.3f}   rsync "
               f"{med['rsync']:.3f}   ratio {ratios['repush_vs_rsync']:.2f}  "
               f"(target <= {TARGETS['repush_vs_rsync']})")

@@ -6,7 +6,6 @@ link that venv into their own remote dir so each starts from an empty device but
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -16,65 +15,14 @@ import pytest
 
 import qrun
 from qdeploy import push, release, store, targets, transfer
-from tests.fixtures.sshd import make_deployment
+from tests.fixtures.sshd import known_hosts, make_deployment, push_options as options, sha
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(isolated_home):
     """No real ~/.ssh, agent or cache: every key and known_hosts file is the test's own."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-
-
-def known_hosts(path: Path, server, port=None) -> Path:
-    line = server.known_hosts_line()
-    if port is not None:
-        line = line.replace(f"]:{server.port} ", f"]:{port} ")
-    path.write_text(line)
-    return path
-
-
-def options(tmp: Path, server, key, **kw) -> push.PushOptions:
-    kh = tmp / "known_hosts"
-    if not kh.exists():
-        known_hosts(kh, server)
-    base = dict(identity=key.private, known_hosts=kh, reports_dir=tmp / "reports",
-                bench=False, ssh_config=tmp / "no-ssh-config")
-    base.update(kw)
-    return push.PushOptions(**base)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def first_push(sshd, ssh_client_key, device_wheelhouse, tmp_path_factory):
-    """A push to an empty device: installs the runner (from the wheelhouse), benches, stores."""
-    tmp = tmp_path_factory.mktemp("first-push")
-    dep = make_deployment(tmp / "qdeploy-out")
-    opts = options(tmp, sshd, ssh_client_key, bench=True, bench_runs=5,
-                   wheelhouse=device_wheelhouse)
-    lines = []
-    results = push.push_many([targets.parse_target(sshd.target)], dep, opts,
-                             lambda t, stage, detail="", done=None, total=None:
-                             lines.append((stage, detail)))
-    return results[0], dep, opts, lines
-
-
-@pytest.fixture
-def device(sshd, first_push, tmp_path):
-    """An empty remote dir on the sshd 'device' whose venv is the session's installed runner."""
-    remote = tmp_path / "device"
-    remote.mkdir()
-    venv = sshd.home / "qdeploy" / "venv"
-    (remote / "venv").symlink_to(venv)
-    return remote
 
 
 def test_first_push_installs_runner_switches_current_and_stores_report(first_push, sshd):

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from tests.fixtures.sshd import make_deployment
-from tests.test_push import device, first_push  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import pytest
 
 from qdeploy import push, targets
 from tests.fixtures.sshd import make_deployment
-from tests.test_push import _isolated_home, first_push, device, known_hosts, options  # noqa: F401
+from tests.fixtures.sshd import push_options as options
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_home")]
 QDEPLOY = [sys.executable, "-m", "qdeploy"]
 
 

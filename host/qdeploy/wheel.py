@@ -67,7 +67,7 @@ def build_wheel(dest: Path) -> Path:
                 or path.name.startswith("."):
             continue
         files.append((f"qrun/{rel.as_posix()}", path.read_bytes()))
-    meta = [f"Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {version}",
+    meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {version}",
             "Summary: qdeploy's device runner: classify and benchmark TFLite / Edge TPU models",
             "Requires-Python: >=3.9"]
     meta += [f"Requires-Dist: {r}" for r in device_requirements()]
