@@ -280,3 +280,29 @@ def test_proxy_jump_in_ssh_config_is_refused_not_ignored(tmp_path, _isolated_hom
         "Host behind\n  HostName 10.1.2.3\n  ProxyJump gateway\n")
     with pytest.raises(UserError, match="ProxyJump for behind"):
         targets.resolve(targets.parse_target("pi@behind"), targets.load_ssh_config())
+
+
+@pytest.mark.slow
+def test_known_hosts_with_cert_authority_and_bad_lines_still_works(sshd, ssh_client_key,
+                                                                   tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "@cert-authority *.example.com ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+        "garbage line here\n"
+        "[x]:22 ssh-ed25519 notbase64!!\n"
+        + sshd.known_hosts_line())
+    _connect(sshd, tmp_path, ssh_client_key).close()
+
+
+@pytest.mark.slow
+def test_revoked_host_key_is_refused_even_with_accept_new(sshd, ssh_client_key, tmp_path):
+    keytype, b64 = sshd.host_pub.split()[:2]
+    (tmp_path / "known_hosts").write_text(f"@revoked * {keytype} {b64}\n")
+    with pytest.raises(UserError, match="@revoked"):
+        _connect(sshd, tmp_path, ssh_client_key, accept_new=True)
+    # Revoked wins over a plain entry for the same key, as in OpenSSH.
+    (tmp_path / "known_hosts").write_text(f"@revoked * {keytype} {b64}\n"
+                                          + sshd.known_hosts_line())
+    with pytest.raises(UserError, match="@revoked"):
+        _connect(sshd, tmp_path, ssh_client_key)

@@ -158,13 +158,17 @@ class LocalConnection:
 class _HostKeyPolicy:
     """Unknown host keys: refuse with the fingerprint, or record them with --accept-new."""
 
-    def __init__(self, endpoint: Endpoint, accept_new: bool):
+    def __init__(self, endpoint: Endpoint, accept_new: bool, revoked: frozenset = frozenset()):
         self.endpoint = endpoint
         self.accept_new = accept_new
+        self.revoked = revoked
 
     def missing_host_key(self, client, hostname, key):
         known_hosts = Path(self.endpoint.known_hosts_files[0])
         fp = fingerprint(key)
+        if key.get_base64() in self.revoked:
+            raise UserError(f"{self.endpoint.name}: host key of {hostname} ({key.get_name()} "
+                            f"{fp}) is marked @revoked in {known_hosts}; refusing to connect")
         if not self.accept_new:
             raise UserError(
                 f"{self.endpoint.name}: host key of {hostname} is not known "
@@ -177,6 +181,38 @@ class _HostKeyPolicy:
             with open(known_hosts, "a", encoding="ascii") as f:
                 f.write(line)
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _load_known_hosts(host_keys, path: str) -> set:
+    """Add a known_hosts file's entries to paramiko `host_keys`, skipping what it cannot parse
+    (as OpenSSH does: `@cert-authority` lines, unknown key types, bad lines); returns the
+    base64 of `@revoked` keys."""
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+    revoked = set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read known_hosts {path} ({exc.strerror}); fix its permissions "
+                        "or pass --known-hosts FILE") from None
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            fields = line.split()
+            if fields[0] == "@revoked" and len(fields) >= 4:
+                revoked.add(fields[3])
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, ValueError, TypeError, IndexError):
+            continue
+        if entry is None or entry.key is None:
+            continue
+        for name in entry.hostnames:
+            host_keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
 
 
 def _transport_factory(sock, **kwargs):
@@ -226,14 +262,11 @@ class Connection:
 
         e = self.endpoint
         client = paramiko.SSHClient()
+        revoked: set = set()
         for path in e.known_hosts_files:
             if os.path.isfile(path):
-                try:
-                    client.get_host_keys().load(path)
-                except (OSError, paramiko.SSHException) as exc:
-                    raise UserError(f"cannot read known_hosts {path} ({exc}); fix or move "
-                                    "the file") from None
-        client.set_missing_host_key_policy(_HostKeyPolicy(e, self.accept_new))
+                revoked |= _load_known_hosts(client.get_host_keys(), path)
+        client.set_missing_host_key_policy(_HostKeyPolicy(e, self.accept_new, revoked))
         keys = [p for p in e.identity_files if os.path.isfile(p)]
         agent = not e.identities_only
         try:
@@ -285,6 +318,12 @@ class Connection:
             raise UserError(f"{self.name}: SSH to {e.hostname}:{e.port} failed "
                             f"({exc or type(exc).__name__}); check that an SSH server listens "
                             "there") from None
+        server_key = client.get_transport().get_remote_server_key()
+        if server_key.get_base64() in revoked:
+            client.close()
+            raise UserError(f"{self.name}: host key of {e.known_hosts_name} "
+                            f"({fingerprint(server_key)}) is marked @revoked in known_hosts; "
+                            "refusing to connect")
         self.client = client
         return self
 
