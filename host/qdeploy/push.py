@@ -148,7 +148,11 @@ def store_report(report: dict, target: str, reports_dir: Path) -> tuple[Path, li
                         f"({exc.strerror}); pass --reports DIR") from None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = reports_dir / f"{_safe(target)}-{stamp}.json"
-    atomic.write_text(path, json.dumps(report, indent=2) + "\n")
+    try:
+        atomic.write_text(path, json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {reports_dir} ({exc.strerror}); pass "
+                        "--reports DIR") from None
     with store.open_store(reports_dir) as s:
         ids = s.add_reports(report, target, path)
     return path, ids

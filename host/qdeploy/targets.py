@@ -115,7 +115,11 @@ def load_ssh_config(path: Optional[Path] = None):
     path = Path(path) if path else default_config_path()
     if not path.is_file():
         return paramiko.SSHConfig()
-    return paramiko.SSHConfig.from_text("\n".join(_expand_includes(path)) + "\n")
+    try:
+        return paramiko.SSHConfig.from_text("\n".join(_expand_includes(path)) + "\n")
+    except Exception as exc:  # paramiko's ConfigParseError and friends
+        raise UserError(f"cannot parse ssh config {path} ({exc}); fix it or pass "
+                        "--ssh-config FILE") from None
 
 
 def resolve(target: Target, config=None, identity: Optional[Path] = None,
