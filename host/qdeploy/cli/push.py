@@ -11,7 +11,7 @@ import typer
 from qdeploy.cli.app import app
 from qrun.errors import UserError
 
-TARGET_HELP = ("[user@]host[:port] or a ~/.ssh/config Host alias; 'local' for this machine "
+TARGET_HELP = ("\\[user@]host[:port] or a ~/.ssh/config Host alias; 'local' for this machine "
                "(no SSH). Repeatable.")
 REMOTE_DIR_HELP = "Release directory on the device (releases/, current, venv/)."
 
