@@ -211,3 +211,17 @@ def test_missing_device_python_is_one_clear_line(sshd, ssh_client_key, device, d
     assert "'/nonexistent/python3' was not found on the device" in result.error
     assert "--python" in result.error
     assert not (device / "current").exists()
+
+
+def test_half_made_runner_venv_is_made_again(sshd, ssh_client_key, deployment,
+                                             device_wheelhouse, tmp_path):
+    """An interrupted venv creation (a python without pip) does not wedge later pushes."""
+    remote = tmp_path / "device"
+    (remote / "venv" / "bin").mkdir(parents=True)
+    (remote / "venv" / "bin" / "python").symlink_to("/bin/false")
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(remote),
+                   wheelhouse=device_wheelhouse)
+    result = push.push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
+    assert result.ok, result.error
+    assert result.runner_installed
+    assert (remote / "venv" / "bin" / "qrun").exists()

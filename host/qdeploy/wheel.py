@@ -168,9 +168,11 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
     r = release.shell_path(remote_dir)
     venv_py = f"{r}/venv/bin/python"
     index = f"--no-index --find-links {r}/wheelhouse" if wheelhouse is not None else ""
-    cmd = (f"{{ [ -x {venv_py} ] || {shlex.quote(python)} -m venv {r}/venv || exit 90; "
-           f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile --progress-bar off "
-           f"{index} {r}/runner/{wheel.name} || exit 91; }} 1>&2; "
+    # A venv whose pip does not run (e.g. an interrupted creation) is made again.
+    cmd = (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
+           f"{shlex.quote(python)} -m venv {r}/venv || exit 90; }}; "
+           f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
+           f"--progress-bar off {index} {r}/runner/{wheel.name} || exit 91; }} 1>&2; "
            f"{r}/venv/bin/qrun --version")
     result = conn.run(cmd, on_stderr=on_line, timeout=INSTALL_TIMEOUT_S)
     if result.exit_status == 90:
