@@ -7,6 +7,7 @@ fault tests run the script for real against a refused mirror and a too-small dis
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def test_litert_classifies_the_parrot_on_arm64(pibox):
     box's wheelhouse, no registry) in a venv, MobileNet v2 iNat birds on parrot.jpg."""
     model = "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
     pibox.run("mkdir -p ~/t && python3 -m venv ~/t/venv")
-    pibox.run("~/t/venv/bin/pip install --quiet --no-index ai-edge-litert numpy pillow",
+    pibox.run("~/t/venv/bin/pip install --quiet --no-compile --no-index ai-edge-litert numpy pillow",
               timeout=900)
     pibox.put(CORAL / model, f"t/{model}")
     pibox.put(CORAL / "parrot.jpg", "t/parrot.jpg")
@@ -134,6 +135,24 @@ def test_too_small_disk_is_one_clear_line(tmp_path):
         _nothing_half_built(cache)
     finally:
         subprocess.run(["umount", str(cache)], check=True)
+
+
+def test_binfmt_unavailable_is_one_clear_line(tmp_path):
+    """As in an unprivileged container: qemu-aarch64 not registered in the binfmt_misc this
+    process sees, and no CAP_SYS_ADMIN to mount one (a private mount namespace, for real)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make the private mount namespace")
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs util-linux's unshare and setpriv")
+    hide = ("mount -t tmpfs -o ro,size=4k nobinfmt /proc/sys/fs/binfmt_misc && "
+            "exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin \"$@\"")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide,
+                             "sh", sys.executable, str(SCRIPT), "--cache-dir", str(tmp_path),
+                             "start"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3  # the fixture skips on 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "binfmt unavailable" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_states_the_limits():
