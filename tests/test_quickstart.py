@@ -35,3 +35,22 @@ def test_quickstart_command_help_explains_itself(run_cli):
     code, out, _ = run_cli("quickstart", "--help")
     assert code == 0
     assert "bundled MNIST" in out and "local" in out
+
+
+def test_quickstart_report_carries_the_measured_accuracy(converted_demo, run_cli, tmp_path):
+    """The push hands the manifest's evaluate figures to the store; `qdeploy report` shows them."""
+    from qdeploy import store
+
+    manifest = mf.load(converted_demo.out_dir)
+    reports_dir = converted_demo.push_result.report_files[0].parent
+    with store.open_store(reports_dir) as s:
+        facts = s.model_facts(manifest.artifacts["int8"].sha256)
+        (row,) = s.latest(target="local")
+    assert facts.accuracy == converted_demo.evaluation.int8_accuracy
+    assert row.accuracy == converted_demo.evaluation.int8_accuracy
+    code, out, err = run_cli("report", "--reports", reports_dir, "--json")
+    assert code == 0, err
+    (latest,) = json.loads(out)["latest"]
+    assert latest["variant"] == "int8"
+    assert latest["accuracy"] == converted_demo.evaluation.int8_accuracy
+    assert latest["model_size"] == manifest.artifacts["int8"].size

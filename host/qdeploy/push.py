@@ -136,8 +136,13 @@ def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dic
     return report
 
 
-def store_report(report: dict, target: str, reports_dir: Path) -> tuple[Path, list]:
-    """Write the report under `reports_dir` atomically, then add it to the SQLite store."""
+def store_report(report: dict, target: str, reports_dir: Path,
+                 manifest=None) -> tuple[Path, list]:
+    """Write the report under `reports_dir` atomically, then add it to the SQLite store.
+
+    With the deployment's `manifest`, the store also records each model's size and the
+    accuracy `qdeploy evaluate` measured, so reports can show them beside latency.
+    """
     from qdeploy import store
 
     reports_dir = Path(reports_dir)
@@ -155,6 +160,8 @@ def store_report(report: dict, target: str, reports_dir: Path) -> tuple[Path, li
                         "--reports DIR") from None
     with store.open_store(reports_dir) as s:
         ids = s.add_reports(report, target, path)
+        if manifest is not None:
+            s.add_manifest_facts(manifest)
     return path, ids
 
 
@@ -201,7 +208,8 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
                 progress(name, "bench", "starting", None, None)
                 report = run_bench(conn, options,
                                    lambda line: progress(name, "bench", line, None, None))
-                path, ids = store_report(report, name, options.reports_dir)
+                path, ids = store_report(report, name, options.reports_dir,
+                                         deployment.manifest)
                 result.report_files.append(path)
                 result.report_ids.extend(ids)
                 result.reports.extend(reports_of(report))
