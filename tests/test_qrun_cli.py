@@ -96,7 +96,7 @@ def test_edgetpu_devices_found_by_usb_id(tmp_path):
 
 
 def test_classify_path_skips_pydantic_and_keeps_option_errors(run_qrun):
-    """qrun.lightcli keeps typer's pydantic coercion off the path, and bad values still fail."""
+    """No pydantic on the classify path (typer is pinned below 0.29), and bad values still fail."""
     code = ("import sys\nfrom qrun.cli import main\n"
             f"sys.argv = ['qrun', 'classify', r'{CORAL / 'cat.bmp'}', '--model', "
             f"r'{CORAL / (V1_025 + '.tflite')}', '--top-k', '2', '--threshold', '0.1']\n"

@@ -14,9 +14,8 @@ import typer
 
 from qrun import __version__
 from qrun.errors import run
-from qrun.lightcli import LightCommand, LightGroup
 
-app = typer.Typer(name="qrun", cls=LightGroup, no_args_is_help=True, add_completion=False,
+app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
                        "benchmark a model, show the runtime and Edge TPUs. Without --model, "
@@ -45,7 +44,7 @@ def main_options(
     """qrun: classify and benchmark TFLite models on the Edge TPU or the CPU."""
 
 
-@app.command(cls=LightCommand)
+@app.command()
 def classify(
     image: Path = typer.Argument(..., metavar="IMAGE", help="Image to classify (JPEG, PNG or BMP)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -80,7 +79,7 @@ def classify(
         typer.echo(f"{c.label or c.id}: {c.score:.5f}")
 
 
-@app.command(cls=LightCommand)
+@app.command()
 def bench(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     runs: int = typer.Option(100, "--runs", "-n", help="Timed steady-state runs."),
@@ -131,7 +130,7 @@ def bench(
     typer.echo(f"report written to {target}", err=True)
 
 
-@app.command(cls=LightCommand)
+@app.command()
 def info(
     model: Optional[Path] = typer.Option(
         None, "--model", "-m",
@@ -149,7 +148,7 @@ def info(
     typer.echo(json.dumps(report, indent=2) if as_json else info_mod.format_info(report))
 
 
-@app.command(cls=LightCommand)
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(f"qrun {__version__}")

@@ -31,7 +31,7 @@ from qdeploy import release
 DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 INSTALL_TIMEOUT_S = 1800.0
-FALLBACK_REQUIRES = ["numpy", "pillow", "typer>=0.12", "ai-edge-litert>=2.3"]
+FALLBACK_REQUIRES = ["numpy", "pillow", "typer>=0.12,<0.29", "ai-edge-litert>=2.3"]
 _DEVICE_EXTRA = re.compile(r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
 
 
