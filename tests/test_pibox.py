@@ -1,7 +1,9 @@
 """scripts/pi-in-a-box: the emulated arm64 device, reached over a real SSH connection.
 
 The box's tests skip where this machine cannot host it (see tests/fixtures/pibox.py); the
-fault tests run the script for real against a refused mirror and a too-small disk.
+fault tests run the script for real against a refused mirror and a too-small disk. The
+device runtime itself is proven on the box by tests/test_pibox_push.py: the push installs
+qrun (numpy, pillow, ai-edge-litert) there and classifies parrot.jpg.
 """
 
 from __future__ import annotations
@@ -11,33 +13,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORAL
 from tests.fixtures.pibox import SCRIPT
-
-PARROT_ID = 923  # "Ara macao (Scarlet Macaw)" in inat_bird_labels.txt
-# Standalone on purpose: the box has nothing of qdeploy, and this checks the runtime alone.
-CLASSIFY = textwrap.dedent("""\
-    import sys
-    import numpy as np
-    from PIL import Image
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=sys.argv[1])
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    _, h, w, _ = inp["shape"]
-    img = Image.open(sys.argv[2]).convert("RGB").resize((w, h), Image.LANCZOS)
-    it.set_tensor(inp["index"], np.asarray(img, dtype=inp["dtype"])[None])
-    it.invoke()
-    scale, zero = out["quantization"]
-    scores = scale * (it.get_tensor(out["index"])[0].astype(np.float32) - zero)
-    top = int(np.argmax(scores))
-    print(top, float(scores[top]))
-    """)
 
 
 @pytest.mark.slow
@@ -70,22 +50,6 @@ def test_sftp_reaches_the_box(pibox, tmp_path):
 
 
 @pytest.mark.slow
-def test_litert_classifies_the_parrot_on_arm64(pibox):
-    """The device runtime for real: numpy, pillow and ai-edge-litert (aarch64 wheels from the
-    box's wheelhouse, no registry) in a venv, MobileNet v2 iNat birds on parrot.jpg."""
-    model = "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
-    pibox.run("mkdir -p ~/t && python3 -m venv ~/t/venv")
-    pibox.run("~/t/venv/bin/pip install --quiet --no-compile --no-index ai-edge-litert numpy pillow",
-              timeout=900)
-    pibox.put(CORAL / model, f"t/{model}")
-    pibox.put(CORAL / "parrot.jpg", "t/parrot.jpg")
-    pibox.run("cat > ~/t/classify.py", stdin=CLASSIFY.encode())
-    out = pibox.run(f"cd ~/t && venv/bin/python classify.py {model} parrot.jpg").stdout
-    label, score = out.split()
-    assert int(label) == PARROT_ID
-    assert float(score) > 0.7  # arm64 kernels: 0.766; x86 XNNPACK 0.797
-
-
 # --- faults: one clear line, non-zero exit, nothing half-built left behind ------------------
 
 def _run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
