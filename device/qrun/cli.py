@@ -1,4 +1,4 @@
-"""`qrun` command line: classify, bench, info. Parses options and prints; the work is elsewhere.
+"""`qrun` command line: classify, bench, verify, info. Parses options and prints; the work is elsewhere.
 
 Heavy modules (numpy, PIL, the TFLite runtime) are imported inside the commands,
 so `qrun --help` stays quick and `qrun classify` pays only for what it uses.
@@ -128,6 +128,40 @@ def bench(
     atomic.write_text(target, text)
     typer.echo("\n\n".join(texts))
     typer.echo(f"report written to {target}", err=True)
+
+
+@app.command()
+def verify(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    device: str = typer.Option(
+        "auto", "--device", "-d",
+        help="auto: the CPU int8 model, and the Edge TPU model when its delegate loads; "
+             "cpu: the int8 model only; edgetpu: the Edge TPU model or an error."),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    inputs: Optional[Path] = typer.Option(
+        None, "--inputs",
+        help="A .npy of inputs (uint8 pixels or float model inputs) instead of the "
+             "deployment's reference_inputs.npy."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    json_out: Optional[str] = typer.Option(
+        None, "--json", help="'-': print the outputs as one JSON object on stdout."),
+) -> None:
+    """Run the deployment's reference inputs through each variant; print top-1 (or all outputs)."""
+    from qrun import verify as verify_mod
+
+    if json_out not in (None, "-"):
+        from qrun.errors import UserError
+
+        raise UserError(f"--json takes '-' (stdout), not {json_out!r}")
+    document = verify_mod.verify(model, device, tpu, inputs, threads,
+                                 progress=verify_mod.stderr_progress)
+    if json_out is None:
+        typer.echo(verify_mod.summary(document))
+        return
+    import json
+
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
 
 
 @app.command()
