@@ -45,7 +45,8 @@ def test_newer_store_schema_and_foreign_file_refused(tmp_path):
     con.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
     con.commit()
     con.close()
-    with pytest.raises(UserError, match=r"store schema version 2, newer .*upgrade qdeploy"):
+    with pytest.raises(UserError, match=rf"store schema version {store.SCHEMA_VERSION + 1}, "
+                                        r"newer .*upgrade qdeploy"):
         store.open_store(tmp_path / "reports")
     other = tmp_path / "other"
     other.mkdir()
@@ -261,3 +262,53 @@ def test_parallel_writers_each_get_their_row(tmp_path, int8_report):
     assert len(set(ids)) == 12
     with _store(tmp_path) as s:
         assert s.count() == 12 and len(s.targets()) == 12
+
+
+def _verification(report: dict, **kw) -> store.Verification:
+    base = dict(target="local", model_sha256=report["model"]["sha256"],
+                variant=report["model"]["variant"], device_used="cpu", samples=3, agree=3,
+                agreement=1.0, max_abs_diff=0.0, max_steps=0.0, worst_sample=0,
+                tolerance_steps=16.0, ok=True, reference_sha256="ab" * 32,
+                timestamp=report["timestamp"])
+    base.update(kw)
+    return store.Verification(**base)
+
+
+def test_version_1_store_is_migrated_keeping_its_reports(tmp_path, int8_report):
+    """A store written before verify existed (schema 1) gains the verifications table."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    con = sqlite3.connect(reports / store.STORE_NAME)
+    con.executescript(store._MIGRATIONS[1])
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    with store.open_store(reports) as s:
+        s.add_report(int8_report, "local", tmp_path / "r.json")
+    # What the old qdeploy wrote stays readable; the new version and table are there.
+    with store.open_store(reports) as s:
+        [row] = s.latest()
+        assert row.median_us == int8_report["latency_us"]["median"]
+        assert row.agreement is None and row.max_abs_diff is None
+        s.add_verification(_verification(int8_report, agree=2, agreement=2 / 3,
+                                         max_abs_diff=0.2305, max_steps=59.0, ok=False))
+        [row] = s.latest()
+        assert (row.agreement, row.max_abs_diff) == (2 / 3, 0.2305)
+    con = sqlite3.connect(reports / store.STORE_NAME)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+    con.close()
+
+
+def test_latest_verification_of_the_same_model_file_and_target_wins(tmp_path, int8_report):
+    with _store(tmp_path) as s:
+        s.add_report(int8_report, "local", tmp_path / "r.json")
+        s.add_verification(_verification(int8_report, agree=1, agreement=1 / 3,
+                                         max_abs_diff=0.5, max_steps=128.0, ok=False,
+                                         timestamp="2026-01-01T00:00:00Z"))
+        s.add_verification(_verification(int8_report, timestamp="2026-01-02T00:00:00Z"))
+        s.add_verification(_verification(int8_report, target="other", agreement=0.0,
+                                         max_abs_diff=1.0))
+        s.add_verification(_verification(int8_report, model_sha256="f" * 64, agreement=0.0))
+        [row] = s.latest()
+        assert (row.agreement, row.max_abs_diff) == (1.0, 0.0)
+        assert [v.ok for v in s.verifications("local")] == [False, True, True]

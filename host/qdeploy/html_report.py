@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import html
 from qdeploy import __version__
-from qdeploy.report import (REGRESSION_THRESHOLD, Report, accuracy_text, change_text, ms,
-                             rss_text, size_text, speedup_text)
+from qdeploy.report import (REGRESSION_THRESHOLD, Report, accuracy_text, agreement_text,
+                             change_text, diff_text, ms, rss_text, size_text, speedup_text)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -21,7 +21,7 @@ img { max-width: 100%; }
 
 LATEST_COLUMNS = ("target", "model", "variant", "device", "runtime", "median (ms)", "p90 (ms)",
                   "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
-                  "model size", "accuracy", "speed-up vs float")
+                  "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float")
 HISTORY_COLUMNS = ("time (UTC)", "target", "model", "variant", "model sha256", "median (ms)",
                    "p99 (ms)", "change", "regression")
 
@@ -40,6 +40,7 @@ def render_html(report: Report, png: bytes) -> str:
                          ms(r.median_us), ms(r.p90_us), ms(r.p99_us), f"{r.init_ms:.1f}",
                          f"{r.first_inference_ms:.2f}", rss_text(r.peak_rss_kb),
                          size_text(r.model_size), accuracy_text(r.accuracy),
+                         agreement_text(r.agreement), diff_text(r.max_abs_diff),
                          speedup_text(r.speedup)), 5) + "</tr>"
         for r in report.table)
     history = "\n".join(

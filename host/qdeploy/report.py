@@ -4,7 +4,8 @@ Pure functions over rows read from the store (`qdeploy.store`). The speed-up of 
 variant is the float variant's median divided by its own median, for the same model
 on the same target (so 2.0 means twice as fast as float). A report is a regression
 when its median is more than `REGRESSION_THRESHOLD` worse than the previous report
-of the same model, target and variant.
+of the same model, target and variant. Agreement and max |Δ| come from the latest
+`qdeploy push --verify` of the same model file, target and variant (see qdeploy.verify).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class TableRow:
     speedup: Optional[float]  # float median / this median; None without a float report
     timestamp: str
     report_id: int
+    agreement: Optional[float] = None  # latest verify: top-1 agreement with the host
+    max_abs_diff: Optional[float] = None  # latest verify: largest output difference
 
 
 @dataclass
@@ -111,7 +114,8 @@ def table(latest: list[ReportRow]) -> list[TableRow]:
         median_us=r.median_us, p90_us=r.p90_us, p99_us=r.p99_us, init_ms=r.init_ms,
         first_inference_ms=r.first_inference_ms, peak_rss_kb=r.peak_rss_kb,
         model_size=r.model_size, accuracy=r.accuracy, speedup=ratio[r.id],
-        timestamp=r.timestamp, report_id=r.id) for r in latest]
+        timestamp=r.timestamp, report_id=r.id, agreement=r.agreement,
+        max_abs_diff=r.max_abs_diff) for r in latest]
 
 
 def flag_regressions(history: list[ReportRow],
@@ -177,6 +181,14 @@ def rss_text(peak_rss_kb: Optional[int]) -> str:
 
 def accuracy_text(accuracy: Optional[float]) -> str:
     return "—" if accuracy is None else f"{accuracy * 100:.2f}%"
+
+
+def agreement_text(agreement: Optional[float]) -> str:
+    return "—" if agreement is None else f"{agreement * 100:.0f}%"
+
+
+def diff_text(max_abs_diff: Optional[float]) -> str:
+    return "—" if max_abs_diff is None else f"{max_abs_diff:.3g}"
 
 
 def speedup_text(speedup: Optional[float]) -> str:

@@ -17,6 +17,10 @@ the size also comes with each report. A report may carry its accuracy itself
 (`model.accuracy`, or an `evaluation` record in `qdeploy evaluate`'s form on the
 report or on the compare document: see `accuracy_for`); it is recorded as a model
 fact.
+
+`qdeploy push --verify` adds, per target, model file and variant, the top-1 agreement
+and largest output difference it measured (`Store.add_verification`, store schema 2);
+report rows carry the latest of these for their model file.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
@@ -32,7 +36,7 @@ from typing import Iterable, Optional
 from qrun.errors import UserError
 
 STORE_NAME = "qdeploy.sqlite"
-SCHEMA_VERSION = 1  # of the SQLite file, in PRAGMA user_version
+SCHEMA_VERSION = 2  # of the SQLite file, in PRAGMA user_version (2 added verifications)
 REPORT_SCHEMA_VERSION = 1  # newest qrun-bench report this qdeploy reads
 BENCH_KIND = "qrun-bench"
 COMPARE_KIND = "qrun-bench-compare"
@@ -89,6 +93,31 @@ CREATE TABLE model_facts (
     updated  TEXT NOT NULL
 );
 """
+
+# Version 2: what `qdeploy push --verify` measured, per target, model file and variant.
+_SCHEMA_V2 = """
+CREATE TABLE verifications (
+    id               INTEGER PRIMARY KEY,
+    target           TEXT NOT NULL,
+    model_sha256     TEXT NOT NULL,
+    variant          TEXT NOT NULL,
+    device_used      TEXT NOT NULL,
+    samples          INTEGER NOT NULL,
+    agree            INTEGER NOT NULL,
+    agreement        REAL NOT NULL,
+    max_abs_diff     REAL NOT NULL,
+    max_steps        REAL NOT NULL,
+    worst_sample     INTEGER NOT NULL,
+    tolerance_steps  REAL NOT NULL,
+    ok               INTEGER NOT NULL,
+    reference_sha256 TEXT NOT NULL,
+    timestamp        TEXT NOT NULL,
+    added            TEXT NOT NULL
+);
+CREATE INDEX verifications_by_series ON verifications (target, model_sha256, variant, timestamp);
+"""
+# Statements that take a store from version N-1 to N.
+_MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2}
 
 _NUMBER = (int, float)
 # (dotted field, accepted types, may be null) of a qrun-bench report, in schema order.
@@ -165,7 +194,29 @@ class ReportRow:
     hostname: str
     report_file: str
     accuracy: Optional[float] = None  # from model_facts, when known
+    agreement: Optional[float] = None  # latest verify of this target, model file and variant
+    max_abs_diff: Optional[float] = None
     timings_us: list = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Verification:
+    """One variant's verify on a target: top-1 agreement and largest output difference."""
+
+    target: str
+    model_sha256: str
+    variant: str
+    device_used: str
+    samples: int
+    agree: int
+    agreement: float
+    max_abs_diff: float
+    max_steps: float
+    worst_sample: int
+    tolerance_steps: float
+    ok: bool
+    reference_sha256: str
+    timestamp: str
 
 
 @dataclass
@@ -424,6 +475,32 @@ class Store:
             recorded += 1
         return recorded
 
+    def add_verification(self, v: Verification) -> int:
+        """Store one variant's verify figures; return the row id."""
+        row = asdict(v)
+        row["model_sha256"] = row["model_sha256"].lower()
+        row["ok"] = int(bool(row["ok"]))
+        row["timestamp"] = normalize_timestamp(row["timestamp"] or _now())
+        row["added"] = _now()
+        columns = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self.connection:
+            cursor = self.connection.execute(
+                f"INSERT INTO verifications ({columns}) VALUES ({marks})", row)
+        return cursor.lastrowid
+
+    def verifications(self, target: Optional[str] = None) -> list[Verification]:
+        """Stored verify figures, oldest first; only `target`'s when given."""
+        names = list(Verification.__dataclass_fields__)
+        sql = f"SELECT {', '.join(names)} FROM verifications"
+        params: list = []
+        if target is not None:
+            sql += " WHERE target = ?"
+            params.append(target)
+        rows = self.connection.execute(sql + " ORDER BY timestamp, id", params)
+        return [Verification(**{**dict(zip(names, r)), "ok": bool(r[names.index("ok")])})
+                for r in rows]
+
     def _upsert_facts(self, sha256, variant, size, accuracy, source) -> None:
         self.connection.execute(
             "INSERT INTO model_facts (sha256, variant, size, accuracy, source, updated) "
@@ -515,15 +592,21 @@ class Store:
 
     def _select(self, where: list[str], params: list, latest_only: bool) -> list[ReportRow]:
         condition = " AND ".join(where) if where else "1"
-        names = [f for f in ReportRow.__dataclass_fields__ if f not in ("accuracy", "timings_us")]
+        joined = ("accuracy", "agreement", "max_abs_diff", "timings_us")
+        names = [f for f in ReportRow.__dataclass_fields__ if f not in joined]
         columns = ", ".join(f"r.{n}" for n in names)
-        sql = (f"SELECT {columns}, f.accuracy, r.timings_us FROM reports r "
+        verified = ("(SELECT v.{} FROM verifications v WHERE v.target = r.target AND "
+                    "v.model_sha256 = r.model_sha256 AND v.variant = r.variant "
+                    "ORDER BY v.timestamp DESC, v.id DESC LIMIT 1)")
+        sql = (f"SELECT {columns}, f.accuracy, {verified.format('agreement')}, "
+               f"{verified.format('max_abs_diff')}, r.timings_us FROM reports r "
                f"LEFT JOIN model_facts f ON f.sha256 = r.model_sha256 "
                f"WHERE {condition} ORDER BY r.timestamp, r.id")
         rows = []
         for values in self.connection.execute(sql, params):
-            *fields, accuracy, timings = values
-            rows.append(ReportRow(*fields, accuracy=accuracy, timings_us=json.loads(timings)))
+            *fields, accuracy, agreement, max_abs_diff, timings = values
+            rows.append(ReportRow(*fields, accuracy=accuracy, agreement=agreement,
+                                  max_abs_diff=max_abs_diff, timings_us=json.loads(timings)))
         if not latest_only:
             return rows
         newest = {}
@@ -575,17 +658,30 @@ def open_store(reports_dir: Path, create: bool = True) -> Store:
         connection.close()
         raise UserError(f"{path} has store schema version {version}, newer than this qdeploy "
                         f"understands ({SCHEMA_VERSION}); upgrade qdeploy")
-    if version == 0:
+    if version < SCHEMA_VERSION:
         try:
-            with connection:
-                connection.execute("BEGIN IMMEDIATE")
-                # Another process may have created it between our read and the lock.
-                if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
-                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(connection)
         except sqlite3.DatabaseError as exc:
             connection.close()
-            raise UserError(f"cannot create the report store {path}: {exc}") from None
+            what = "create" if version == 0 else f"upgrade (version {version})"
+            raise UserError(f"cannot {what} the report store {path}: {exc}") from None
     return Store(connection, path)
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the store's schema to SCHEMA_VERSION in one transaction; the version reached.
+
+    A new file gets every step from version 0; a version-1 store gains the
+    verifications table. Another process may have migrated between our read and
+    the lock, so the version is read again under it.
+    """
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+        if version < SCHEMA_VERSION:
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return SCHEMA_VERSION

@@ -15,8 +15,9 @@ from qdeploy.store import open_store
 
 HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
         "The table gives the device used, runtime, median/p90/p99 latency, init and first "
-        "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it) "
-        "and the speed-up over the float variant (ratio of medians). The history flags a "
+        "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it), "
+        "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
+        "measured them) and the speed-up over the float variant (ratio of medians). The history flags a "
         "median more than 10% worse than the previous report of the same model, target and "
         "variant.")
 
@@ -75,11 +76,12 @@ def _print_tables(result: reporting.Report) -> None:
     from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # piped or captured: don't squeeze 14 columns into 80
+    if not console.is_terminal:  # piped or captured: don't squeeze 16 columns into 80
         console = Console(width=max(console.width, 200))
     latest = Table(title="Latest report per target and variant (latencies in ms)")
     for name in ("target", "model", "variant", "device", "runtime", "median", "p90", "p99",
-                 "init", "first", "peak RSS", "size", "accuracy", "vs float"):
+                 "init", "first", "peak RSS", "size", "accuracy", "agreement", "max |Δ|",
+                 "vs float"):
         latest.add_column(name, justify="left" if name in ("target", "model", "variant",
                                                             "device", "runtime") else "right")
     for r in result.table:
@@ -90,6 +92,7 @@ def _print_tables(result: reporting.Report) -> None:
                        reporting.ms(r.p99_us), f"{r.init_ms:.1f}",
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
                        reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
+                       reporting.agreement_text(r.agreement), reporting.diff_text(r.max_abs_diff),
                        reporting.speedup_text(r.speedup))
     console.print(latest)
 
