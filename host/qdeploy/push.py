@@ -6,7 +6,10 @@ One target's push, in order, over one connection (`push_target`):
      (nothing to do when the manifests are equal),
   3. make sure the device's runner has the host's version (install the qrun wheel if not),
   4. run `qrun bench --json -` there, stream its progress, store the report
-     (`reports/<target>-<time>.json` and a row in the SQLite store).
+     (`reports/<target>-<time>.json` and a row in the SQLite store),
+  5. verify (`qrun verify --json -` there, the same int8 model here, see qdeploy.verify):
+     the figures go into the store; outputs that differ beyond the tolerance fail the
+     push and switch `current` back to the release it replaced.
 A fleet (`push_many`) runs that per target in a bounded thread pool; a failed target is a
 `PushResult` with its error, never an exception that stops the others.
 """
@@ -61,6 +64,13 @@ class PushOptions:
     connect_timeout: Optional[float] = None
     command_timeout: float = BENCH_TIMEOUT_S
     jobs: int = DEFAULT_JOBS
+    verify: Optional[bool] = None  # None: verify when the bench runs; True: required
+    verify_tolerance: float = 16.0  # output quantization steps (qdeploy.verify.DEFAULT_STEPS)
+    verify_against: Optional[Path] = None  # host side from this deployment instead
+
+    @property
+    def verifying(self) -> bool:
+        return self.verify if self.verify is not None else self.bench
 
 
 @dataclass
@@ -82,6 +92,9 @@ class PushResult:
     report_files: list = field(default_factory=list)
     report_ids: list = field(default_factory=list)
     reports: list = field(default_factory=list)  # qrun-bench report dicts
+    verify: list = field(default_factory=list)  # qdeploy.verify.Comparison per variant
+    verify_skipped: list = field(default_factory=list)  # {"variant", "reason"}
+    verify_note: Optional[str] = None  # why verify did not run
     seconds: float = 0.0
 
 
@@ -165,6 +178,90 @@ def store_report(report: dict, target: str, reports_dir: Path,
     return path, ids
 
 
+@dataclass
+class HostSide:
+    """What the host compares the device with: reference inputs, int8 model, preprocessing."""
+
+    samples: object  # numpy array
+    reference_sha256: str
+    model: Path
+    preprocess: object  # qrun.preprocess.Preprocess
+
+
+def host_side(deployment: transfer.Deployment, options: PushOptions) -> Optional[HostSide]:
+    """The host's half of verify, or None when the deployment has no reference inputs.
+
+    `--verify` given explicitly makes missing reference inputs an error. With
+    `verify_against`, the host runs that deployment's int8 model and preprocessing
+    on the pushed deployment's reference inputs.
+    """
+    from qdeploy import verify
+    from qrun import manifest as qmanifest
+    from qrun import verify as device_verify
+
+    reference = verify.reference_file(deployment.directory, deployment.manifest)
+    if reference is None:
+        if options.verify:
+            raise UserError(f"--verify: {deployment.directory} has no reference inputs "
+                            f"(reference_inputs.npy); {device_verify.RERUN_CONVERT}")
+        return None
+    directory, manifest = deployment.directory, deployment.manifest
+    if options.verify_against is not None:
+        directory = Path(options.verify_against)
+        manifest = qmanifest.load(directory)
+    return HostSide(samples=device_verify.load_reference(reference),
+                    reference_sha256=deployment.manifest.artifacts["reference"].sha256,
+                    model=verify.int8_model(directory, manifest),
+                    preprocess=manifest.preprocess)
+
+
+NO_REFERENCE_NOTE = ("verify skipped: the deployment has no reference inputs; re-run qdeploy "
+                     "convert to add them")
+
+
+def run_verify(conn, host: HostSide, name: str, options: PushOptions, progress: Progress):
+    """`qrun verify` on the device, compared here; the figures stored. A VerifyResult."""
+    from qdeploy import verify
+
+    progress(name, "verify", "starting", None, None)
+    document = verify.run_on_device(
+        conn, _runner_command(conn, options), release.shell_path(options.remote_dir),
+        options.command_timeout, lambda line: progress(name, "verify", line, None, None))
+    outcome = verify.check(document, host.samples, host.model, host.preprocess,
+                           options.verify_tolerance, host.reference_sha256)
+    store_verification(outcome, name, options.reports_dir)
+    return outcome
+
+
+def store_verification(outcome, target: str, reports_dir: Path) -> None:
+    """Add each variant's verify figures to the report store."""
+    from qdeploy import store
+
+    with store.open_store(reports_dir) as s:
+        for c in outcome.comparisons:
+            s.add_verification(store.Verification(
+                target=target, model_sha256=c.model_sha256, variant=c.variant,
+                device_used=c.device_used, samples=c.samples, agree=c.agree,
+                agreement=c.agreement, max_abs_diff=c.max_abs_diff, max_steps=c.max_steps,
+                worst_sample=c.worst_sample, tolerance_steps=c.tolerance_steps, ok=c.ok,
+                reference_sha256=outcome.reference_sha256, timestamp=outcome.timestamp))
+
+
+def undo_switch(conn, result: PushResult, options: PushOptions) -> str:
+    """Point `current` back where it was before this push; says what it did (for the error)."""
+    if result.unchanged:
+        return "current was already this release before the push and stays (fix and push again)"
+    if result.previous:
+        links = release.rollback(conn, options.remote_dir, device_python(conn, options))
+        return f"current rolled back to release {links['current']}"
+    remote = release.shell_path(options.remote_dir)
+    done = conn.run(f"rm -f {remote}/current")
+    if not done.ok:
+        raise UserError(f"{conn.name}: could not remove the failed release's `current` link "
+                        f"({done.last_error_line()}); run qdeploy rollback")
+    return "current removed (there is no previous release to go back to)"
+
+
 def reports_of(document: dict) -> list:
     if document.get("kind") == "qrun-bench-compare":
         return list(document.get("reports") or [])
@@ -178,6 +275,7 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
     result = PushResult(target=target.name)
     name = target.name
     try:
+        host = host_side(deployment, options) if options.verifying else None
         progress(name, "connecting", "", None, None)
         with connect(target, options) as conn:
             state = release.probe(conn, options.remote_dir)
@@ -213,6 +311,16 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
                 result.report_files.append(path)
                 result.report_ids.extend(ids)
                 result.reports.extend(reports_of(report))
+            if options.verifying:
+                if host is None:
+                    result.verify_note = NO_REFERENCE_NOTE
+                else:
+                    outcome = run_verify(conn, host, name, options, progress)
+                    result.verify, result.verify_skipped = outcome.comparisons, outcome.skipped
+                    if not outcome.ok:
+                        undone = undo_switch(conn, result, options)
+                        raise UserError(f"verify failed: "
+                                        f"{outcome.failure(options.verify_tolerance)}; {undone}")
         result.ok = True
         progress(name, "done", "", None, None)
     except UserError as exc:
@@ -234,6 +342,8 @@ def push_many(target_list: list, directory: Path, options: PushOptions,
         raise UserError(f"target {dupes[0]} is given twice; list each target once")
     check_identity(options)
     deployment = transfer.load_deployment(directory)
+    if options.verifying:
+        host_side(deployment, options)  # a missing reference or model: one error, not per target
     if len(target_list) == 1:
         return [push_target(target_list[0], deployment, options, progress)]
     workers = max(1, min(options.jobs, len(target_list)))
@@ -325,6 +435,13 @@ def _ms(us) -> str:
     return f"{us / 1000:.2f} ms" if isinstance(us, (int, float)) else "-"
 
 
+def _latency(median, p99) -> str:
+    """`1.27/1.29`: median and p99 in ms in one cell, so the table fits 80 columns."""
+    if not all(isinstance(v, (int, float)) for v in (median, p99)):
+        return "-"
+    return f"{median / 1000:.2f}/{p99 / 1000:.2f}"
+
+
 def device_text(report: dict) -> str:
     used = (report.get("device") or {}).get("used", "?")
     return {"edgetpu": "Edge TPU", "cpu": "CPU"}.get(used, str(used))
@@ -334,9 +451,9 @@ def render_table(results: list):
     """A rich Table: one row per target (and per variant of a compare run)."""
     from rich.table import Table
 
-    table = Table(title="qdeploy push", title_justify="left")
+    table = Table(title="qdeploy push (latency in ms)", title_justify="left", pad_edge=False)
     table.add_column("target", min_width=10, overflow="fold")
-    for col in ("result", "sent/skip", "bytes", "time", "device", "median", "p99"):
+    for col in ("result", "files", "bytes", "time", "device", "median/p99", "verify"):
         table.add_column(col, justify="left" if col in ("result", "device") else "right",
                          no_wrap=True)
     for r in results:
@@ -345,15 +462,25 @@ def render_table(results: list):
             continue
         base = [r.target, "[green]unchanged[/green]" if r.unchanged else "[green]pushed[/green]",
                 f"{r.files_sent}/{r.files_skipped}", _size(r.bytes_sent), f"{r.transfer_s:.2f} s"]
+        by_variant = {c.variant: c for c in r.verify}
         if not r.reports:
-            table.add_row(*base, "not run", "-", "-")
+            table.add_row(*base, "not run", "-", verify_cell(r.verify[0] if r.verify else None))
         for i, rep in enumerate(r.reports):
             lat = rep.get("latency_us") or {}
             variant = (rep.get("model") or {}).get("variant")
             dev = device_text(rep) + (f" ({variant})" if variant and len(r.reports) > 1 else "")
             table.add_row(*(base if i == 0 else [""] * len(base)), dev,
-                          _ms(lat.get("median")), _ms(lat.get("p99")))
+                          _latency(lat.get("median"), lat.get("p99")),
+                          verify_cell(by_variant.get(variant)))
     return table
+
+
+def verify_cell(comparison) -> str:
+    """`3/3 Δ0`: top-1 agreements / reference inputs and max |Δ| in output steps."""
+    if comparison is None:
+        return "-"
+    text = f"{comparison.agree}/{comparison.samples} Δ{comparison.max_steps:g}"
+    return text if comparison.ok else f"[red]{text}[/red]"
 
 
 def result_notes(results: list, errors: bool = True) -> list:
@@ -370,6 +497,12 @@ def result_notes(results: list, errors: bool = True) -> list:
             dev = rep.get("device") or {}
             if dev.get("reason"):
                 line += f"; {device_text(rep)}: {dev['reason']}"
+        for c in r.verify:
+            line += f"; verify {c.text()}"
+        for s in r.verify_skipped:
+            line += f"; verify skipped {s.get('variant')}: {s.get('reason')}"
+        if r.verify_note:
+            line += f"; {r.verify_note}"
         notes.append(line)
     return notes
 

@@ -69,8 +69,21 @@ def push(
     command_timeout: float = typer.Option(1800.0, "--command-timeout", min=1.0,
                                           help="Seconds a device command may stay silent."),
     jobs: int = typer.Option(8, "--jobs", "-j", min=1, help="Targets pushed at once."),
+    verify: Optional[bool] = typer.Option(
+        None, "--verify/--no-verify",
+        help="Run the deployment's reference inputs on the device and compare its outputs "
+             "with the host's int8 model (top-1 agreement, max |Δ|). Default: when the bench "
+             "runs. A failed verify fails the push and switches current back."),
+    verify_tolerance: float = typer.Option(
+        16.0, "--verify-tolerance", min=0.0, metavar="STEPS",
+        help="Largest output difference allowed, in output quantization steps."),
+    verify_against: Optional[Path] = typer.Option(
+        None, "--verify-against", metavar="DIR",
+        help="Compute the host's outputs with this deployment's int8 model and preprocessing "
+             "(e.g. the one you validated) instead of DIRECTORY's."),
 ):
-    """Push DIRECTORY to the targets, install the runner, benchmark there, store the reports."""
+    """Push DIRECTORY to the targets, install the runner, benchmark and verify there, store
+    the reports."""
     from rich.console import Console
 
     from qdeploy import push as push_mod
@@ -80,7 +93,8 @@ def push(
                        bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
-                       command_timeout=command_timeout, jobs=jobs)
+                       command_timeout=command_timeout, jobs=jobs, verify=verify,
+                       verify_tolerance=verify_tolerance, verify_against=verify_against)
     err = Console(stderr=True)
     if err.is_terminal:
         with push_mod.RichProgress([t.name for t in found], console=err) as progress:
