@@ -38,7 +38,8 @@ def _modules_after(code: str) -> set:
 
 def test_qrun_never_imports_tensorflow_or_paramiko():
     code = ("import qrun.cli, qrun.runtime, qrun.probe, qrun.deployment, qrun.classify, "
-            "qrun.bench, qrun.info, qrun.labels, qrun.adapters, qrun.hostinfo, qrun.manifest\n"
+            "qrun.bench, qrun.info, qrun.labels, qrun.adapters, qrun.hostinfo, qrun.manifest, "
+            "qrun.verify\n"
             "from qrun.classify import classify\n"
             f"classify(r'{CORAL / 'cat.bmp'}', r'{CORAL / (V1_025 + '.tflite')}')")
     loaded = _modules_after(code)

@@ -215,6 +215,18 @@ def test_failed_first_verify_leaves_no_current(reference_deployment, tmp_path):
     assert not os.path.lexists(tmp_path / "device" / "current")
 
 
+def test_failed_verify_of_an_unchanged_push_leaves_current_and_says_so(reference_deployment,
+                                                                       tmp_path):
+    first = _push_local(reference_deployment, tmp_path)
+    assert first.ok, first.error
+    release1 = os.readlink(tmp_path / "device" / "current")
+    unit = make_deployment(tmp_path / "unit", reference=True, preprocess=UNIT)
+    again = _push_local(reference_deployment, tmp_path, verify_against=unit)
+    assert not again.ok and again.unchanged and "verify failed" in again.error
+    assert "current was already this release before the push and stays" in again.error
+    assert os.readlink(tmp_path / "device" / "current") == release1
+
+
 # -- over SSH -------------------------------------------------------------------------------
 
 @pytest.mark.slow
