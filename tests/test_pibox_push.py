@@ -26,10 +26,14 @@ PUSH_TIMEOUT = 1800  # emulated pip install of the runner and its dependencies, 
 
 def bird_deployment(directory: Path) -> Path:
     """A deployment of Coral's iNat birds MobileNet v2 (int8 only), as qdeploy convert writes
-    one: model, labels and a manifest with the tensor specs read from the model."""
+    one: model, labels, reference inputs (Coral's test images at 224x224) and a manifest with
+    the tensor specs read from the model."""
+    import numpy as np
+
     from qrun import manifest as qm
     from qrun.preprocess import Preprocess
     from qrun.runtime import make_interpreter
+    from tests.fixtures.sshd import reference_inputs
 
     directory.mkdir(parents=True)
     model = directory / f"{MODEL}.tflite"
@@ -42,9 +46,12 @@ def bird_deployment(directory: Path) -> Path:
         scale, zero = d["quantization"]
         specs.append(qm.TensorSpec(shape=[int(x) for x in d["shape"]], dtype=d["dtype"].__name__,
                                    scale=float(scale), zero_point=int(zero)))
-    qm.save(qm.Manifest(input=specs[0], output=specs[1],
-                        preprocess=Preprocess(mean=128.0, std=128.0, color="RGB"),
-                        artifacts={"int8": qm.artifact_for(model), "labels": qm.artifact_for(labels)},
+    pre = Preprocess(mean=128.0, std=128.0, color="RGB")
+    reference = directory / "reference_inputs.npy"
+    np.save(reference, reference_inputs(specs[0].shape, pre))
+    qm.save(qm.Manifest(input=specs[0], output=specs[1], preprocess=pre,
+                        artifacts={"int8": qm.artifact_for(model), "labels": qm.artifact_for(labels),
+                                   "reference": qm.artifact_for(reference)},
                         labels=LABELS, qdeploy_version="test"), directory)
     return directory
 
@@ -80,6 +87,26 @@ def test_push_installs_the_runner_on_the_box_and_brings_the_bench_report_home(pu
     assert report["device"]["used"] == "cpu"
     assert report["latency_us"]["count"] == 3
     assert "aarch64" in json.dumps(report["host"])
+
+
+def test_the_box_computes_what_the_host_computes(pushed):
+    """push --verify (on by default with the bench): arm64 kernels against x86 XNNPACK on the
+    reference images agree on every top-1; their outputs differ by a few quantization steps."""
+    import sqlite3
+
+    from qdeploy import store, verify
+
+    done, reports = pushed
+    assert done.returncode == 0, f"qdeploy push failed:\n{done.stdout}\n{done.stderr}"
+    db = sqlite3.connect(reports / store.STORE_NAME)
+    rows = db.execute("SELECT variant, device_used, samples, agree, max_abs_diff, max_steps, ok "
+                      "FROM verifications").fetchall()
+    assert len(rows) == 1, rows
+    variant, device_used, samples, agree, max_abs_diff, max_steps, ok = rows[0]
+    assert (variant, device_used, samples, agree, ok) == ("int8", "cpu", 3, 3, 1)
+    assert max_abs_diff == pytest.approx(max_steps / 256)  # output scale 1/256
+    assert max_steps <= verify.DEFAULT_STEPS, rows
+    assert "verify int8 on cpu: top-1 3/3" in " ".join(done.stdout.split())
 
 
 def test_qrun_on_the_box_classifies_the_parrot(pushed, pibox):
