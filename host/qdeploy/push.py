@@ -33,6 +33,7 @@ from qrun import atomic
 from qrun.errors import UserError
 from qdeploy import release, targets, transfer, wheel
 from qdeploy.ssh import Connection, LocalConnection
+from qdeploy.verify import DEFAULT_STEPS
 
 DEFAULT_DIR = Path("qdeploy-out")
 DEFAULT_REPORTS = Path("reports")
@@ -65,7 +66,7 @@ class PushOptions:
     command_timeout: float = BENCH_TIMEOUT_S
     jobs: int = DEFAULT_JOBS
     verify: Optional[bool] = None  # None: verify when the bench runs; True: required
-    verify_tolerance: float = 16.0  # output quantization steps (qdeploy.verify.DEFAULT_STEPS)
+    verify_tolerance: float = DEFAULT_STEPS  # output quantization steps
     verify_against: Optional[Path] = None  # host side from this deployment instead
 
     @property

@@ -74,9 +74,10 @@ def push(
         help="Run the deployment's reference inputs on the device and compare its outputs "
              "with the host's int8 model (top-1 agreement, max |Δ|). Default: when the bench "
              "runs. A failed verify fails the push and switches current back."),
-    verify_tolerance: float = typer.Option(
-        16.0, "--verify-tolerance", min=0.0, metavar="STEPS",
-        help="Largest output difference allowed, in output quantization steps."),
+    verify_tolerance: Optional[float] = typer.Option(
+        None, "--verify-tolerance", min=0.0, metavar="STEPS",
+        help="Largest output difference allowed, in output quantization steps "
+             "(default: qdeploy.verify.DEFAULT_STEPS, 16)."),
     verify_against: Optional[Path] = typer.Option(
         None, "--verify-against", metavar="DIR",
         help="Compute the host's outputs with this deployment's int8 model and preprocessing "
