@@ -33,6 +33,7 @@ from qrun import atomic
 from qrun.errors import UserError
 from qdeploy import release, targets, transfer, wheel
 from qdeploy.ssh import Connection, LocalConnection
+from qdeploy.report import size_text
 from qdeploy.verify import DEFAULT_STEPS
 
 DEFAULT_DIR = Path("qdeploy-out")
@@ -424,14 +425,6 @@ def device_python(conn, options: PushOptions) -> str:
 
 # -- presenting -----------------------------------------------------------------------------
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _ms(us) -> str:
     return f"{us / 1000:.2f} ms" if isinstance(us, (int, float)) else "-"
 
@@ -462,7 +455,7 @@ def render_table(results: list):
             table.add_row(r.target, "[red]failed[/red]", "-", "-", "-", "-", "-", "-")
             continue
         base = [r.target, "[green]unchanged[/green]" if r.unchanged else "[green]pushed[/green]",
-                f"{r.files_sent}/{r.files_skipped}", _size(r.bytes_sent), f"{r.transfer_s:.2f} s"]
+                f"{r.files_sent}/{r.files_skipped}", size_text(r.bytes_sent), f"{r.transfer_s:.2f} s"]
         by_variant = {c.variant: c for c in r.verify}
         if not r.reports:
             table.add_row(*base, "not run", "-", verify_cell(r.verify[0] if r.verify else None))
@@ -534,7 +527,7 @@ class LineProgress:
         self.last[target] = stage
         text = f"{target}: {stage}" + (f": {detail}" if detail else "")
         if stage == "uploading" and total:
-            text += f" ({_size(total)})"
+            text += f" ({size_text(total)})"
         with self.lock:
             print(text, file=self.stream, flush=True)
 
