@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -54,3 +55,28 @@ def test_quickstart_report_carries_the_measured_accuracy(converted_demo, run_cli
     assert latest["variant"] == "int8"
     assert latest["accuracy"] == converted_demo.evaluation.int8_accuracy
     assert latest["model_size"] == manifest.artifacts["int8"].size
+
+
+def test_local_target_defaults_to_qdeploy_home(converted_demo, monkeypatch, tmp_path, run_cli):
+    """On `local`, push and rollback use $QDEPLOY_HOME, where this machine's qrun looks."""
+    from qdeploy.push import push_local
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("QDEPLOY_HOME", str(home))
+    first = push_local(converted_demo.out_dir, tmp_path / "reports", bench_runs=3)
+    assert first.ok, first.error
+    current = (home / "current").resolve()
+    assert current.parent == (home / "releases").resolve()
+    assert (current / "model_int8.tflite").is_file()
+    # a second, changed release, then the CLI's rollback finds it in $QDEPLOY_HOME too
+    changed = tmp_path / "changed"
+    shutil.copytree(converted_demo.out_dir, changed)
+    manifest = mf.load(changed)
+    manifest.evaluation = None
+    mf.save(manifest, changed)
+    second = push_local(changed, tmp_path / "reports", bench_runs=3)
+    assert second.ok, second.error
+    assert (home / "current").resolve() != current
+    code, _, err = run_cli("rollback", "--target", "local")
+    assert code == 0, err
+    assert (home / "current").resolve() == current

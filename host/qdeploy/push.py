@@ -16,7 +16,9 @@ A fleet (`push_many`) runs that per target in a bounded thread pool; a failed ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -270,9 +272,22 @@ def reports_of(document: dict) -> list:
     return [document]
 
 
+def for_target(target: targets.Target, options: PushOptions) -> PushOptions:
+    """Options as they apply to `target`.
+
+    On `local` the default release directory is where this machine's `qrun` looks for the
+    current deployment: $QDEPLOY_HOME when it is set (else ~/qdeploy, as on any device).
+    """
+    home = os.environ.get("QDEPLOY_HOME")
+    if target.is_local and home and options.remote_dir == release.DEFAULT_REMOTE_DIR:
+        return dataclasses.replace(options, remote_dir=home)
+    return options
+
+
 def push_target(target: targets.Target, deployment: transfer.Deployment,
                 options: PushOptions, progress: Progress = _no_progress) -> PushResult:
     """Push to one target; failures come back in the result, never as an exception."""
+    options = for_target(target, options)
     start = time.perf_counter()
     result = PushResult(target=target.name)
     name = target.name
@@ -402,16 +417,22 @@ def _pump_events(events, progress: Progress) -> None:
             pass
 
 
-def push_local(directory: Path, reports_dir: Path, remote_dir: Path,
+def push_local(directory: Path, reports_dir: Path, remote_dir: Optional[Path] = None,
                bench_runs: Optional[int] = None) -> PushResult:
-    """Push to the `local` target (no SSH): the rehearsal quickstart ends with."""
-    options = PushOptions(remote_dir=str(remote_dir), reports_dir=Path(reports_dir),
-                          bench_runs=bench_runs)
+    """Push to the `local` target (no SSH): the rehearsal quickstart ends with.
+
+    Without `remote_dir`, the release goes where this machine's qrun looks ($QDEPLOY_HOME,
+    else ~/qdeploy).
+    """
+    options = PushOptions(reports_dir=Path(reports_dir), bench_runs=bench_runs)
+    if remote_dir is not None:
+        options.remote_dir = str(remote_dir)
     deployment = transfer.load_deployment(directory)
     return push_target(targets.Target("local", "local"), deployment, options)
 
 
 def rollback_target(target: targets.Target, options: PushOptions, to: Optional[str] = None) -> dict:
+    options = for_target(target, options)
     with connect(target, options) as conn:
         return release.rollback(conn, options.remote_dir, device_python(conn, options), to)
 

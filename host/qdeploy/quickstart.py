@@ -123,17 +123,12 @@ def compile_step(out_dir: Path, ui: UI):
 
 def push_step(out_dir: Path, ui: UI, remote_dir: Optional[Path] = None,
               reports_dir: Optional[Path] = None):
-    """Rehearse a deployment: push to the `local` target and benchmark there."""
+    """Rehearse a deployment: push to the `local` target and benchmark there.
+
+    Without `remote_dir` the release goes where this machine's `qrun` looks for the current
+    deployment ($QDEPLOY_HOME, else ~/qdeploy), so `qrun classify IMAGE` works afterwards.
+    """
     from qdeploy.push import push_local
 
-    remote_dir = Path(remote_dir or default_home())
-    reports_dir = Path(reports_dir or "reports")
-    with ui.step(f"Pushing to the local target ({remote_dir}) and benchmarking"):
-        return push_local(out_dir, reports_dir, remote_dir)
-
-
-def default_home() -> Path:
-    """Where `qrun` looks for the current deployment: $QDEPLOY_HOME, else ~/qdeploy."""
-    import os
-
-    return Path(os.environ.get("QDEPLOY_HOME") or Path.home() / "qdeploy")
+    with ui.step("Pushing to the local target and benchmarking"):
+        return push_local(out_dir, Path(reports_dir or "reports"), remote_dir)

@@ -13,7 +13,8 @@ from qrun.errors import UserError
 
 TARGET_HELP = ("\\[user@]host[:port] or a ~/.ssh/config Host alias; 'local' for this machine "
                "(no SSH). Repeatable.")
-REMOTE_DIR_HELP = "Release directory on the device (releases/, current, venv/)."
+REMOTE_DIR_HELP = ("Release directory on the device (releases/, current, venv/). Default: "
+                   "~/qdeploy; on the local target $QDEPLOY_HOME when set.")
 
 
 def _targets(target: List[str], inventory: Optional[Path]):
@@ -40,7 +41,7 @@ def push(
     inventory: Optional[Path] = typer.Option(
         None, "--inventory", "-i",
         help="File with one target per line (or an Ansible INI inventory's host lines)."),
-    remote_dir: str = typer.Option("~/qdeploy", "--remote-dir", help=REMOTE_DIR_HELP),
+    remote_dir: Optional[str] = typer.Option(None, "--remote-dir", help=REMOTE_DIR_HELP),
     python: str = typer.Option("python3", "--python",
                                help="The device's Python, for the runner venv."),
     wheelhouse: Optional[Path] = typer.Option(
@@ -123,7 +124,7 @@ def rollback(
                                              help="File with one target per line."),
     to: Optional[str] = typer.Option(None, "--to",
                                      help="Release id to switch to (default: the previous)."),
-    remote_dir: str = typer.Option("~/qdeploy", "--remote-dir", help=REMOTE_DIR_HELP),
+    remote_dir: Optional[str] = typer.Option(None, "--remote-dir", help=REMOTE_DIR_HELP),
     python: str = typer.Option("python3", "--python", help="The device's Python."),
     identity: Optional[Path] = typer.Option(None, "--identity", help="Private key file."),
     known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file."),
