@@ -199,6 +199,11 @@ def test_failed_verify_rolls_back_to_the_previous_release(reference_deployment, 
     assert "verify failed" in errors[0] and "max |Δ|" in errors[0]
     assert f"current rolled back to release {release1.split('/')[-1]}" in errors[0]
     assert os.readlink(device / "current") == release1  # the bad release is not current
+    # ... and it is gone: no `previous` link to it, no directory, nothing to roll back to
+    assert not os.path.lexists(device / "previous")
+    assert sorted(p.name for p in (device / "releases").iterdir()) == [release1.split("/")[-1]]
+    back = qdeploy_cli("rollback", "-t", "local", "--remote-dir", device)
+    assert back.returncode == 1 and "nothing to roll back to" in back.stderr
     db = sqlite3.connect(tmp_path / "reports" / store.STORE_NAME)
     assert db.execute("SELECT ok FROM verifications ORDER BY id").fetchall() == [(1,), (0,)]
     # The same push with verify off goes through: the check is what stopped it.
@@ -213,6 +218,7 @@ def test_failed_first_verify_leaves_no_current(reference_deployment, tmp_path):
     assert not result.ok and "verify failed" in result.error
     assert "current removed (there is no previous release" in result.error
     assert not os.path.lexists(tmp_path / "device" / "current")
+    assert list((tmp_path / "device" / "releases").iterdir()) == []  # the failed one is gone
 
 
 def test_failed_verify_of_an_unchanged_push_leaves_current_and_says_so(reference_deployment,

@@ -252,14 +252,17 @@ def store_verification(outcome, target: str, reports_dir: Path) -> None:
 
 
 def undo_switch(conn, result: PushResult, options: PushOptions) -> str:
-    """Point `current` back where it was before this push; says what it did (for the error)."""
+    """Point `current` back where it was before this push and delete the failed release, so
+    no later rollback can make it current; says what it did (for the error)."""
     if result.unchanged:
         return "current was already this release before the push and stays (fix and push again)"
     if result.previous:
-        links = release.rollback(conn, options.remote_dir, device_python(conn, options))
+        links = release.rollback(conn, options.remote_dir, device_python(conn, options),
+                                 discard=True)
         return f"current rolled back to release {links['current']}"
     remote = release.shell_path(options.remote_dir)
-    done = conn.run(f"rm -f {remote}/current")
+    failed = shlex.quote(f"releases/{result.release_id}")
+    done = conn.run(f"rm -f {remote}/current && cd {remote} && rm -rf -- {failed}")
     if not done.ok:
         raise UserError(f"{conn.name}: could not remove the failed release's `current` link "
                         f"({done.last_error_line()}); run qdeploy rollback")

@@ -185,8 +185,9 @@ except Exception as e:
 '''
 
 ROLLBACK = r'''
-import json, os, sys
+import json, os, shutil, sys
 R = os.path.expanduser(sys.argv[1]); to = sys.argv[2] if len(sys.argv) > 2 else ""
+discard = len(sys.argv) > 3 and sys.argv[3] == "discard"
 cur = os.path.join(R, "current"); prev = os.path.join(R, "previous")
 def switch(link, dest):
     tmp = link + ".tmp"
@@ -202,7 +203,11 @@ else:
 if not os.path.isfile(os.path.join(R, dest, "manifest.json")):
     print("qdeploy-rollback: release %s does not exist under %s" % (dest, R), file=sys.stderr); sys.exit(3)
 switch(cur, dest)
-if old and old != dest: switch(prev, old)
+if discard:  # the release being left failed its checks: it must never become current again
+    if os.path.islink(prev) and os.readlink(prev) == dest: os.unlink(prev)
+    if old and old != dest: shutil.rmtree(os.path.join(R, old), ignore_errors=True)
+    old = None
+elif old and old != dest: switch(prev, old)
 print(json.dumps({"current": dest.rsplit("/", 1)[-1], "previous": old and old.rstrip("/").rsplit("/", 1)[-1]}))
 '''
 
@@ -216,11 +221,17 @@ def receive_command(python: str, remote_dir: str, keep: int = KEEP_RELEASES) -> 
     return python_command(python, RECEIVER, shell_path(remote_dir), str(keep))
 
 
-def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] = None) -> dict:
-    """Switch `current` back to `previous` (or to release `to`); returns the new links."""
+def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] = None,
+             discard: bool = False) -> dict:
+    """Switch `current` back to `previous` (or to release `to`); returns the new links.
+
+    With `discard`, the release left behind is deleted and not kept as `previous`: that is
+    how a push undoes a release that failed its checks on the device.
+    """
     if to is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", to):
         raise UserError(f"--to {to!r} is not a release id (see {remote_dir}/releases)")
-    cmd = python_command(python, ROLLBACK, shell_path(remote_dir), *( [shlex.quote(to)] if to else []))
+    extra = [shlex.quote(to or ""), "discard"] if discard else ([shlex.quote(to)] if to else [])
+    cmd = python_command(python, ROLLBACK, shell_path(remote_dir), *extra)
     result = conn.run(cmd)
     if result.exit_status == 3:
         raise UserError(f"{conn.name}: {result.last_error_line().split(': ', 1)[-1]}; "
