@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import qrun
-from qdeploy import push, release, store, targets, transfer
+from qdeploy import push, release, store, targets, transfer, wheel
 from tests.fixtures.sshd import known_hosts, make_deployment, push_options as options, sha
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ def _isolated_home(isolated_home):
 def test_first_push_installs_runner_switches_current_and_stores_report(first_push, sshd):
     result, dep, opts, lines = first_push
     assert result.ok, result.error
-    assert result.runner_installed and result.runner_version == qrun.__version__
+    assert result.runner_installed and result.runner_version == wheel.runner_version()
+    assert result.runner_version.startswith(qrun.__version__ + "+")
     assert not result.unchanged and result.files_sent == 4 and result.files_skipped == 0
     root = sshd.home / "qdeploy"
     current = root / "current"
@@ -39,7 +40,7 @@ def test_first_push_installs_runner_switches_current_and_stores_report(first_pus
     assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".staging")]
     # The runner answers with the host's version and came from our wheel (qrun only).
     dist = list((root / "venv").glob("lib/python*/site-packages/qrun-*.dist-info"))
-    assert [d.name for d in dist] == [f"qrun-{qrun.__version__}.dist-info"]
+    assert [d.name for d in dist] == [f"qrun-{wheel.runner_version()}.dist-info"]
     assert not list((root / "venv").glob("lib/python*/site-packages/qdeploy*"))
     # Bench progress was streamed, the report came home as a file and a SQLite row.
     assert any(stage == "bench" and "qrun bench" in detail for stage, detail in lines)
@@ -183,15 +184,15 @@ def test_compare_push_stores_every_variant_report(tmp_path):
 def test_runner_wheel_holds_qrun_only(tmp_path):
     import zipfile
 
-    from qdeploy import wheel
-
     path = wheel.build_wheel(tmp_path)
-    assert path.name == f"qrun-{qrun.__version__}-py3-none-any.whl"
+    version = wheel.runner_version()
+    assert path.name == f"qrun-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-        meta = zf.read(f"qrun-{qrun.__version__}.dist-info/METADATA").decode()
-        entry = zf.read(f"qrun-{qrun.__version__}.dist-info/entry_points.txt").decode()
-    assert {n.split("/")[0] for n in names} == {"qrun", f"qrun-{qrun.__version__}.dist-info"}
+        meta = zf.read(f"qrun-{version}.dist-info/METADATA").decode()
+        entry = zf.read(f"qrun-{version}.dist-info/entry_points.txt").decode()
+    assert {n.split("/")[0] for n in names} == {"qrun", f"qrun-{version}.dist-info"}
+    assert f"Version: {version}" in meta
     assert "qrun/cli.py" in names and not any("__pycache__" in n for n in names)
     requires = sorted(ln.split(": ", 1)[1] for ln in meta.splitlines()
                       if ln.startswith("Requires-Dist"))
@@ -200,6 +201,16 @@ def test_runner_wheel_holds_qrun_only(tmp_path):
     assert not [r for r in requires if "extra" in r or r.startswith(("tensorflow", "paramiko"))]
     assert "qrun = qrun.cli:main" in entry
     assert wheel.build_wheel(tmp_path / "again").read_bytes() == path.read_bytes()
+
+
+def test_runner_version_follows_the_sources():
+    """A changed qrun source (same release number) is a different runner: the push reinstalls."""
+    files = wheel.package_files()
+    assert wheel.runner_version(files) == wheel.runner_version()
+    name, data = files[0]
+    changed = [(name, data + b"\n# edited\n")] + files[1:]
+    assert wheel.runner_version(changed) != wheel.runner_version(files)
+    assert wheel.runner_version(changed).split("+")[0] == qrun.__version__
 
 
 def test_missing_device_python_is_one_clear_line(sshd, ssh_client_key, device, deployment,

@@ -4,7 +4,9 @@
 `qdeploy`), straight to the wheel format (PEP 427): no build backend, no network, and the same
 bytes for the same sources. Its dependencies are the `device` extra of the installed qdeploy.
 
-`ensure_runner` compares the device's runner version with the host's `qrun.__version__` and,
+The wheel's version is `qrun.__version__` with a digest of the package's sources as a local
+label (`0.1.0+1a2b3c4d5e6f`), so a runner whose code changed is reinstalled even when the release
+number did not. `ensure_runner` compares the device's installed runner version with that and,
 when they differ, uploads the wheel (and a `--wheelhouse` of dependency wheels for offline
 devices), creates `<remote-dir>/venv` with the device's Python and pip-installs into it.
 """
@@ -55,18 +57,32 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def build_wheel(dest: Path) -> Path:
-    """Write the qrun wheel into `dest`; returns its path."""
-    version = qrun.__version__
+def package_files() -> list[tuple[str, bytes]]:
+    """(archive name, content) of every source file of the qrun package, in a stable order."""
     source = Path(qrun.__file__).resolve().parent
-    dist_info = f"{DIST}-{version}.dist-info"
-    files: list[tuple[str, bytes]] = []
+    files = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
         if path.is_dir() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".tmp") \
                 or path.name.startswith("."):
             continue
         files.append((f"qrun/{rel.as_posix()}", path.read_bytes()))
+    return files
+
+
+def runner_version(files: Optional[list] = None) -> str:
+    """`qrun.__version__` plus a digest of the sources, e.g. `0.1.0+1a2b3c4d5e6f` (PEP 440)."""
+    digest = hashlib.sha256()
+    for name, data in files if files is not None else package_files():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return f"{qrun.__version__}+{digest.hexdigest()[:12]}"
+
+
+def build_wheel(dest: Path) -> Path:
+    """Write the qrun wheel into `dest`; returns its path."""
+    files: list[tuple[str, bytes]] = package_files()
+    version = runner_version(files)
+    dist_info = f"{DIST}-{version}.dist-info"
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {version}",
             "Summary: qdeploy's device runner: classify and benchmark TFLite / Edge TPU models",
             "Requires-Python: >=3.9"]
@@ -147,7 +163,7 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
                   on_line: Optional[Callable[[str], None]] = None) -> RunnerResult:
     """Install the host's qrun into `<remote_dir>/venv` unless the device has that version."""
     start = time.perf_counter()
-    want = qrun.__version__
+    want = runner_version()
     if device_version == want:
         return RunnerResult(want, False, time.perf_counter() - start)
     uploads = []
@@ -187,7 +203,8 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
         raise UserError(f"{conn.name}: pip on the device could not install qrun "
                         f"({result.last_error_line()}); {hint}")
     got = result.stdout.decode("utf-8", "replace").strip().split()
-    if not result.ok or got[-1:] != [want]:
+    if not result.ok or got[-1:] != [qrun.__version__]:
         raise UserError(f"{conn.name}: the installed runner does not answer `qrun --version` "
-                        f"with {want} ({result.last_error_line()}); see the output above")
+                        f"with {qrun.__version__} ({result.last_error_line()}); see the output "
+                        "above")
     return RunnerResult(want, True, time.perf_counter() - start)
