@@ -1,5 +1,8 @@
 """`qdeploy compile` and `qdeploy preflight`: parse arguments, call qdeploy.compiler /
-qdeploy.preflight, print the verdict first."""
+qdeploy.preflight, print the verdict first.
+
+Those modules (and numpy, via the flatbuffer reader) are imported inside the commands, so
+`qdeploy --help` and the other commands do not pay for them."""
 
 import json
 from pathlib import Path
@@ -7,7 +10,6 @@ from typing import Optional
 
 import typer
 
-from qdeploy import compiler, preflight
 from qdeploy.cli.app import app
 from qdeploy.errors import UserError
 
@@ -49,17 +51,22 @@ def compile_command(
         "compiles (-d, compiler 16)."),
     search_step: Optional[int] = typer.Option(
         None, "--search-step", help="Ops dropped per retry of --search-delegate (-k)."),
-    timeout: int = typer.Option(compiler.DEFAULT_TIMEOUT_S, "--timeout",
-                                help="Seconds before the compile is stopped (-t)."),
+    timeout: Optional[int] = typer.Option(
+        None, "--timeout", help="Seconds before the compile is stopped (-t; default: "
+        "qdeploy.compiler.DEFAULT_TIMEOUT_S, 180)."),
     segments: Optional[int] = typer.Option(
         None, "--segments", help="Split into N segments for pipelining (-n)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Compile DIR's int8 model for the Edge TPU (help: COMPILE_HELP)."""
+    from qdeploy import compiler
+
     options = compiler.CompileOptions(min_runtime=min_runtime,
                                       multiple_subgraphs=multiple_subgraphs,
                                       search_delegate=search_delegate, search_step=search_step,
-                                      timeout=timeout, segments=segments)
+                                      segments=segments)
+    if timeout is not None:
+        options.timeout = timeout
     outcome = compiler.compile_or_preflight(target, options, compiler_path)
     if as_json:
         typer.echo(json.dumps(outcome.to_dict()))
@@ -86,6 +93,8 @@ def preflight_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Predict the compiler's verdict on MODEL (help: PREFLIGHT_HELP)."""
+    from qdeploy import preflight
+
     prediction = preflight.preflight(model, multiple_subgraphs)
     if as_json:
         typer.echo(json.dumps(prediction.to_dict()))
@@ -96,6 +105,8 @@ def preflight_command(
 
 
 def _print_prediction(prediction) -> None:
+    from qdeploy import preflight
+
     typer.echo(prediction.verdict)
     for line in preflight.report_lines(prediction):
         typer.echo(line)
