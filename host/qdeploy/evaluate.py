@@ -18,7 +18,8 @@ import numpy as np
 from qdeploy import datasets
 from qrun import manifest as mf
 from qrun.errors import UserError
-from qrun.preprocess import dequantize, quantize, to_input
+from qrun import adapters
+from qrun.preprocess import quantize, to_input
 from qrun.runtime import make_interpreter
 
 
@@ -62,16 +63,14 @@ def predict(model_path: Path, samples: datasets.Samples, manifest: mf.Manifest,
             progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Top-1 class of every sample, one invoke per sample."""
     interpreter = make_interpreter(model_path)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    scale, zero_point = inp["quantization"]
+    inp = adapters.input_details(interpreter)
+    scale, zero_point = adapters.quantization(inp)
     top1 = np.empty(len(samples), dtype=np.int64)
     for i, sample in enumerate(samples.data):
-        interpreter.set_tensor(inp["index"], model_input(sample, inp["dtype"], scale,
-                                                          zero_point, manifest)[None])
+        adapters.set_input(interpreter, model_input(sample, inp["dtype"], scale, zero_point,
+                                                    manifest)[None])
         interpreter.invoke()
-        q = interpreter.get_tensor(out["index"])[0]
-        top1[i] = int(np.argmax(dequantize(q, *out["quantization"])))
+        top1[i] = int(np.argmax(adapters.output_scores(interpreter)))
         if progress:
             progress(i + 1, len(samples))
     return top1
