@@ -28,6 +28,7 @@ rsync when missing, stops every sshd by PID at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -76,31 +77,49 @@ def timed_cpu(fn) -> tuple[float, float]:
     return seconds, busy_cpu_s() - cpu0
 
 
+@contextlib.contextmanager
+def loopback_fleet(prefix: str, count: int):
+    """`count` sshds on 127.0.0.1 in a temporary directory, stopped and removed on exit.
+
+    Yields (the directory, the client key, a known_hosts file with every host key, the servers).
+    """
+    missing = _missing()
+    if missing:
+        sys.exit(f"error: {missing}")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    servers = []
+    try:
+        key = _keygen(tmp / "id_ed25519", "bench")
+        for i in range(count):
+            (tmp / f"sshd{i}").mkdir()
+            servers.append(start_sshd(tmp / f"sshd{i}", key.with_suffix(".pub")))
+        kh = tmp / "known_hosts"
+        kh.write_text("".join(s.known_hosts_line() for s in servers))
+        yield tmp, key, kh, servers
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def payload_deployment(tmp: Path, size_mib: int) -> Path:
+    """A deployment with a random `payload.bin` of size_mib, its hashes cached as on a re-push."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
+    dep = make_deployment(tmp / "qdeploy-out", extra={"payload.bin": os.urandom(size_mib << 20)})
+    transfer.load_deployment(dep)  # the stat cache a user's second push would have
+    return dep
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--targets", type=int, default=10)
     args = ap.parse_args()
-    missing = _missing()
-    if missing:
-        sys.exit(f"error: {missing}")
     ensure_rsync()
-
-    tmp = Path(tempfile.mkdtemp(prefix="qdeploy-bench-push-"))
-    servers = []
-    try:
-        key = _keygen(tmp / "id_ed25519", "bench")
-        for i in range(args.targets):
-            (tmp / f"sshd{i}").mkdir()
-            servers.append(start_sshd(tmp / f"sshd{i}", key.with_suffix(".pub")))
-        kh = tmp / "known_hosts"
-        kh.write_text("".join(s.known_hosts_line() for s in servers))
-        os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
-        payload = os.urandom(args.size_mib << 20)
-        dep = make_deployment(tmp / "qdeploy-out", extra={"payload.bin": payload})
+    with loopback_fleet("qdeploy-bench-push-", args.targets) as (tmp, key, kh, servers):
+        dep = payload_deployment(tmp, args.size_mib)
         big = dep / "payload.bin"
-        transfer.load_deployment(dep)  # the stat cache a user's second push would have
         opts = push.PushOptions(identity=key, known_hosts=kh, bench=False, runner=False,
                                 ssh_config=tmp / "no-ssh-config", jobs=args.targets)
         one = [targets.parse_target(servers[0].target)]
@@ -138,7 +157,7 @@ def main() -> int:
         repush_bytes = None
         for rep in range(args.reps):
             work = tmp / f"rep{rep}"
-            # 64 MiB: fresh release vs scp (alternating which goes first).
+            # One model: fresh release vs scp (alternating which goes first).
             order = [("scp", lambda: scp_to(s0, work / "scp")),
                      ("push", lambda: push_to(one, f"~/rep{rep}/push")),
                      ("scpsum", lambda: scp_and_verify(work / "scpsum"))]
@@ -207,7 +226,7 @@ def main() -> int:
         print(f"qdeploy push benchmark: {args.size_mib} MiB model, loopback sshd, "
               f"{args.reps} interleaved rounds, medians (s); {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f}")
-        print(f"  64 MiB push (upload, verify, switch)  {med['push']:.3f}   scp {med['scp']:.3f}"
+        print(f"  {args.size_mib} MiB push (upload, verify, switch)  {med['push']:.3f}   scp {med['scp']:.3f}"
               f"   ratio {ratios['push_vs_scp']:.2f}  (target <= {TARGETS['push_vs_scp']})")
         print(f"    reference: scp then `ssh sha256sum` of the file (a verified copy with OpenSSH"
               f" tools) {med['scpsum']:.3f}, ratio {med['push'] / med['scpsum']:.2f}")
@@ -230,10 +249,6 @@ def main() -> int:
         print("all targets met" if met else "not all targets met: " + ", ".join(
             k for k in TARGETS if ratios[k] > TARGETS[k]))
         return 0
-    finally:
-        for s in servers:
-            s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

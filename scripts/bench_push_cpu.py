@@ -23,29 +23,21 @@ Ways of copying (all to a fresh file or directory per run, AES-128-GCM on the wi
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from qdeploy import push, targets, transfer  # noqa: E402
-from tests.fixtures.sshd import _keygen, _missing, make_deployment, start_sshd  # noqa: E402
+from bench_push import busy_cpu_s, loopback_fleet, payload_deployment  # noqa: E402
+from qdeploy import push, targets  # noqa: E402  (bench_push puts the repo on sys.path)
 
 CIPHER = "aes128-gcm@openssh.com"  # what qdeploy's connection prefers
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds this machine (every process, every core) has spent not idle, from /proc/stat."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
 def measure(fn) -> tuple[float, float]:
@@ -69,24 +61,9 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--targets", type=int, default=10)
     args = ap.parse_args()
-    missing = _missing()
-    if missing:
-        sys.exit(f"error: {missing}")
-
-    tmp = Path(tempfile.mkdtemp(prefix="qdeploy-bench-push-cpu-"))
-    servers = []
-    try:
-        key = _keygen(tmp / "id_ed25519", "bench")
-        for i in range(args.targets):
-            (tmp / f"sshd{i}").mkdir()
-            servers.append(start_sshd(tmp / f"sshd{i}", key.with_suffix(".pub")))
-        kh = tmp / "known_hosts"
-        kh.write_text("".join(s.known_hosts_line() for s in servers))
-        os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
-        dep = make_deployment(tmp / "qdeploy-out",
-                              extra={"payload.bin": os.urandom(args.size_mib << 20)})
+    with loopback_fleet("qdeploy-bench-push-cpu-", args.targets) as (tmp, key, kh, servers):
+        dep = payload_deployment(tmp, args.size_mib)
         payload = dep / "payload.bin"
-        transfer.load_deployment(dep)  # hash cache warm, as on a user's second push
         opts = push.PushOptions(identity=key, known_hosts=kh, bench=False, runner=False,
                                 ssh_config=tmp / "no-ssh-config", jobs=args.targets)
         ssh = ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={kh}", "-o", "BatchMode=yes",
@@ -118,8 +95,7 @@ def main() -> int:
                         raise SystemExit(f"error: {result.last_error_line()}")
                 finally:
                     conn.close()
-            import multiprocessing  # one process per target, as push_many does
-            ctx = multiprocessing.get_context("fork")
+            ctx = multiprocessing.get_context("fork")  # a process per target, as push_many
             procs = [ctx.Process(target=one, args=(s,)) for s in group]
             for p in procs:
                 p.start()
@@ -164,10 +140,6 @@ def main() -> int:
               "time (every core busy all the time); 3x needs: the CPU-s per target at which "
               f"{n} copies could finish in 3 times one copy's wall time")
         return 0
-    finally:
-        for s in servers:
-            s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
