@@ -226,7 +226,8 @@ def main() -> int:
         print(f"qdeploy push benchmark: {args.size_mib} MiB model, loopback sshd, "
               f"{args.reps} interleaved rounds, medians (s); {os.cpu_count()} cores, "
               f"load average {os.getloadavg()[0]:.1f}")
-        print(f"  {args.size_mib} MiB push (upload, verify, switch)  {med['push']:.3f}   scp {med['scp']:.3f}"
+        print(f"  {args.size_mib} MiB push (upload, verify, switch)  {med['push']:.3f}   "
+              f"scp {med['scp']:.3f}"
               f"   ratio {ratios['push_vs_scp']:.2f}  (target <= {TARGETS['push_vs_scp']})")
         print(f"    reference: scp then `ssh sha256sum` of the file (a verified copy with OpenSSH"
               f" tools) {med['scpsum']:.3f}, ratio {med['push'] / med['scpsum']:.2f}")
