@@ -20,3 +20,9 @@ def coral_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     return MNIST
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on the emulated Pi run last: on a fresh machine its rootfs is still being built
+    (scripts/test starts the build in the background) while the others run."""
+    items.sort(key=lambda item: "pibox" in getattr(item, "fixturenames", ()))
