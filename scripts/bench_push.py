@@ -15,6 +15,9 @@ falls on both sides alike:
   whole machine is read from /proc/stat around each push, and the floor it sets (the fleet's
   CPU time spread over every core: no schedule finishes sooner unless a push costs less CPU)
   is printed beside the ratio, with the CPU per target that 3x would need.
+- the same 1 vs 10 with each sshd behind its own --link-mbit link (a `tc` HTB class per port
+  on lo, removed at the end): devices with a network link of their own, as real Pis have.
+  Not a target; it shows what the pool does when the link, not this machine's CPU, is the limit.
 qdeploy runs in-process (`push_many`, --no-bench, runner left alone): rsync and scp are
 C programs, so a Python interpreter start would measure imports, not the push. The CLI's
 wall time for the unchanged re-push is printed too.
@@ -102,6 +105,25 @@ def loopback_fleet(prefix: str, count: int):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def per_device_links(ports: list, mbit: int):
+    """Traffic to each port on lo limited to `mbit` Mbit/s, one HTB class per port, as if each
+    device had its own link; the qdisc is removed on exit."""
+    def tc(*argv):
+        subprocess.run(["tc", *argv], check=True, capture_output=True)
+    tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1")
+    try:
+        tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "100gbit")
+        for i, port in enumerate(ports):
+            tc("class", "add", "dev", "lo", "parent", "1:", "classid", f"1:{10 + i}", "htb",
+               "rate", f"{mbit}mbit")
+            tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+               "match", "ip", "dport", str(port), "0xffff", "flowid", f"1:{10 + i}")
+        yield
+    finally:
+        tc("qdisc", "del", "dev", "lo", "root")
+
+
 def payload_deployment(tmp: Path, size_mib: int) -> Path:
     """A deployment with a random `payload.bin` of size_mib, its hashes cached as on a re-push."""
     os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
@@ -115,7 +137,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--targets", type=int, default=10)
+    ap.add_argument("--link-mbit", type=int, default=100,
+                    help="per-device link for the extra fleet figure (0: skip it)")
     args = ap.parse_args()
+    if args.link_mbit and not shutil.which("tc"):
+        sys.exit("error: tc (Debian's iproute2) is needed for --link-mbit; install it or pass "
+                 "--link-mbit 0")
     ensure_rsync()
     with loopback_fleet("qdeploy-bench-push-", args.targets) as (tmp, key, kh, servers):
         dep = payload_deployment(tmp, args.size_mib)
@@ -148,7 +175,8 @@ def main() -> int:
             return out.stdout
 
         fig = {k: [] for k in ("push", "scp", "scpsum", "repush", "rsync", "one", "fleet",
-                               "scp1", "scp10", "one_cpu", "fleet_cpu")}
+                               "scp1", "scp10", "one_cpu", "fleet_cpu", "one_link",
+                               "fleet_link")}
 
         def scp_and_verify(dest: Path):
             scp_to(s0, dest)
@@ -191,6 +219,14 @@ def main() -> int:
             for s in servers:
                 shutil.rmtree(s.home / f"rep{rep}", ignore_errors=True)
 
+        if args.link_mbit:
+            with per_device_links([s.port for s in servers], args.link_mbit):
+                for rep in range(args.reps):
+                    for name, tlist in (("one_link", one), ("fleet_link", fleet)):
+                        fig[name].append(timed(lambda: push_to(tlist, f"~/link{rep}/{name}"))[0])
+                    for s in servers:
+                        shutil.rmtree(s.home / f"link{rep}", ignore_errors=True)
+
         # Bytes on the wire for an unchanged re-push (relay count) and rsync's own count.
         wire = "~/wire"
         push_to(one, wire)
@@ -214,7 +250,7 @@ def main() -> int:
                                                                capture_output=True))[0]
                                   for _ in range(3))
 
-        med = {k: statistics.median(v) for k, v in fig.items()}
+        med = {k: statistics.median(v) for k, v in fig.items() if v}
         ratios = {"push_vs_scp": med["push"] / med["scp"],
                   "repush_vs_rsync": med["repush"] / med["rsync"],
                   "fleet_vs_one": med["fleet"] / med["one"]}
@@ -246,6 +282,10 @@ def main() -> int:
               f"{TARGETS['fleet_vs_one']:g}x needs <= {budget:.2f} CPU-s per target")
         print(f"  {n} targets vs 1, scp (reference)       {med['scp10']:.3f} vs {med['scp1']:.3f}"
               f"   ratio {med['scp10'] / med['scp1']:.2f}")
+        if args.link_mbit:
+            print(f"  {n} targets vs 1 over a {args.link_mbit} Mbit/s link per device (not a "
+                  f"target)  {med['fleet_link']:.3f} vs {med['one_link']:.3f}   ratio "
+                  f"{med['fleet_link'] / med['one_link']:.2f}")
         met = all(ratios[k] <= TARGETS[k] for k in TARGETS) and repush_bytes == 0
         print("all targets met" if met else "not all targets met: " + ", ".join(
             k for k in TARGETS if ratios[k] > TARGETS[k]))
