@@ -59,7 +59,8 @@ def invoke(interpreter, model_path: Path) -> float:
 
 
 def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] = None,
-             top_k: int = 3, threshold: float = 0.0, count: int = 1, device: str = "auto",
+             top_k: int = 3, threshold: Optional[float] = None, count: int = 1,
+             device: str = "auto",
              tpu: str = "", threads: Optional[int] = None) -> ClassifyResult:
     """Classify `image` with the model `--model` names (see qrun.deployment.resolve).
 
@@ -67,7 +68,8 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
       image: a JPEG, PNG or BMP file.
       model: model file or deployment directory; the current deployment when None.
       labels: label file; the deployment's when None.
-      top_k, threshold: how many classes to keep, and the lowest score kept.
+      top_k, threshold: how many classes to keep, and the lowest score kept (None: no
+        lowest score, as a model's scores may be negative logits).
       count: how many times to invoke (the classes come from the last).
       device, tpu: `--device` and the Edge TPU device option.
       threads: CPU threads for the interpreter.
@@ -96,7 +98,8 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
     data = adapters.prepare_image(interpreter, image, deployment.preprocess_of(dep))
     adapters.set_input(interpreter, data)
     timings = [invoke(interpreter, choice.path) for _ in range(count)]
-    classes = adapters.get_classes(interpreter, top_k, threshold, names)
+    lowest = float("-inf") if threshold is None else threshold
+    classes = adapters.get_classes(interpreter, top_k, lowest, names)
     info = runtime.runtime_info()
     return ClassifyResult(
         classes=classes, timings_ms=timings, model=str(choice.path), variant=loaded.variant,

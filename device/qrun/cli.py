@@ -53,7 +53,10 @@ def classify(
         help="Labels file: 'id label' / 'id: label' lines, or one label per line. "
              "Default: the deployment's."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many classes to print."),
-    threshold: float = typer.Option(0.0, "--threshold", "-t", help="Lowest score to print."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", "-t",
+        help="Lowest score to print. Default: none, the top-k classes whatever their scores "
+             "(a model without softmax can score every class below 0)."),
     count: int = typer.Option(1, "--count", "-c",
                               help="Times to run the model; the first includes model load."),
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),

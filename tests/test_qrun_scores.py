@@ -1,0 +1,59 @@
+"""Scores as qrun reports them: negative logits are kept, and inputs are quantized as TFLite does.
+
+The models are real: the demo's network (Dense(10) logits, no softmax) converted by
+qdeploy convert, and a tiny float-input model whose first op is TFLite's QUANTIZE.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from qrun import adapters, runtime
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def logits_model(seed_model_file, calib_npy, tmp_path_factory):
+    """The demo network (untrained, seed 1) converted to a uint8 model: its scores are logits."""
+    from qdeploy.convert import convert
+
+    out = tmp_path_factory.mktemp("logits")
+    convert(seed_model_file, calib_npy, out, num_calib=20, io_type="uint8")
+    return out / "model_int8.tflite"
+
+
+@pytest.fixture(scope="module")
+def white_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("white") / "white.png"
+    Image.new("L", (28, 28), 255).save(path)
+    return path
+
+
+def test_default_threshold_keeps_negative_scores(run_qrun, logits_model, white_png):
+    """Without --threshold, classify prints the top-k classes whatever the sign of their scores."""
+    interpreter = runtime.make_interpreter(logits_model)
+    classes = adapters.num_classes(interpreter)
+    out = run_qrun("classify", white_png, "--model", logits_model, "--json",
+                   "--top-k", classes)
+    assert out.code == 0, out.err
+    scores = json.loads(out.out)["scores"]
+    assert len(scores) == classes
+    assert min(scores) < 0  # the model really has negative scores: the case being tested
+    assert scores == sorted(scores, reverse=True)
+    text = run_qrun("classify", white_png, "--model", logits_model, "--top-k", 3)
+    assert text.code == 0, text.err
+    assert len([ln for ln in text.out.splitlines() if not ln.startswith("invoke")]) == 3
+
+
+def test_an_explicit_threshold_still_filters(run_qrun, logits_model, white_png):
+    interpreter = runtime.make_interpreter(logits_model)
+    out = run_qrun("classify", white_png, "--model", logits_model, "--json",
+                   "--top-k", adapters.num_classes(interpreter), "--threshold", "0")
+    assert out.code == 0, out.err
+    all_scores = json.loads(run_qrun("classify", white_png, "--model", logits_model, "--json",
+                                     "--top-k", adapters.num_classes(interpreter)).out)["scores"]
+    assert json.loads(out.out)["scores"] == [s for s in all_scores if s >= 0]
