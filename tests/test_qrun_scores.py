@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from qrun import adapters, runtime
+from qrun.preprocess import Preprocess, quantize, to_float
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +59,49 @@ def test_an_explicit_threshold_still_filters(run_qrun, logits_model, white_png):
     all_scores = json.loads(run_qrun("classify", white_png, "--model", logits_model, "--json",
                                      "--top-k", adapters.num_classes(interpreter)).out)["scores"]
     assert json.loads(out.out)["scores"] == [s for s in all_scores if s >= 0]
+
+
+def quantize_model(path, calibration: np.ndarray) -> None:
+    """Write a float-input model whose first op is TFLite's QUANTIZE: float [1, N] in,
+    the same values as uint8 [1, N] out (int8 inside, so its zero point is odd)."""
+    from qdeploy.tfquiet import quiet, tensorflow
+
+    tf = tensorflow()
+    size = calibration.shape[-1]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size], tf.float32)])
+    def reshape(x):
+        return tf.reshape(x, [1, 1, size])
+
+    def representative_dataset():
+        for row in calibration:
+            yield [row[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [reshape.get_concrete_function()], reshape)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_output_type = tf.uint8
+    with quiet():
+        path.write_bytes(converter.convert())
+
+
+@pytest.mark.parametrize("pre", [Preprocess(127.5, 127.5), Preprocess(0.0, 255.0)],
+                         ids=["symmetric", "unit"])
+def test_quantize_matches_the_runtime_quantize_op(pre, tmp_path):
+    """qrun's quantize gives, for every pixel value, what TFLite's own QUANTIZE op gives."""
+    pixels = np.arange(256, dtype=np.uint8)
+    x = to_float(pixels, pre)
+    model = tmp_path / "quantize.tflite"
+    quantize_model(model, np.stack([x, x[::-1]]))
+    interpreter = runtime.make_interpreter(model)
+    inp = adapters.input_details(interpreter)
+    out = adapters.output_details(interpreter)
+    assert np.dtype(inp["dtype"]) == np.float32 and np.dtype(out["dtype"]) == np.uint8
+    interpreter.set_tensor(inp["index"], x[None])
+    interpreter.invoke()
+    expected = interpreter.get_tensor(out["index"]).reshape(-1)
+    scale, zero_point = adapters.quantization(out)
+    ours = quantize(x, scale, zero_point, np.uint8)
+    assert np.array_equal(ours, expected), np.flatnonzero(ours != expected)

@@ -7,7 +7,7 @@ A `Preprocess` says how camera pixels become the float model's input:
 exactly what calibration and evaluation fed it.
 
 For a quantized input the float value is requantized with the input tensor's
-scale and zero point, ``q = x / scale + zero_point``. When ``scale * std ≈ 1``
+scale and zero point, ``q = round(x / scale) + zero_point``. When ``scale * std ≈ 1``
 and ``mean ≈ zero_point`` that is the identity on uint8 pixels, and the pixels
 are fed unchanged, as Coral's classify example does.
 """
@@ -150,9 +150,15 @@ def to_float(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
-    """Float to integer with the tensor's parameters, rounded and clipped to `dtype`."""
+    """Float to integer with the tensor's parameters, rounded and clipped to `dtype`.
+
+    As TFLite's QUANTIZE kernel does it: in float32, multiplied by the inverse scale,
+    rounded half to even, then the zero point added (adding it before rounding moves
+    halves by one step when the zero point is odd).
+    """
     info = np.iinfo(dtype)
-    q = np.round(x / scale + zero_point)
+    inverse = np.float32(1) / np.float32(scale)
+    q = np.round(np.asarray(x, dtype=np.float32) * inverse).astype(np.float64) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
