@@ -115,12 +115,47 @@ def load_image(path: Path, shape: Sequence[int], pre: Preprocess) -> np.ndarray:
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            img = img.convert(color_for(shape, pre)).resize((width, height), Image.LANCZOS)
+            img = to_8bit(img, path).convert(color_for(shape, pre))
+            img = img.resize((width, height), Image.LANCZOS)
             pixels = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} is too large to decode safely (more than "
+                        f"{2 * Image.MAX_IMAGE_PIXELS} pixels); downscale the image "
+                        "first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); "
                         "give a JPEG, PNG or BMP file") from None
     return fit_channels(pixels, channels)
+
+
+def to_8bit(img, path: Path):
+    """`img` with 16-bit, 32-bit integer or float pixels scaled to an 8-bit "L" image.
+
+    Pillow's convert("L"/"RGB") clips such pixels at 255 (a 16-bit image turns white),
+    so they are scaled here: 16-bit by 1/257 (rounded, so 8-bit data saved as 16-bit
+    comes back exactly), float from 0..1. Other modes are returned unchanged.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise UserError(f"{path} has pixel values outside 0..65535; save it as an 8- or "
+                            "16-bit image")
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")
+    if mode == "I":
+        raise UserError(f"{path} has 32-bit integer pixels, whose white level qrun cannot "
+                        "tell; save it as an 8- or 16-bit image")
+    if mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and not (np.all(np.isfinite(values))
+                                and values.min() >= 0 and values.max() <= 1):
+            raise UserError(f"{path} has float pixels outside 0..1; qrun reads float images "
+                            "as 0 (black) to 1 (white): rescale it, or save it as an 8-bit "
+                            "image")
+        return Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
+    return img
 
 
 def fit_channels(pixels: np.ndarray, channels: Optional[int]) -> np.ndarray:
