@@ -9,6 +9,9 @@ model's input range and fed unchanged.
 from __future__ import annotations
 
 import gzip
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -54,8 +57,9 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"cannot read idx file {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot read idx file {path}: {exc}; the file is damaged, "
+                        "download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise UserError(f"{path} is not an idx file (bad magic number)")
     ndim = raw[3]
@@ -113,6 +117,8 @@ def load_labelled(path: Path, input_shape: Sequence[int], pre: Preprocess,
 
 
 def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
     if not path.exists():
         raise UserError(f"data not found: {path}")
     if path.is_dir():
@@ -124,7 +130,9 @@ def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:
         if labelled:
             raise UserError(f"{path}: an .npy array has no labels; give an .npz with arrays "
                             "x and y, a folder with one sub-folder per class, or idx files")
-        return _fit(np.load(path, allow_pickle=False), None, shape, str(path), "npy", limit)
+        with unreadable_array(path):
+            x = np.load(path, allow_pickle=False)
+        return _fit(x, None, shape, str(path), "npy", limit)
     if path.suffix == ".npz":
         return _from_npz(path, shape, limit, labelled)
     if is_idx(path):
@@ -155,8 +163,20 @@ def _from_folder(path: Path, shape, pre, limit, labelled) -> Samples:
                    np.asarray(ids) if labelled else None, classes)
 
 
+@contextmanager
+def unreadable_array(path: Path):
+    """Turn numpy's errors for a damaged or pickled .npy/.npz into one UserError line."""
+    try:
+        yield
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else \
+            type(exc).__name__
+        raise UserError(f"{path} is not a readable .npy/.npz array ({reason}); save it again "
+                        "with numpy.save/numpy.savez as a plain numeric array") from None
+
+
 def _from_npz(path: Path, shape, limit, labelled) -> Samples:
-    with np.load(path, allow_pickle=False) as z:
+    with unreadable_array(path), np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())
         if labelled and not {"x", "y"} <= set(keys):
             raise UserError(f"{path} must hold arrays named x and y (it has {keys})")
@@ -188,10 +208,34 @@ def _fit(x: np.ndarray, y, shape, source: str, kind: str, limit) -> Samples:
                         f"model input wants {want}")
     if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
         raise UserError(f"data in {source} is {x.dtype}; give uint8 pixels or float inputs")
-    if y is not None and len(y) != len(x):
-        raise UserError(f"{source}: {len(x)} samples but {len(y)} labels")
+    if y is not None:
+        y = class_indices(y, source)
+        if len(y) != len(x):
+            raise UserError(f"{source}: {len(x)} samples but {len(y)} labels")
     if limit is not None:
         x = x[:limit]
         y = None if y is None else y[:limit]
-    return Samples(np.ascontiguousarray(x), source, kind,
-                   None if y is None else np.asarray(y).astype(np.int64))
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        bad = int(np.count_nonzero((~np.isfinite(x)).reshape(len(x), -1).any(axis=1)))
+        raise UserError(f"data in {source} holds NaN or infinite values ({bad} of {len(x)} "
+                        "samples); remove or fix those samples")
+    return Samples(np.ascontiguousarray(x), source, kind, y)
+
+
+def class_indices(y, source: str) -> np.ndarray:
+    """Labels as int64 class indices: one non-negative integer per sample, else UserError."""
+    y = np.asarray(y)
+    fix = "give one integer class index per sample (for one-hot labels: y.argmax(axis=1))"
+    if y.ndim != 1:
+        raise UserError(f"labels in {source} have shape {y.shape}, not one per sample; {fix}")
+    if y.dtype.kind in "iu":
+        ints = y.astype(np.int64)
+    elif y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        ints = y.astype(np.int64)
+    else:
+        kind = ("text" if y.dtype.kind in "USO" else "not whole numbers"
+                if y.dtype.kind == "f" else f"of type {y.dtype}")
+        raise UserError(f"labels in {source} are {kind}; {fix}")
+    if len(ints) and ints.min() < 0:
+        raise UserError(f"labels in {source} include {int(ints.min())}; {fix} (0 or more)")
+    return ints
