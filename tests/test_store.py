@@ -312,3 +312,65 @@ def test_latest_verification_of_the_same_model_file_and_target_wins(tmp_path, in
         [row] = s.latest()
         assert (row.agreement, row.max_abs_diff) == (1.0, 0.0)
         assert [v.ok for v in s.verifications("local")] == [False, True, True]
+
+
+def _deployment(source: str, shas: dict):
+    """The manifest `qdeploy convert` writes for `source`: files named model_<variant>."""
+    return qmanifest.Manifest(
+        input=qmanifest.TensorSpec([1, 128, 128, 3], "uint8"),
+        output=qmanifest.TensorSpec([1, 1001], "uint8"), preprocess=Preprocess(),
+        artifacts={v: qmanifest.Artifact(f"model_{v}.tflite", sha, 1000)
+                   for v, sha in shas.items()},
+        converter={"source_model": source, "source_kind": "keras"})
+
+
+def _on_device(report: dict, sha: str, variant: str, factor: float, when: str,
+               release: str) -> dict:
+    """`report` as qrun bench on a Pi reports a pushed convert output (resolved release path)."""
+    r = scaled(report, factor, when)
+    return {**r, "model": {**r["model"], "sha256": sha, "variant": variant,
+                           "path": f"/home/pi/qdeploy/releases/{release}/model_{variant}.tflite"}}
+
+
+def test_convert_deployments_are_series_of_their_source_model(tmp_path, int8_report):
+    """Two unrelated models pushed to one target: no cross-model speed-up or regression."""
+    from qdeploy import report as reporting
+
+    alpha = _deployment("alpha.keras", {"float": "a" * 64, "int8": "b" * 64})
+    beta = _deployment("beta_savedmodel", {"float": "c" * 64, "int8": "d" * 64})
+    with _store(tmp_path) as s:
+        s.add_reports({"schema_version": 1, "kind": "qrun-bench-compare", "reports": [
+            _on_device(int8_report, "a" * 64, "float", 1.0, "2026-05-01T10:00:00Z", "r1"),
+            _on_device(int8_report, "b" * 64, "int8", 0.5, "2026-05-01T10:00:01Z", "r1")]},
+            "pi", tmp_path / "1.json")
+        s.add_manifest_facts(alpha)  # what push does after storing the reports
+        s.add_report(_on_device(int8_report, "d" * 64, "int8", 3.0, "2026-05-02T10:00:00Z",
+                                "r2"), "pi", tmp_path / "2.json")
+        s.add_manifest_facts(beta)
+        # a re-bench of alpha's int8 file, without its manifest, stays in alpha's series
+        s.add_report(_on_device(int8_report, "b" * 64, "int8", 0.5, "2026-05-03T10:00:00Z",
+                                "r1"), "pi", tmp_path / "3.json")
+        assert sorted(s.models()) == ["alpha", "beta_savedmodel"]
+        result = reporting.build(s)
+        speedup = {(r.model, r.variant): r.speedup for r in result.table}
+        assert speedup[("alpha", "int8")] == pytest.approx(2.0)
+        assert speedup[("beta_savedmodel", "int8")] is None  # no float report of beta
+        assert result.regressions == []  # beta is 6x slower than alpha, but not alpha
+        assert [h.model for h in result.history] == ["alpha", "alpha", "beta_savedmodel",
+                                                     "alpha"]
+        assert {r.model_name for r in s.latest(model="alpha")} == {"alpha"}
+
+
+@pytest.mark.parametrize("source, name", [("mnist.keras", "mnist"), ("net.h5", "net"),
+                                          ("exported_sm", "exported_sm"),
+                                          ("mnist_int8.tflite", "mnist"), ("", None)])
+def test_deployment_name(source, name):
+    assert store.deployment_name(_deployment(source, {})) == name
+
+
+def test_an_explicit_model_name_is_kept(tmp_path, int8_report):
+    with _store(tmp_path) as s:
+        s.add_report(_on_device(int8_report, "b" * 64, "int8", 1.0, "2026-05-01T10:00:00Z",
+                                "r1"), "pi", tmp_path / "1.json", model_name="chosen")
+        s.add_manifest_facts(_deployment("alpha.keras", {"int8": "b" * 64}))
+        assert s.models() == ["chosen"]

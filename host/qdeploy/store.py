@@ -10,6 +10,10 @@ removed (`mnist_int8.tflite`, `mnist_edgetpu.tflite` and `mnist_float.tflite` ar
 all model `mnist`), so the variants of one deployment can be compared and the
 history of one model followed across pushes whose sha256 changed. A caller that
 knows better (e.g. the deployment's directory name) passes `model_name=`.
+`qdeploy convert` names every model `model_*.tflite`, so `add_manifest_facts`
+renames the reports of a deployment's files after the manifest's source model
+(`converter.source_model`: `mnist.keras` -> `mnist`; see `deployment_name`), and a
+later report of a file already named that way gets the same name.
 
 Size and accuracy per model file are kept by sha256 in a second table
 (`Store.add_model_facts`, or `Store.add_manifest_facts` for a whole deployment);
@@ -241,6 +245,29 @@ def model_name_of(path: str) -> str:
     return stem
 
 
+SOURCE_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite")
+
+
+def deployment_name(manifest) -> Optional[str]:
+    """The series name of a `qdeploy convert` deployment: its source model's name.
+
+    Convert names its files `model_float.tflite`/`model_int8.tflite` whatever the model,
+    so the file name cannot tell two deployments apart; the manifest's
+    `converter.source_model` (`mnist.keras`, or a SavedModel directory's name) can.
+    None when the manifest does not record it.
+    """
+    converter = getattr(manifest, "converter", None)
+    source = converter.get("source_model") if isinstance(converter, dict) else None
+    if not isinstance(source, str) or not source.strip():
+        return None
+    name = Path(source.replace("\\", "/").rstrip("/")).name
+    for suffix in SOURCE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return model_name_of(name) or None
+
+
 def normalize_timestamp(value: str, what: str = "timestamp") -> str:
     """An ISO-8601 time as UTC `YYYY-MM-DDTHH:MM:SS.ffffffZ` (sorts as text).
 
@@ -413,7 +440,7 @@ class Store:
     def _insert(self, r: dict, target: str, report_file: str, model_name: Optional[str],
                 evaluation=None) -> int:
         model, lat, host = r["model"], r["latency_us"], r["host"]
-        name = model_name or model_name_of(model["path"])
+        name = model_name or self._known_name(model["sha256"].lower(), model["path"])
         row = {
             "target": target, "model_name": name, "model_sha256": model["sha256"].lower(),
             "model_path": model["path"], "model_size": model["size"],
@@ -466,14 +493,45 @@ class Store:
         `qdeploy evaluate` wrote. Returns how many artifacts were recorded.
         """
         recorded = 0
+        shas = []
         for variant in variants:
             art = manifest.artifacts.get(variant)
             if art is None:
                 continue
             self.add_model_facts(art.sha256, variant, art.size,
                                  accuracy_for(manifest.evaluation, variant), source="manifest")
+            shas.append(art.sha256.lower())
             recorded += 1
+        name = deployment_name(manifest)
+        if name is not None and shas:
+            self.name_series(shas, name)
         return recorded
+
+    def name_series(self, sha256s: Iterable[str], name: str) -> int:
+        """Give the reports of these model files the model name `name`; how many changed.
+
+        Only rows still named after their file (`model_int8.tflite` -> `model`) change: a
+        name a caller passed to `add_report(model_name=...)` is kept. Later reports of the
+        same files get `name` too (see `_known_name`).
+        """
+        shas = [s.lower() for s in sha256s]
+        marks = ", ".join("?" for _ in shas)
+        rows = self.connection.execute(
+            f"SELECT id, model_name, model_path FROM reports WHERE model_sha256 IN ({marks})",
+            shas).fetchall()
+        ids = [i for i, current, path in rows if current == model_name_of(path) != name]
+        with self.connection:
+            self.connection.executemany("UPDATE reports SET model_name = ? WHERE id = ?",
+                                        [(name, i) for i in ids])
+        return len(ids)
+
+    def _known_name(self, sha256: str, path: str) -> str:
+        """The name earlier reports of this model file were given, else the file's name."""
+        default = model_name_of(path)
+        row = self.connection.execute(
+            "SELECT model_name FROM reports WHERE model_sha256 = ? AND model_name != ? "
+            "ORDER BY id DESC LIMIT 1", (sha256, default)).fetchone()
+        return row[0] if row else default
 
     def add_verification(self, v: Verification) -> int:
         """Store one variant's verify figures; return the row id."""
