@@ -9,13 +9,41 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 
+def umask() -> int:
+    """The process umask, read once: from /proc where there is one (no window in which the
+    umask is changed), else by setting it to 0 and straight back."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                line = next(ln for ln in f if ln.startswith("Umask:"))
+            _UMASK = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK = None
+
+
+def file_mode(path: Path) -> int:
+    """The mode a rewrite of `path` gets: the existing file's, else 0o666 less the umask
+    (what open() would give; mkstemp's temporary file is 0o600 whatever the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~umask()
+
+
 def write_bytes(path: Path, data: bytes) -> None:
-    """Atomically replace `path` with `data`."""
+    """Atomically replace `path` with `data`, keeping its mode (a new file: as open() makes)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -23,6 +51,7 @@ def write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
