@@ -85,7 +85,8 @@ class PushResult:
     ok: bool = False
     error: Optional[str] = None
     release_id: Optional[str] = None
-    previous: Optional[str] = None
+    previous: Optional[str] = None  # `current` before this push, "releases/<id>"
+    old_previous: Optional[str] = None  # `previous` before this push
     unchanged: bool = False
     files_sent: int = 0
     files_skipped: int = 0
@@ -252,21 +253,13 @@ def store_verification(outcome, target: str, reports_dir: Path) -> None:
 
 
 def undo_switch(conn, result: PushResult, options: PushOptions) -> str:
-    """Point `current` back where it was before this push and delete the failed release, so
-    no later rollback can make it current; says what it did (for the error)."""
+    """Point `current` and `previous` back where they were before this push and delete the
+    failed release, so no later rollback can make it current; says what it did (for the
+    error). Under the device's lock, and only while `current` is still this push's release."""
     if result.unchanged:
         return "current was already this release before the push and stays (fix and push again)"
-    if result.previous:
-        links = release.rollback(conn, options.remote_dir, device_python(conn, options),
-                                 discard=True)
-        return f"current rolled back to release {links['current']}"
-    remote = release.shell_path(options.remote_dir)
-    failed = shlex.quote(f"releases/{result.release_id}")
-    done = conn.run(f"rm -f {remote}/current && cd {remote} && rm -rf -- {failed}")
-    if not done.ok:
-        raise UserError(f"{conn.name}: could not remove the failed release's `current` link "
-                        f"({done.last_error_line()}); run qdeploy rollback")
-    return "current removed (there is no previous release to go back to)"
+    return release.discard(conn, options.remote_dir, device_python(conn, options),
+                           result.release_id, result.previous, result.old_previous)
 
 
 def reports_of(document: dict) -> list:
@@ -306,6 +299,7 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
                      "" if plan.unchanged else f"{len(plan.send)} files", 0, total)
             sent = xfer.send(plan, lambda n: progress(name, "uploading", "", n, total))
             result.release_id, result.previous = sent.release_id, sent.previous
+            result.old_previous = sent.old_previous
             result.unchanged = plan.unchanged
             result.files_sent, result.files_skipped = sent.files_sent, sent.files_skipped
             result.bytes_sent, result.transfer_s = sent.bytes_sent, sent.seconds

@@ -29,6 +29,8 @@ DEFAULT_REMOTE_DIR = "~/qdeploy"
 DISK_FULL_EXIT = 28  # ENOSPC
 PROBE_MARK = b"--qdeploy-manifest--\n"
 KEEP_RELEASES = 5
+LOCK_WAIT_S = 30.0  # how long a device command waits for the remote dir's lock
+LOCKED_EXIT = 75  # EX_TEMPFAIL: the lock stayed taken
 
 
 def shell_path(path: str) -> str:
@@ -165,16 +167,17 @@ def main():
         os.rename(stage, final); fsync_dir(REL)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True); raise
-    cur = os.path.join(R, "current")
+    cur = os.path.join(R, "current"); prev = os.path.join(R, "previous")
     old = os.readlink(cur) if os.path.islink(cur) else None
+    old_prev = os.readlink(prev) if os.path.islink(prev) else None
     switch("current", "releases/" + rid)
     if old and old.rstrip("/") != "releases/" + rid: switch("previous", old)
     fsync_dir(R)
-    keep = {os.path.basename(os.readlink(os.path.join(R, l)).rstrip("/"))
-            for l in ("current", "previous") if os.path.islink(os.path.join(R, l))}
+    # the old `previous` is kept too: undoing this push (a failed verify) points back at it
+    keep = {os.path.basename(l.rstrip("/")) for l in ("releases/" + rid, old, old_prev) if l}
     old_ones = sorted(n for n in os.listdir(REL) if not n.startswith(".") and n not in keep)
     for n in old_ones[:max(0, len(old_ones) - KEEP)]: shutil.rmtree(os.path.join(REL, n), ignore_errors=True)
-    print(json.dumps({"release": rid, "previous": old}))
+    print(json.dumps({"release": rid, "previous": old, "old_previous": old_prev}))
 try:
     main()
 except OSError as e:
@@ -184,31 +187,62 @@ except Exception as e:
     print("qdeploy-receive: %s" % e, file=sys.stderr); sys.exit(1)
 '''
 
-ROLLBACK = r'''
-import json, os, shutil, sys
-R = os.path.expanduser(sys.argv[1]); to = sys.argv[2] if len(sys.argv) > 2 else ""
-discard = len(sys.argv) > 3 and sys.argv[3] == "discard"
+# Shared by the device-side programs: the remote dir's `.lock`, taken without blocking and
+# retried until a deadline, so a stale holder (a cut push) is named instead of waited on.
+LOCK = r'''
+import fcntl, os, sys, time
+def take_lock(R, wait):
+    f = open(os.path.join(R, ".lock"), "a+"); end = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                f.seek(0); pid = f.read().strip() or "unknown"
+                print("qdeploy-lock: pid %s" % pid, file=sys.stderr); sys.exit(75)
+            time.sleep(0.1)
+    f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+    return f
+'''
+
+# argv = remote dir, JSON options: {"to": release id or null, "wait": lock seconds} switches
+# `current` (to `previous` without "to"); {"discard": id, "back_to": "releases/..." or null,
+# "previous": "releases/..." or null} undoes the push of release `id` if it is still current.
+ROLLBACK = LOCK + r'''
+import json, shutil
+R = os.path.expanduser(sys.argv[1]); opt = json.loads(sys.argv[2])
 cur = os.path.join(R, "current"); prev = os.path.join(R, "previous")
-def switch(link, dest):
-    tmp = link + ".tmp"
+def link(p): return os.readlink(p).rstrip("/") if os.path.islink(p) else None
+def rid(dest): return dest and dest.rsplit("/", 1)[-1]
+def exists(dest): return os.path.isfile(os.path.join(R, dest, "manifest.json"))
+def fail(msg, status=3): print("qdeploy-rollback: " + msg, file=sys.stderr); sys.exit(status)
+def switch(l, dest):
+    tmp = l + ".tmp"
     if os.path.lexists(tmp): os.unlink(tmp)
-    os.symlink(dest, tmp); os.replace(tmp, link)
-old = os.readlink(cur) if os.path.islink(cur) else None
-if to:
-    dest = "releases/" + to
-elif os.path.islink(prev):
-    dest = os.readlink(prev)
+    os.symlink(dest, tmp); os.replace(tmp, l)
+if not os.path.isdir(R): fail("no previous release under %s" % R)
+lock = take_lock(R, opt["wait"])
+old = link(cur)
+if opt.get("discard"):  # the release failed its checks: it must never become current again
+    failed = "releases/" + opt["discard"]
+    if old != failed:
+        fail("current is %s, not the failed release %s: another push switched it meanwhile"
+             % (rid(old) or "unset", opt["discard"]), 4)
+    back, before = opt.get("back_to"), opt.get("previous")
+    if back and not exists(back): fail("release %s to go back to is gone under %s" % (back, R))
+    if back: switch(cur, back)
+    else: os.unlink(cur)
+    if before and exists(before): switch(prev, before)
+    elif os.path.lexists(prev): os.unlink(prev)
+    shutil.rmtree(os.path.join(R, failed), ignore_errors=True)
 else:
-    print("qdeploy-rollback: no previous release under %s" % R, file=sys.stderr); sys.exit(3)
-if not os.path.isfile(os.path.join(R, dest, "manifest.json")):
-    print("qdeploy-rollback: release %s does not exist under %s" % (dest, R), file=sys.stderr); sys.exit(3)
-switch(cur, dest)
-if discard:  # the release being left failed its checks: it must never become current again
-    if os.path.islink(prev) and os.readlink(prev) == dest: os.unlink(prev)
-    if old and old != dest: shutil.rmtree(os.path.join(R, old), ignore_errors=True)
-    old = None
-elif old and old != dest: switch(prev, old)
-print(json.dumps({"current": dest.rsplit("/", 1)[-1], "previous": old and old.rstrip("/").rsplit("/", 1)[-1]}))
+    if opt.get("to"): dest = "releases/" + opt["to"]
+    elif link(prev): dest = link(prev)
+    else: fail("no previous release under %s" % R)
+    if not exists(dest): fail("release %s does not exist under %s" % (dest, R))
+    switch(cur, dest)
+    if old and old != dest: switch(prev, old)
+print(json.dumps({"current": rid(link(cur)), "previous": rid(link(prev))}))
 '''
 
 
@@ -221,21 +255,52 @@ def receive_command(python: str, remote_dir: str, keep: int = KEEP_RELEASES) -> 
     return python_command(python, RECEIVER, shell_path(remote_dir), str(keep))
 
 
-def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] = None,
-             discard: bool = False) -> dict:
-    """Switch `current` back to `previous` (or to release `to`); returns the new links.
+def _locked(conn, remote_dir: str, result) -> UserError:
+    pid = result.last_error_line().rsplit(" ", 1)[-1]
+    return UserError(f"{conn.name}: another push to {remote_dir} is running or a stale one "
+                     f"holds its lock (pid {pid}); wait for it or kill it, then try again")
 
-    With `discard`, the release left behind is deleted and not kept as `previous`: that is
-    how a push undoes a release that failed its checks on the device.
-    """
+
+def _rollback_run(conn, remote_dir: str, python: str, opt: dict):
+    opt = dict(opt, wait=LOCK_WAIT_S)
+    cmd = python_command(python, ROLLBACK, shell_path(remote_dir), shlex.quote(json.dumps(opt)))
+    result = conn.run(cmd)
+    if result.exit_status == LOCKED_EXIT:
+        raise _locked(conn, remote_dir, result)
+    return result
+
+
+def _links(result) -> dict:
+    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+
+
+def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] = None) -> dict:
+    """Switch `current` back to `previous` (or to release `to`); returns the new links."""
     if to is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", to):
         raise UserError(f"--to {to!r} is not a release id (see {remote_dir}/releases)")
-    extra = [shlex.quote(to or ""), "discard"] if discard else ([shlex.quote(to)] if to else [])
-    cmd = python_command(python, ROLLBACK, shell_path(remote_dir), *extra)
-    result = conn.run(cmd)
+    result = _rollback_run(conn, remote_dir, python, {"to": to})
     if result.exit_status == 3:
         raise UserError(f"{conn.name}: {result.last_error_line().split(': ', 1)[-1]}; "
                         "nothing to roll back to")
     if not result.ok:
         raise UserError(f"{conn.name}: rollback failed ({result.last_error_line()})")
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])
+    return _links(result)
+
+
+def discard(conn, remote_dir: str, python: str, failed: str, back_to: Optional[str],
+            previous: Optional[str]) -> str:
+    """Undo the push of release `failed`: if it is still `current`, point `current` back at
+    `back_to` (or remove it when None) and `previous` at `previous`, and delete the failed
+    release so no later rollback can make it current. Says what it did (for the error line);
+    a release another push made current meanwhile is left alone."""
+    result = _rollback_run(conn, remote_dir, python,
+                           {"discard": failed, "back_to": back_to, "previous": previous})
+    if result.exit_status == 4:
+        return (result.last_error_line().split(": ", 1)[-1] + "; left it as it is (the failed "
+                f"release stays under {remote_dir}/releases)")
+    if not result.ok:
+        raise UserError(f"{conn.name}: could not switch `current` back from the failed "
+                        f"release {failed} ({result.last_error_line()}); run qdeploy rollback")
+    if back_to is None:
+        return "current removed (there is no previous release to go back to)"
+    return f"current rolled back to release {_links(result)['current']}"

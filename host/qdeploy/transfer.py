@@ -164,7 +164,8 @@ class TransferResult:
     files_skipped: int
     bytes_sent: int
     seconds: float
-    previous: Optional[str] = None
+    previous: Optional[str] = None  # what `current` pointed at before ("releases/<id>")
+    old_previous: Optional[str] = None  # what `previous` pointed at before
 
 
 def _remote_files(state: release.RemoteState) -> dict:
@@ -256,4 +257,5 @@ class Transfer:
                             f"receiver: {result.stdout[:200]!r}") from None
         return TransferResult(plan.release_id, len(plan.send), len(plan.link),
                               plan.bytes_to_send, time.perf_counter() - start,
-                              previous=answer.get("previous"))
+                              previous=answer.get("previous"),
+                              old_previous=answer.get("old_previous"))

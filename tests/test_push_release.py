@@ -1,0 +1,94 @@
+"""The release links on a device across failed pushes, rollbacks and concurrent pushes.
+
+On the `local` target (the same device-side programs as over SSH, run by /bin/sh) with real
+deployments and a real verify; a second push that lands meanwhile is a real second push.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qdeploy import push, release, targets
+from qrun.preprocess import Preprocess
+from tests.fixtures.sshd import make_deployment
+
+UNIT = Preprocess(0.0, 255.0, "RGB")  # pixels / 255: the model's outputs move, verify fails
+LOCAL = targets.parse_target("local")
+
+
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory):
+    """Three different deployments with reference inputs, and one that makes verify fail."""
+    tmp = tmp_path_factory.mktemp("deployments")
+    deps = [make_deployment(tmp / f"v{i}", reference=True, extra={"notes.txt": b"v%d\n" % i})
+            for i in range(3)]
+    return deps, make_deployment(tmp / "unit", reference=True, preprocess=UNIT)
+
+
+def _opts(tmp_path, **kw):
+    base = dict(remote_dir=str(tmp_path / "device"), reports_dir=tmp_path / "reports",
+                bench=False, verify=False)
+    base.update(kw)
+    return push.PushOptions(**base)
+
+
+def _push(dep, opts, progress=push._no_progress):
+    return push.push_many([LOCAL], dep, opts, progress)[0]
+
+
+def _links(device) -> dict:
+    return {name: os.readlink(device / name) if os.path.islink(device / name) else None
+            for name in ("current", "previous")}
+
+
+def test_failed_verify_restores_current_and_previous(deployments, tmp_path):
+    (a, b, c), unit = deployments
+    opts = _opts(tmp_path)
+    device = tmp_path / "device"
+    first, second = _push(a, opts), _push(b, opts)
+    assert first.ok and second.ok, (first.error, second.error)
+    before = _links(device)
+    assert before == {"current": f"releases/{second.release_id}",
+                      "previous": f"releases/{first.release_id}"}
+    bad = _push(c, _opts(tmp_path, verify=True, verify_against=unit))
+    assert not bad.ok and "verify failed" in bad.error
+    assert f"current rolled back to release {second.release_id}" in bad.error
+    assert _links(device) == before  # `previous` points at A again, not unlinked
+    assert not (device / "releases" / bad.release_id).exists()
+    links = push.rollback_target(LOCAL, opts)
+    assert links == {"current": first.release_id, "previous": second.release_id}
+
+
+def test_undo_leaves_a_release_another_push_made_current_meanwhile(deployments, tmp_path):
+    """Push C fails verify, but push B landed between C's switch and its undo: B stays."""
+    (a, b, c), unit = deployments
+    opts = _opts(tmp_path)
+    device = tmp_path / "device"
+    first = _push(a, opts)
+    assert first.ok, first.error
+    landed = []
+
+    def other_operator(target, stage, detail="", done=None, total=None):
+        if stage == "verify" and detail == "starting" and not landed:
+            landed.append(_push(b, opts))
+
+    bad = _push(c, _opts(tmp_path, verify=True, verify_against=unit), other_operator)
+    [other] = landed
+    assert other.ok, other.error
+    assert not bad.ok and "verify failed" in bad.error
+    assert "another push switched it meanwhile" in bad.error and "\n" not in bad.error
+    assert _links(device) == {"current": f"releases/{other.release_id}",
+                              "previous": f"releases/{bad.release_id}"}
+    for rid in (first.release_id, bad.release_id, other.release_id):
+        assert (device / "releases" / rid / "manifest.json").is_file()
+
+
+def test_rollback_to_the_current_release_reports_the_real_previous(deployments, tmp_path):
+    (a, b, _), _ = deployments
+    opts = _opts(tmp_path)
+    first, second = _push(a, opts), _push(b, opts)
+    links = push.rollback_target(LOCAL, opts, to=second.release_id)
+    assert links == {"current": second.release_id, "previous": first.release_id}
+    assert _links(tmp_path / "device")["previous"] == f"releases/{first.release_id}"
