@@ -199,6 +199,39 @@ def test_a_model_file_in_a_directory_without_manifest(tmp_path, fake):
     assert not (tmp_path / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("name", ["other.tflite", "model_int8.tflite"])
+def test_a_model_that_is_not_the_manifests_int8_leaves_the_manifest_alone(tmp_path, fake,
+                                                                           name):
+    """Another .tflite in a convert directory, or its int8 model changed since convert."""
+    d = make_dir(tmp_path)
+    before = (d / "manifest.json").read_bytes()
+    model = d / name
+    model.write_bytes((CORAL / f"{DEEPLAB}.tflite").read_bytes())
+    fake()
+    result = compiler.compile_model(model, compiler.CompileOptions(), DOUBLE)
+    assert result.ok and not result.manifest_updated
+    stem = Path(name).stem
+    assert (d / f"{stem}_edgetpu.tflite").is_file() and (d / f"{stem}_edgetpu.log").is_file()
+    assert (d / "manifest.json").read_bytes() == before
+    assert any(line.startswith(f"manifest.json not updated: {name} is not the int8 model")
+               for line in result.notes), result.notes
+
+
+def test_relative_compiler_path_is_run_from_the_current_directory(tmp_path, fake,
+                                                                  monkeypatch):
+    import shutil
+
+    d = make_dir(tmp_path)
+    (tmp_path / "bin").mkdir()
+    shutil.copy2(DOUBLE, tmp_path / "bin" / "mycomp")
+    monkeypatch.chdir(tmp_path / "bin")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # "mycomp" is nowhere on PATH
+    fake()
+    result = compiler.compile_model(d, compiler.CompileOptions(), Path("./mycomp"))
+    assert result.ok and result.manifest_updated
+    assert result.compiler == str(tmp_path / "bin" / "mycomp")
+
+
 def test_search_delegate_needs_compiler_16(tmp_path, fake):
     d = make_dir(tmp_path)
     fake(VERSION="15.0.340273435")

@@ -108,7 +108,7 @@ def find_compiler(explicit: Optional[Path] = None) -> Optional[Path]:
         if not path.is_file() or not os.access(path, os.X_OK):
             raise UserError(f"--compiler {path}: no such executable; pass the path of "
                             f"{COMPILER_NAME}")
-        return path
+        return Path(os.path.abspath(path))  # "./edgetpu_compiler" must not go to PATH
     found = shutil.which(COMPILER_NAME)
     return Path(found) if found else None
 
@@ -268,6 +268,26 @@ def output_names(stage: Path) -> list:
     return models + logs
 
 
+def is_manifest_model(directory: Path, model: Path) -> bool:
+    """Whether `model` is the int8 artifact of `directory`'s manifest (same file and sha256).
+
+    Only then does a compile of it belong in that manifest: compiling another .tflite
+    that happens to sit in the directory must not make it the deployment's edgetpu model.
+    """
+    if not directory.is_dir() or manifest.find(directory) is None:
+        return False
+    m = manifest.load(directory)
+    art = m.artifacts.get(INT8_ROLE)
+    if art is None:
+        return False
+    recorded = m.path_of(directory, INT8_ROLE)
+    try:
+        same_file = recorded.resolve() == Path(model).resolve()
+        return same_file and manifest.sha256_file(model) == art.sha256.lower()
+    except OSError:
+        return False
+
+
 def record(stage: Path, directory: Path, outputs: list, version: str,
            min_runtime: Optional[int], log: compiler_log.CompilerLog) -> bool:
     """Write the updated manifest into `stage`; False when the directory has none."""
@@ -301,6 +321,7 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
     if manifest.find(directory):
         manifest.load(directory)  # a broken manifest is reported before compiling
     check_model(model)
+    owned = is_manifest_model(directory, model)
     if not os.access(directory, os.W_OK):
         raise UserError(f"cannot write in {directory}; make it writable or copy the model "
                         "to a directory you own")
@@ -331,23 +352,30 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
         compiled = stage / next(n for n in outputs if n.endswith(".tflite"))
         result.first_cpu_op = first_cpu_op(compiled, log)
         result.verdict = success_verdict(log, result.first_cpu_op)
-        result.manifest_updated = record(stage, directory, outputs, version, min_runtime, log)
+        if owned:
+            result.manifest_updated = record(stage, directory, outputs, version, min_runtime,
+                                             log)
         names = outputs + ([manifest.MANIFEST_NAME] if result.manifest_updated else [])
         atomic.publish(stage, directory, names)
     result.outputs = outputs
-    result.notes = notes(result, directory)
+    result.notes = notes(result, directory, owned)
     return result
 
 
-def notes(result: CompileResult, directory: Path) -> list:
+def notes(result: CompileResult, directory: Path, owned: bool = True) -> list:
     """Lines printed after the verdict of a successful compile."""
     lines = [f"wrote {', '.join(str(directory / n) for n in result.outputs)}"]
     if result.min_runtime is not None:
         lines.append(f"needs Edge TPU runtime {result.min_runtime} or newer on the device"
                      + (" (use --min-runtime 13 for runtime 13)"
                         if result.min_runtime > 13 else ""))
-    lines.append("manifest.json updated" if result.manifest_updated
-                 else f"no manifest.json in {directory}: nothing recorded")
+    if result.manifest_updated:
+        lines.append("manifest.json updated")
+    elif not owned and manifest.find(directory) is not None:
+        lines.append(f"manifest.json not updated: {Path(result.model).name} is not the int8 "
+                     "model it records (another file, or its sha256 differs)")
+    else:
+        lines.append(f"no manifest.json in {directory}: nothing recorded")
     return lines
 
 
