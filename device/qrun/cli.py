@@ -102,6 +102,7 @@ def bench(
     """Measure latency (init, first inference, warm-up, steady state), memory and host facts."""
     from qrun import bench as bench_mod
 
+    target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
     if compare:
         report = bench_mod.compare(model, runs, warmup, threads, tpu,
                                    progress=bench_mod.stderr_progress)
@@ -121,16 +122,37 @@ def bench(
         sys.stdout.flush()
         return
     from qrun import atomic
+    from qrun.errors import UserError
 
-    target = Path(json_out)
-    if not target.parent.is_dir():
-        from qrun.errors import UserError
-
-        raise UserError(f"--json {json_out}: directory {target.parent} does not exist; "
-                        "create it or give another path")
-    atomic.write_text(target, text)
+    try:
+        atomic.write_text(target, text)
+    except OSError as exc:
+        raise UserError(f"--json {json_out}: cannot write the report "
+                        f"({exc.strerror or exc.__class__.__name__}); give a writable "
+                        "file path") from None
     typer.echo("\n\n".join(texts))
     typer.echo(f"report written to {target}", err=True)
+
+
+def _json_target(json_out: Optional[str]) -> Optional[Path]:
+    """The file `--json` names (None for no --json or '-'), checked before any work is done."""
+    if json_out is None or json_out == "-":
+        return None
+    from qrun.errors import UserError
+
+    target = Path(json_out)
+    try:
+        is_dir, parent_is_dir = target.is_dir(), target.parent.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise UserError(f"--json {json_out}: {exc.strerror or exc.__class__.__name__}; give "
+                        "another path") from None
+    if is_dir:
+        raise UserError(f"--json {json_out} is a directory; give a file name, e.g. "
+                        f"{target / 'bench.json'}")
+    if not parent_is_dir:
+        raise UserError(f"--json {json_out}: directory {target.parent} does not exist; "
+                        "create it or give another path")
+    return target
 
 
 @app.command()
