@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from qdeploy import push, release, targets
+from qdeploy import push, targets
 from qrun.preprocess import Preprocess
 from tests.fixtures.sshd import make_deployment
 

@@ -306,3 +306,30 @@ def test_revoked_host_key_is_refused_even_with_accept_new(sshd, ssh_client_key, 
                                           + sshd.known_hosts_line())
     with pytest.raises(UserError, match="@revoked"):
         _connect(sshd, tmp_path, ssh_client_key)
+
+
+@pytest.mark.slow
+def test_accept_new_after_a_last_line_without_newline_keeps_both_entries(sshd, ssh_client_key,
+                                                                          tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    keytype, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"otherpi {keytype} {b64}")  # no trailing newline, as editors leave it
+    _connect(sshd, tmp_path, ssh_client_key, accept_new=True).close()
+    for name in ("otherpi", f"[127.0.0.1]:{sshd.port}"):
+        found = subprocess.run(["ssh-keygen", "-F", name, "-f", str(known)],
+                               capture_output=True, text=True)
+        assert found.returncode == 0, (name, known.read_text())
+    _connect(sshd, tmp_path, ssh_client_key).close()  # recorded intact: no flag needed now
+
+
+@pytest.mark.slow
+def test_accept_new_into_an_unwritable_known_hosts_is_one_line(sshd, ssh_client_key, tmp_path):
+    known = tmp_path / "known_hosts_dir"
+    known.mkdir()  # not a file: cannot be appended to
+    with pytest.raises(UserError) as info:
+        _connect(sshd, tmp_path, ssh_client_key, accept_new=True, known=known)
+    msg = str(info.value)
+    assert f"cannot record the host key of [127.0.0.1]:{sshd.port} in {known}" in msg
+    assert "--known-hosts" in msg and "\n" not in msg

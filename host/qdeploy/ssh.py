@@ -177,9 +177,19 @@ class _HostKeyPolicy:
                 f"--accept-new to record it in {known_hosts}")
         line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
         with _known_hosts_lock:
-            known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with open(known_hosts, "a", encoding="ascii") as f:
-                f.write(line)
+            try:
+                known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with open(known_hosts, "ab+") as f:
+                    f.seek(0, os.SEEK_END)
+                    if f.tell():  # a last line without its newline would swallow ours
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":
+                            line = "\n" + line
+                    f.write(line.encode("ascii"))
+            except OSError as exc:
+                raise UserError(f"{self.endpoint.name}: cannot record the host key of "
+                                f"{hostname} in {known_hosts} ({exc.strerror}); fix its "
+                                "permissions or pass --known-hosts FILE") from None
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
