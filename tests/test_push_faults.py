@@ -149,6 +149,12 @@ def test_cli_bad_input_is_one_line_each(tmp_path, deployment):
     assert "--identity" in _cli("push", str(deployment), "-t", "pi@127.0.0.1",
                                 "--identity", str(tmp_path / "missing"))
     assert "is given twice" in _cli("push", str(deployment), "-t", "local", "-t", "local")
+    for blank in ("", "  "):  # would mean the login dir (and an undo of `''/current`)
+        assert "--remote-dir" in _cli("push", str(deployment), "-t", "local", "--remote-dir",
+                                      blank, cwd=tmp_path)
+        assert "is empty" in _cli("rollback", "-t", "local", "--remote-dir", blank,
+                                  cwd=tmp_path)
+    assert not (tmp_path / "current").exists() and not (tmp_path / "releases").exists()
     labels = deployment / "imagenet_labels.txt"
     labels.write_bytes(labels.read_bytes() + b"extra\n")
     line = _cli("push", str(deployment), "-t", "local")

@@ -92,3 +92,18 @@ def test_rollback_to_the_current_release_reports_the_real_previous(deployments, 
     links = push.rollback_target(LOCAL, opts, to=second.release_id)
     assert links == {"current": second.release_id, "previous": first.release_id}
     assert _links(tmp_path / "device")["previous"] == f"releases/{first.release_id}"
+
+
+def test_a_failure_after_the_switch_says_current_was_switched(deployments, tmp_path):
+    (a, b, _), _ = deployments
+    opts = _opts(tmp_path)
+    device = tmp_path / "device"
+    first = _push(a, opts)
+    assert first.ok, first.error
+    (device / ".previous.tmp" / "in-the-way").mkdir(parents=True)  # `previous` cannot switch
+    second = _push(b, opts)
+    assert not second.ok
+    switched = _links(device)["current"]
+    assert switched != f"releases/{first.release_id}"
+    assert f"switched `current` to release {switched[9:]}, then failed: " in second.error
+    assert "Is a directory" in second.error and "unchanged" not in second.error

@@ -274,6 +274,7 @@ def for_target(target: targets.Target, options: PushOptions) -> PushOptions:
     On `local` the default release directory is where this machine's `qrun` looks for the
     current deployment: $QDEPLOY_HOME when it is set (else ~/qdeploy, as on any device).
     """
+    release.check_remote_dir(options.remote_dir)
     home = os.environ.get("QDEPLOY_HOME")
     if target.is_local and home and options.remote_dir == release.DEFAULT_REMOTE_DIR:
         return dataclasses.replace(options, remote_dir=home)
@@ -355,6 +356,7 @@ def push_many(target_list: list, directory: Path, options: PushOptions,
     if dupes:
         raise UserError(f"target {dupes[0]} is given twice; list each target once")
     check_identity(options)
+    release.check_remote_dir(options.remote_dir)
     deployment = transfer.load_deployment(directory)
     if options.verifying:
         host_side(deployment, options)  # a missing reference or model: one error, not per target

@@ -31,6 +31,15 @@ PROBE_MARK = b"--qdeploy-manifest--\n"
 KEEP_RELEASES = 5
 LOCK_WAIT_S = 30.0  # how long a device command waits for the remote dir's lock
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the lock stayed taken
+SWITCHED_EXIT = 76  # the receiver switched `current`, then failed (the RECEIVER's own constant)
+
+
+def check_remote_dir(path) -> str:
+    """The remote dir, refused when empty or blank (it would mean the login directory)."""
+    if path is None or not str(path).strip():
+        raise UserError(f"--remote-dir {str(path or '')!r} is empty; pass the release directory "
+                        f"on the device, e.g. {DEFAULT_REMOTE_DIR}")
+    return str(path)
 
 
 def shell_path(path: str) -> str:
@@ -115,6 +124,7 @@ def probe(conn, remote_dir: str) -> RemoteState:
 RECEIVER = r'''
 import errno, fcntl, hashlib, json, os, queue, shutil, sys, threading
 R = os.path.expanduser(sys.argv[1]); REL = os.path.join(R, "releases"); KEEP = int(sys.argv[2])
+SWITCHED_EXIT = 76
 def fsync_dir(p):
     fd = os.open(p, os.O_RDONLY)
     try: os.fsync(fd)
@@ -171,12 +181,16 @@ def main():
     old = os.readlink(cur) if os.path.islink(cur) else None
     old_prev = os.readlink(prev) if os.path.islink(prev) else None
     switch("current", "releases/" + rid)
-    if old and old.rstrip("/") != "releases/" + rid: switch("previous", old)
-    fsync_dir(R)
-    # the old `previous` is kept too: undoing this push (a failed verify) points back at it
-    keep = {os.path.basename(l.rstrip("/")) for l in ("releases/" + rid, old, old_prev) if l}
-    old_ones = sorted(n for n in os.listdir(REL) if not n.startswith(".") and n not in keep)
-    for n in old_ones[:max(0, len(old_ones) - KEEP)]: shutil.rmtree(os.path.join(REL, n), ignore_errors=True)
+    try:  # `current` is switched: a failure from here on must say so
+        if old and old.rstrip("/") != "releases/" + rid: switch("previous", old)
+        fsync_dir(R)
+        # the old `previous` is kept too: undoing this push (a failed verify) points back at it
+        keep = {os.path.basename(l.rstrip("/")) for l in ("releases/" + rid, old, old_prev) if l}
+        old_ones = sorted(n for n in os.listdir(REL) if not n.startswith(".") and n not in keep)
+        for n in old_ones[:max(0, len(old_ones) - KEEP)]:
+            shutil.rmtree(os.path.join(REL, n), ignore_errors=True)
+    except Exception as e:
+        print("qdeploy-receive: %s" % e, file=sys.stderr); sys.exit(SWITCHED_EXIT)
     print(json.dumps({"release": rid, "previous": old, "old_previous": old_prev}))
 try:
     main()
@@ -255,7 +269,7 @@ def receive_command(python: str, remote_dir: str, keep: int = KEEP_RELEASES) -> 
     return python_command(python, RECEIVER, shell_path(remote_dir), str(keep))
 
 
-def _locked(conn, remote_dir: str, result) -> UserError:
+def locked_error(conn, remote_dir: str, result) -> UserError:
     pid = result.last_error_line().rsplit(" ", 1)[-1]
     return UserError(f"{conn.name}: another push to {remote_dir} is running or a stale one "
                      f"holds its lock (pid {pid}); wait for it or kill it, then try again")
@@ -266,7 +280,7 @@ def _rollback_run(conn, remote_dir: str, python: str, opt: dict):
     cmd = python_command(python, ROLLBACK, shell_path(remote_dir), shlex.quote(json.dumps(opt)))
     result = conn.run(cmd)
     if result.exit_status == LOCKED_EXIT:
-        raise _locked(conn, remote_dir, result)
+        raise locked_error(conn, remote_dir, result)
     return result
 
 

@@ -247,6 +247,13 @@ class Transfer:
             raise UserError(f"{self.conn.name}: {self.python!r} was not found on the device "
                             f"({result.last_error_line()}); install Python 3 there or pass "
                             "--python PATH")
+        if result.exit_status == release.SWITCHED_EXIT:
+            raise UserError(f"{self.conn.name}: the device switched `current` to release "
+                            f"{plan.release_id}, then failed: "
+                            f"{result.last_error_line().split(': ', 1)[-1]}; "
+                            f"check {self.remote_dir} there")
+        if result.exit_status == release.LOCKED_EXIT:
+            raise release.locked_error(self.conn, self.remote_dir, result)
         if not result.ok:
             raise UserError(f"{self.conn.name}: the device refused the release "
                             f"({result.last_error_line()}); `current` is unchanged")
