@@ -333,3 +333,49 @@ def test_accept_new_into_an_unwritable_known_hosts_is_one_line(sshd, ssh_client_
     msg = str(info.value)
     assert f"cannot record the host key of [127.0.0.1]:{sshd.port} in {known}" in msg
     assert "--known-hosts" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("value, seconds", [("45", 45.0), ("1m", 60.0), ("1m30s", 90.0),
+                                            ("2H", 7200.0)])
+def test_ssh_config_connect_timeout_in_openssh_time_format(tmp_path, value, seconds):
+    config = tmp_path / "config"
+    config.write_text(f"Host pi\n  HostName 10.0.0.5\n  ConnectTimeout {value}\n")
+    endpoint = targets.resolve(targets.parse_target("pi"), targets.load_ssh_config(config))
+    assert endpoint.connect_timeout == seconds
+    shown = subprocess.run(["ssh", "-G", "-F", str(config), "pi"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    assert f"connecttimeout {seconds:g}" in shown  # what OpenSSH makes of it
+
+
+def test_ssh_config_bad_connect_timeout_is_one_line_naming_file_and_host(tmp_path):
+    config = tmp_path / "config"
+    config.write_text("Host pi\n  ConnectTimeout soon\n")
+    with pytest.raises(UserError) as info:
+        targets.resolve(targets.parse_target("pi"), targets.load_ssh_config(config))
+    msg = str(info.value)
+    assert str(config) in msg and "'soon' for pi is not a time" in msg and "\n" not in msg
+
+
+def test_cli_connect_timeout_comes_from_ssh_config_unless_given(tmp_path):
+    """A port that accepts but never speaks SSH: ConnectTimeout from the ssh config bounds
+    the wait (not a hidden 10 s default), --connect-timeout wins over it; one clear line."""
+    import os
+    import sys
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        config = tmp_path / "config"
+        config.write_text(f"Host mute\n  HostName 127.0.0.1\n  Port {port}\n  User pi\n"
+                          "  ConnectTimeout 1\n")
+        for flag, want in (([], "within 1 s"), (["--connect-timeout", "2"], "within 2 s")):
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "qdeploy", "rollback", "-t", "mute", "--ssh-config",
+                 str(config), "--known-hosts", str(tmp_path / "kh"), *flag],
+                capture_output=True, text=True, timeout=60, env=dict(os.environ))
+            assert time.monotonic() - started < 8
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 1 and len(lines) == 1, done.stderr
+            assert "sent no SSH banner" in lines[0] and want in lines[0]

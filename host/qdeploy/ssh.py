@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import socket
 import subprocess
@@ -38,6 +39,8 @@ Stdin = Union[bytes, Iterable[bytes], None]
 LineCallback = Optional[Callable[[str], None]]
 
 _known_hosts_lock = threading.Lock()
+# paramiko logs its transport thread's failures with tracebacks; our errors say it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class ConnectionLost(UserError):
@@ -324,7 +327,13 @@ class Connection:
                             "check the address and port and that sshd runs on the "
                             "device") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport = client.get_transport()
             client.close()
+            if transport is None or not transport.remote_version:
+                raise UserError(f"{self.name}: {e.hostname}:{e.port} accepted the connection but "
+                                f"sent no SSH banner within {self.connect_timeout:g} s; check "
+                                "that sshd (not another service) listens on that port "
+                                "(--connect-timeout to wait longer)") from None
             raise UserError(f"{self.name}: SSH to {e.hostname}:{e.port} failed "
                             f"({exc or type(exc).__name__}); check that an SSH server listens "
                             "there") from None

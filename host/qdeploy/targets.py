@@ -108,6 +108,18 @@ def _expand_includes(path: Path, depth: int = 0) -> list[str]:
     return out
 
 
+_TIME_RE = re.compile(r"([0-9]+)([smhdw]?)", re.IGNORECASE)
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str) -> Optional[float]:
+    """Seconds in OpenSSH's time format (`30`, `30s`, `1m`, `1m30s`, `2h`); None if not one."""
+    text = str(text).strip()
+    if not text or _TIME_RE.sub("", text):
+        return None
+    return float(sum(int(n) * _TIME_UNITS[u.lower()] for n, u in _TIME_RE.findall(text)))
+
+
 def load_ssh_config(path: Optional[Path] = None):
     """paramiko `SSHConfig` for `path` (default ~/.ssh/config) with Includes inlined."""
     import paramiko
@@ -116,16 +128,19 @@ def load_ssh_config(path: Optional[Path] = None):
     if not path.is_file():
         return paramiko.SSHConfig()
     try:
-        return paramiko.SSHConfig.from_text("\n".join(_expand_includes(path)) + "\n")
+        config = paramiko.SSHConfig.from_text("\n".join(_expand_includes(path)) + "\n")
     except Exception as exc:  # paramiko's ConfigParseError and friends
         raise UserError(f"cannot parse ssh config {path} ({exc}); fix it or pass "
                         "--ssh-config FILE") from None
+    config.qdeploy_path = path  # named in errors about its values
+    return config
 
 
 def resolve(target: Target, config=None, identity: Optional[Path] = None,
             known_hosts: Optional[Path] = None) -> Endpoint:
     """Apply ssh config to `target`; the target string's user and port win over the config's."""
     options = config.lookup(target.host) if config is not None else {}
+    where = getattr(config, "qdeploy_path", None) or "~/.ssh/config"
     for key in ("proxyjump", "proxycommand"):
         if options.get(key) and str(options[key]).lower() != "none":
             raise UserError(f"~/.ssh/config sets {'ProxyJump' if key == 'proxyjump' else 'ProxyCommand'} "
@@ -141,6 +156,14 @@ def resolve(target: Target, config=None, identity: Optional[Path] = None,
     identities = [str(identity)] if identity else []
     identities += [os.path.expanduser(p) for p in options.get("identityfile", [])]
     timeout = options.get("connecttimeout")
+    if timeout is not None and str(timeout).lower() != "none":
+        seconds = parse_time(timeout)
+        if seconds is None:
+            raise UserError(f"ssh config {where}: ConnectTimeout {timeout!r} for {target.host} "
+                            "is not a time; write seconds or e.g. 30s, 1m, 1m30s")
+        timeout = seconds or None  # 0: no limit of its own, the default applies
+    else:
+        timeout = None
     if known_hosts:
         known = (str(known_hosts),)
     else:
@@ -151,6 +174,6 @@ def resolve(target: Target, config=None, identity: Optional[Path] = None,
         name=target.name, hostname=hostname, port=port, user=user,
         identity_files=tuple(identities),
         identities_only=options.get("identitiesonly", "no").lower() == "yes",
-        connect_timeout=float(timeout) if timeout else None,
+        connect_timeout=timeout,
         known_hosts_files=known,
     )

@@ -65,8 +65,10 @@ def push(
                                          "refused)."),
     ssh_config: Optional[Path] = typer.Option(None, "--ssh-config",
                                               help="ssh config file (default ~/.ssh/config)."),
-    connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1,
-                                          help="Seconds to wait for a device to answer."),
+    connect_timeout: Optional[float] = typer.Option(
+        None, "--connect-timeout", min=0.1,
+        help="Seconds to wait for a device to answer (default: ConnectTimeout from the ssh "
+             "config, else 10)."),
     command_timeout: float = typer.Option(1800.0, "--command-timeout", min=1.0,
                                           help="Seconds a device command may stay silent."),
     jobs: int = typer.Option(8, "--jobs", "-j", min=1, help="Targets pushed at once."),
@@ -130,8 +132,10 @@ def rollback(
     known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file."),
     accept_new: bool = typer.Option(False, "--accept-new", help="Record an unknown host's key."),
     ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file."),
-    connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1,
-                                          help="Seconds to wait for a device to answer."),
+    connect_timeout: Optional[float] = typer.Option(
+        None, "--connect-timeout", min=0.1,
+        help="Seconds to wait for a device to answer (default: ConnectTimeout from the ssh "
+             "config, else 10)."),
 ):
     """Switch each target's `current` release back to the previous one (or --to RELEASE)."""
     from qdeploy import push as push_mod
