@@ -379,3 +379,22 @@ def test_cli_connect_timeout_comes_from_ssh_config_unless_given(tmp_path):
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 1 and len(lines) == 1, done.stderr
             assert "sent no SSH banner" in lines[0] and want in lines[0]
+
+
+def test_options_after_an_include_apply_as_openssh_applies_them(tmp_path):
+    """The included file's last Host block ends with the file: what follows the Include belongs
+    to the including context again (global here, the enclosing Host block there)."""
+    (tmp_path / "extra.conf").write_text("Host other\n    User bob\n")
+    (tmp_path / "more.conf").write_text("Host lab\n    Port 2200\n")
+    config = tmp_path / "config"
+    config.write_text(f"Include {tmp_path}/extra.conf\nUser fleet\nPort 2222\n\n"
+                      f"Host pi\n    HostName 10.0.0.5\n    Include {tmp_path}/more.conf\n"
+                      "    User pi\n\nHost lab\n    HostName 10.0.0.9\n")
+    parsed = targets.load_ssh_config(config)
+    for alias in ("pi", "other", "lab"):
+        endpoint = targets.resolve(targets.parse_target(alias), parsed)
+        shown = dict(line.split(" ", 1) for line in subprocess.run(
+            ["ssh", "-G", "-F", str(config), alias], capture_output=True, text=True,
+            check=True).stdout.splitlines() if " " in line)
+        assert (endpoint.user, str(endpoint.port), endpoint.hostname) == \
+            (shown["user"], shown["port"], shown["hostname"]), alias

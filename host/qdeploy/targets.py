@@ -92,12 +92,16 @@ def _expand_includes(path: Path, depth: int = 0) -> list[str]:
     except OSError as exc:
         raise UserError(f"cannot read ssh config {path} ({exc.strerror})") from None
     out = []
+    context = "Host *"  # top level: what paramiko (and OpenSSH) apply to every host
     for line in lines:
         words = line.strip().split(None, 1)
         key = words[0].lower().rstrip("=") if words else ""
+        if key in ("host", "match"):
+            context = line.strip()
         if key != "include" or len(words) < 2:
             out.append(line)
             continue
+        included = False
         for pattern in words[1].replace("=", " ", 1).split():
             pattern = os.path.expanduser(pattern.strip('"'))
             if not os.path.isabs(pattern):
@@ -105,6 +109,11 @@ def _expand_includes(path: Path, depth: int = 0) -> list[str]:
             for inc in sorted(glob.glob(pattern)):
                 if Path(inc).is_file():
                     out.extend(_expand_includes(Path(inc), depth + 1))
+                    included = True
+        if included:
+            # OpenSSH returns to the including context after the file; inlined, the included
+            # file's last Host block would swallow the lines that follow.
+            out.append(context)
     return out
 
 
