@@ -105,3 +105,9 @@ def test_evaluate_errors(run_cli, converted_demo, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((3, 28, 28), np.uint8), y=np.zeros(2))
     code, _, err = run_cli("evaluate", converted_demo.out_dir, "--data", tmp_path / "bad.npz")
     assert_one_line_error(code, err, "3 samples but 2 labels")
+    np.savez(tmp_path / "onehot.npz", x=np.zeros((3, 28, 28), np.uint8), y=np.eye(3))
+    code, _, err = run_cli("evaluate", converted_demo.out_dir, "--data", tmp_path / "onehot.npz")
+    assert_one_line_error(code, err, "onehot.npz", "shape (3, 3)", "argmax")
+    code, _, err = run_cli("evaluate", converted_demo.out_dir, "--data", tmp_path / "bad.npz",
+                           "--limit", "-3")
+    assert_one_line_error(code, err, "--limit must be at least 1")

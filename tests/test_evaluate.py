@@ -88,3 +88,43 @@ def test_rgb_folder_is_resized_with_the_model_geometry(tmp_path):
     assert abs(int(samples.data[0, 16, 16, 0]) - 200) <= 3
     floats = datasets.float_inputs(samples, Preprocess(127.5, 127.5))
     assert floats.dtype == np.float32 and -1.0 <= floats.min() <= floats.max() <= 1.0
+
+
+def run_read_only(directory, *argv):
+    """`python -m qdeploy ARGV` with `directory` bind-mounted read-only (a private namespace).
+
+    Root ignores file modes, so a read-only mount is the way to make a directory unwritable.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux's unshare")
+    cmd = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+    prefix = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix.insert(1, "--map-root-user")
+    result = subprocess.run([*prefix, "sh", "-c", cmd, "sh", str(directory), sys.executable,
+                             "-m", "qdeploy", *map(str, argv)],
+                            capture_output=True, text=True, timeout=120)
+    if "mount:" in result.stderr or "unshare:" in result.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {result.stderr.strip()}")
+    return result
+
+
+def test_unwritable_directory_is_refused_before_evaluating(converted_demo, demo_split,
+                                                           tmp_path):
+    import shutil
+
+    out = tmp_path / "ro"
+    shutil.copytree(converted_demo.out_dir, out)
+    np.savez(tmp_path / "held.npz", x=demo_split.x_heldout[:5], y=demo_split.y_heldout[:5])
+    before = (out / "manifest.json").read_bytes()
+    result = run_read_only(out, "evaluate", out, "--data", tmp_path / "held.npz")
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot write in ") and "manifest.json" in lines[0]
+    assert "Read-only file system" in lines[0]
+    assert (out / "manifest.json").read_bytes() == before

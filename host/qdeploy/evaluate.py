@@ -9,6 +9,7 @@ can show size, accuracy and latency side by side.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -47,6 +48,8 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     manifest = mf.load(directory)
     float_path = _artifact(manifest, directory, "float")
     int8_path = _artifact(manifest, directory, "int8")
+    if save:
+        check_writable(directory)
     samples = datasets.load_labelled(data, manifest.input.shape, manifest.preprocess,
                                      labels=labels, limit=limit)
     float_top1 = predict(float_path, samples, manifest, progress)
@@ -55,8 +58,25 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
                    int8_path.stat().st_size, samples.source)
     if save:
         manifest.evaluation = result.to_dict()
-        mf.save(manifest, directory)
+        try:
+            mf.save(manifest, directory)
+        except OSError as exc:
+            raise UserError(f"cannot store the figures in {directory / mf.MANIFEST_NAME}: "
+                            f"{exc.strerror or exc} (float {result.float_accuracy:.2%}, "
+                            f"int8 {result.int8_accuracy:.2%} on {result.samples} "
+                            "samples); free space or make it writable") from None
     return result
+
+
+def check_writable(directory: Path) -> None:
+    """Refuse, before the slow part, a directory where manifest.json cannot be rewritten."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".qdeploy-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write in {directory} ({exc.strerror or exc}), where evaluate "
+                        "stores its figures in manifest.json; make it writable or copy the "
+                        "directory") from None
 
 
 def predict(model_path: Path, samples: datasets.Samples, manifest: mf.Manifest,
