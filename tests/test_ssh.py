@@ -398,3 +398,14 @@ def test_options_after_an_include_apply_as_openssh_applies_them(tmp_path):
             check=True).stdout.splitlines() if " " in line)
         assert (endpoint.user, str(endpoint.port), endpoint.hostname) == \
             (shown["user"], shown["port"], shown["hostname"]), alias
+
+
+def test_inventory_host_in_two_groups_is_one_target_with_merged_variables(tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("[kitchen]\npi1 ansible_host=10.0.0.5 ansible_user=pi\npi2\n\n"
+                   "[edgetpu]\npi1\npi2 ansible_port=2222\n\n[lab]\npi1 ansible_user=admin\n")
+    found = inventory.load(inv)
+    assert [(t.name, t.host, t.user, t.port) for t in found] == [
+        ("pi1", "10.0.0.5", "admin", None),
+        ("pi2", "pi2", None, 2222),
+    ]

@@ -20,10 +20,11 @@ _ANSIBLE_KEYS = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_us
                  "ansible_ssh_user": "user", "ansible_port": "port", "ansible_ssh_port": "port"}
 
 
-def _ansible_line(words: list[str], where: str) -> Target:
-    """`alias key=value ...`: the alias names the target, ansible_* variables say where it is."""
+def _ansible_line(words: list[str], where: str) -> tuple[Target, dict]:
+    """`alias key=value ...`: the alias names the target, ansible_* variables say where it is.
+    Returns the alias and the variables the line sets (host, user, port)."""
     alias = parse_target(words[0], origin=where)
-    found = {"host": alias.host, "user": alias.user, "port": alias.port}
+    found = {}
     for word in words[1:]:
         if "=" not in word:
             raise UserError(f"{where}: {word!r} is not a key=value host variable; write "
@@ -31,25 +32,29 @@ def _ansible_line(words: list[str], where: str) -> Target:
         key, value = word.split("=", 1)
         if key in _ANSIBLE_KEYS:
             found[_ANSIBLE_KEYS[key]] = value
-    if found["port"] is not None:
+    if "port" in found:
         try:
             found["port"] = int(found["port"])
         except ValueError:
             raise UserError(f"{where}: ansible_port {found['port']!r} is not a number") from None
         if not 0 < found["port"] < 65536:
             raise UserError(f"{where}: port {found['port']} is out of range (1-65535)")
-    return Target(name=alias.name, host=found["host"], user=found["user"], port=found["port"])
+    return alias, found
 
 
 def load(path: Path) -> list[Target]:
-    """The targets listed in an inventory file, in order, without duplicates."""
+    """The targets listed in an inventory file, in order of first mention.
+
+    A host listed again (in another group, as Ansible allows) is the same target: its
+    variables are merged, a later line's ansible_* values overriding earlier ones.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read inventory {path} ({exc}); pass a text file with one "
                         "host per line") from None
-    targets: list[Target] = []
+    hosts: dict[str, dict] = {}
     skipping = False
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -66,12 +71,10 @@ def load(path: Path) -> list[Target]:
             words = shlex.split(line, comments=True)
         except ValueError as exc:
             raise UserError(f"{where}: {exc} in {line!r}") from None
-        if len(words) == 1:
-            target = parse_target(words[0], origin=where)
-        else:
-            target = _ansible_line(words, where)
-        if target not in targets:
-            targets.append(target)
-    if not targets:
+        alias, found = _ansible_line(words, where)
+        entry = hosts.setdefault(alias.name, {"host": alias.host, "user": alias.user,
+                                              "port": alias.port})
+        entry.update(found)
+    if not hosts:
         raise UserError(f"inventory {path} lists no hosts; write one [user@]host[:port] per line")
-    return targets
+    return [Target(name=name, **entry) for name, entry in hosts.items()]
