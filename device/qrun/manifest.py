@@ -70,30 +70,101 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        version = d.get("schema_version")
-        if not isinstance(version, int):
+        """Read a manifest's JSON object; every way it can be wrong is one UserError naming
+        manifest.json and the field (a hand-edited manifest must not give wrong numbers)."""
+        if "schema_version" not in d:
             raise UserError("manifest.json has no schema_version: it was not written by qdeploy")
+        version = d["schema_version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise bad(f"has schema_version {version!r}, not a number")
         if version > SCHEMA_VERSION:
             raise UserError(f"manifest.json has schema version {version}, newer than this "
                             f"qdeploy/qrun understands ({SCHEMA_VERSION}); upgrade qdeploy")
         try:
+            inp = tensor_spec(d.get("input"), "input")
+            pre = Preprocess.from_dict(d.get("preprocess") or {})
+            check_channels(pre, inp)
             return cls(
-                input=TensorSpec(**d["input"]),
-                output=TensorSpec(**d["output"]),
-                preprocess=Preprocess.from_dict(d.get("preprocess") or {}),
-                artifacts={r: Artifact(**a) for r, a in d.get("artifacts", {}).items()},
-                labels=d.get("labels"),
-                converter=d.get("converter") or {},
-                calibration=d.get("calibration") or {},
-                compiled=d.get("compiled"),
-                evaluation=d.get("evaluation"),
-                created=d.get("created", ""),
-                qdeploy_version=d.get("qdeploy_version", ""),
+                input=inp,
+                output=tensor_spec(d.get("output"), "output"),
+                preprocess=pre,
+                artifacts=artifacts(d.get("artifacts", {})),
+                labels=typed(d, "labels", str, None),
+                converter=typed(d, "converter", dict, None) or {},
+                calibration=typed(d, "calibration", dict, None) or {},
+                compiled=typed(d, "compiled", dict, None),
+                evaluation=typed(d, "evaluation", dict, None),
+                created=typed(d, "created", str, ""),
+                qdeploy_version=typed(d, "qdeploy_version", str, ""),
                 schema_version=version,
             )
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"manifest.json is missing or has a malformed field ({exc}); "
-                            "re-run qdeploy convert") from None
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+
+
+def bad(problem: str) -> UserError:
+    """The error for a manifest that qdeploy could not have written."""
+    return UserError(f"manifest.json {problem}; re-run qdeploy convert to write it again")
+
+
+def typed(d: dict, key: str, kind: type, default):
+    """d[key] if it is a `kind` (or null/absent: `default`), else ValueError naming the field."""
+    value = d.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        what = "a string" if kind is str else "an object"
+        raise ValueError(f"field {key} is {value!r}, not {what}")
+    return value
+
+
+def tensor_spec(value, name: str) -> TensorSpec:
+    """A TensorSpec from the manifest's `input` or `output` object."""
+    if not isinstance(value, dict):
+        raise ValueError(f"field {name} is {value!r}, not an object with shape and dtype")
+    try:
+        spec = TensorSpec(**value)
+    except TypeError:
+        raise ValueError(f"field {name} has fields {sorted(value)}; it needs shape, dtype, "
+                         "scale and zero_point") from None
+    if not (isinstance(spec.shape, list) and all(isinstance(n, int) for n in spec.shape)):
+        raise ValueError(f"{name}.shape is {spec.shape!r}, not a list of integers")
+    if not isinstance(spec.dtype, str):
+        raise ValueError(f"{name}.dtype is {spec.dtype!r}, not a string")
+    if not isinstance(spec.scale, (int, float)) or not isinstance(spec.zero_point, int):
+        raise ValueError(f"{name} has scale {spec.scale!r} and zero_point "
+                         f"{spec.zero_point!r}; they must be numbers")
+    return spec
+
+
+def check_channels(pre: Preprocess, inp: TensorSpec) -> None:
+    """Refuse preprocessing whose channel count (per-channel mean/std, color) the model's
+    input does not have: it would fail on every image, blaming the image."""
+    wanted = pre.channels()
+    shape = inp.shape
+    has = shape[3] if len(shape) == 4 else 1 if len(shape) == 3 else None
+    if wanted is not None and has is not None and wanted != has:
+        raise ValueError(f"preprocess (mean {pre.to_dict()['mean']}, std "
+                         f"{pre.to_dict()['std']}, color {pre.color}) is for {wanted} "
+                         f"channel(s), but the model input {shape} has {has}")
+
+
+def artifacts(value) -> dict:
+    """role -> Artifact from the manifest's `artifacts` object."""
+    if not isinstance(value, dict):
+        raise ValueError(f"field artifacts is {value!r}, not an object of role: file entries")
+    out = {}
+    for role, a in value.items():
+        if not isinstance(a, dict) or set(a) != {"file", "sha256", "size"}:
+            raise ValueError(f"artifact {role} is {a!r}; it needs file, sha256 and size")
+        kinds = {"file": str, "sha256": str, "size": int}
+        wrong = [f"{key} {a[key]!r}" for key, kind in kinds.items()
+                 if not isinstance(a[key], kind) or isinstance(a[key], bool) or a[key] == ""]
+        if wrong:
+            raise ValueError(f"artifact {role} has {', '.join(wrong)}; file and sha256 must "
+                             "be strings, size an integer")
+        out[role] = Artifact(**a)
+    return out
 
 
 def sha256_file(path: Path) -> str:

@@ -50,8 +50,29 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(mean=_tupled(d.get("mean", 0.0)), std=_tupled(d.get("std", 255.0)),
-                   color=d.get("color"))
+        """Read `to_dict`'s form; a value that cannot be used raises ValueError saying which."""
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocess is {d!r}, not an object with mean, std and color")
+        mean = _numbers(d.get("mean", 0.0), "mean")
+        std = _numbers(d.get("std", 255.0), "std")
+        if np.any(np.asarray(std, dtype=float) == 0):
+            raise ValueError("preprocess.std is 0 (every input would divide by zero)")
+        color = d.get("color")
+        if color is not None and color not in COLOR_MODES:
+            raise ValueError(f"preprocess.color is {color!r}; it must be "
+                             f"{' or '.join(COLOR_MODES)} (or null)")
+        return cls(mean=mean, std=std, color=color)
+
+    def channels(self) -> Optional[int]:
+        """How many channels mean, std and color imply (None when they fit any count)."""
+        counts = {np.asarray(v).size for v in (self.mean, self.std) if np.asarray(v).size > 1}
+        if self.color:
+            counts.add(3 if self.color == "RGB" else 1)
+        if len(counts) > 1:
+            raise ValueError(f"preprocess mean {_jsonable(self.mean)}, std "
+                             f"{_jsonable(self.std)} and color {self.color} disagree on the "
+                             "number of channels")
+        return counts.pop() if counts else None
 
 
 def parse_preprocess(text: str) -> Preprocess:
@@ -218,6 +239,15 @@ def to_input(pixels: np.ndarray, pre: Preprocess, dtype, scale: float,
 def _jsonable(value: Number):
     arr = np.asarray(value, dtype=float)
     return float(arr) if arr.ndim == 0 else [float(v) for v in arr]
+
+
+def _numbers(value, name: str):
+    """A manifest's mean or std: a number, or a non-empty list of numbers (finite)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and np.isfinite(v) for v in items):
+        raise ValueError(f"preprocess.{name} is {value!r}, not a number or a list of numbers")
+    return _tupled(items)
 
 
 def _tupled(value):
