@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.runner import CORAL, V1_025
+from tests.fixtures.runner import CORAL, V1_025, make_deployment
 from tests.test_qrun_errors import one_error
 
 MODEL = CORAL / f"{V1_025}.tflite"
@@ -51,3 +51,13 @@ def test_bench_compare_json_directory_is_refused(run_qrun, tmp_path):
     out = run_qrun("bench", "--model", MODEL, "--compare", "--json", tmp_path)
     one_error(out, "is a directory")
     no_benchmark_ran(out)
+
+
+@pytest.mark.parametrize("command", [("classify", CAT), ("verify",), ("bench", "--runs", 1)],
+                         ids=lambda c: c[0])
+@pytest.mark.parametrize("threads", [0, -3])
+def test_threads_below_one_is_the_option_not_the_model(run_qrun, tmp_path, command, threads):
+    deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
+    out = run_qrun(*command, "--model", deploy, "--threads", threads)
+    line = one_error(out, f"--threads must be at least 1, got {threads}")
+    assert "cannot be loaded" not in line and V1_025 not in line

@@ -92,8 +92,7 @@ def check_settings(runs: int, warmup: int, threads: Optional[int]) -> None:
         raise UserError(f"--runs must be at least 1, got {runs}")
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
+    runtime.check_threads(threads)
 
 
 def timed_invokes(interpreter, runs: int, model_path: Path) -> list:

@@ -80,6 +80,7 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
         raise UserError(f"--count must be at least 1, got {count}")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
+    runtime.check_threads(threads)
     image = Path(image)
     if not image.is_file():
         raise UserError(f"image not found: {image}")

@@ -103,6 +103,14 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_threads(threads: Optional[int]) -> Optional[int]:
+    """Validate `--threads`: None (the runtime's choice) or at least 1."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}; leave it out for the "
+                        "runtime's default")
+    return threads
+
+
 def delegate_options(device: str = "") -> dict:
     """Options for `load_delegate`: {"device": device}, or none for the first TPU found."""
     return {"device": device} if device else {}
@@ -162,6 +170,7 @@ def make_interpreter(model_path: Path, num_threads: Optional[int] = None,
       The runtime's Interpreter. A file that is not a loadable model, or an Edge TPU
       model without the delegate, raises UserError.
     """
+    check_threads(num_threads)
     module = interpreter_module()
     model_path = Path(model_path)
     if not model_path.is_file():

@@ -177,6 +177,7 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
     from qrun.bench import utc_now
     from qrun.manifest import sha256_file
 
+    runtime.check_threads(threads)
     dep = deployment.resolve(model)
     path = Path(inputs) if inputs is not None else reference_path(dep)
     if not path.is_file():
