@@ -190,6 +190,41 @@ def test_parse_since():
         reporting.parse_since("soon")
 
 
+def test_huge_age_means_every_report():
+    now = datetime(2026, 5, 10, 12, 0, tzinfo=timezone.utc)
+    assert reporting.parse_since("1000000w", now) == "1970-01-01T00:00:00.000000Z"
+    assert reporting.parse_since("99999999999999999999d", now) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_damaged_or_foreign_store_is_one_line(tmp_path):
+    import sqlite3
+
+    damaged = tmp_path / "damaged"
+    with open_store(damaged) as s, s.connection:
+        s.connection.executemany(
+            "INSERT INTO model_facts (sha256, source, updated) VALUES (?, ?, ?)",
+            [(f"{i:064x}", "x" * 500, "t") for i in range(50)])
+    path = damaged / "qdeploy.sqlite"
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + b"\xa5" * (len(data) - 4096))  # page 1 (schema) intact
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    con = sqlite3.connect(foreign / "qdeploy.sqlite")
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    for reports, why in ((damaged, "database disk image is malformed"),
+                         (foreign, "no table model_facts")):
+        done = run_cli("--reports", str(reports))
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0] == (f"error: {reports / 'qdeploy.sqlite'} is not a readable qdeploy "
+                            f"report store ({why}); move it away (the JSON reports beside it "
+                            "are kept) and push again")
+
+
 def test_empty_store_is_one_line(tmp_path):
     for reports in (tmp_path / "missing", tmp_path / "empty"):
         if reports.name == "empty":

@@ -11,18 +11,20 @@ of the same model, target and variant. Agreement and max |Δ| come from the late
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from qdeploy.store import ReportRow, Store, normalize_timestamp
+from qdeploy.store import ReportRow, Store, normalize_timestamp, unreadable
 from qrun.errors import UserError
 
 REGRESSION_THRESHOLD = 0.10  # a median more than 10% slower than the previous one
 BASELINE_VARIANT = "float"
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # an age beyond the calendar means "all"
 
 
 @dataclass
@@ -90,7 +92,11 @@ def parse_since(text: str, now: Optional[datetime] = None) -> str:
     if match:
         amount, unit = float(match.group(1)), match.group(2)
         now = now or datetime.now(timezone.utc)
-        return normalize_timestamp((now - timedelta(**{_UNITS[unit]: amount})).isoformat())
+        try:
+            start = now - timedelta(**{_UNITS[unit]: amount})
+        except (OverflowError, ValueError):  # before year 1: every report is newer
+            start = EPOCH
+        return normalize_timestamp(start.isoformat())
     return normalize_timestamp(text, what="--since")
 
 
@@ -146,13 +152,17 @@ def build(store: Store, target: Optional[str] = None, model: Optional[str] = Non
     Regressions are judged over the whole history of a series, so a `since` window
     still flags a report that is slower than the one just before the window.
     """
-    if store.count() == 0:
-        raise UserError("no reports yet: run qdeploy push")
     since_ts = parse_since(since) if since else None
-    latest = store.latest(target=target, model=model, since=since_ts)
-    if not latest:
-        raise UserError(f"no reports since {since}; the newest is older (try a longer --since)")
-    history = flag_regressions(store.history(target=target, model=model))
+    try:
+        if store.count() == 0:
+            raise UserError("no reports yet: run qdeploy push")
+        latest = store.latest(target=target, model=model, since=since_ts)
+        if not latest:
+            raise UserError(f"no reports since {since}; the newest is older (try a longer "
+                            "--since)")
+        history = flag_regressions(store.history(target=target, model=model))
+    except sqlite3.DatabaseError as exc:  # damaged pages show only when read
+        raise unreadable(store.path, exc) from None
     if since_ts:
         history = [h for h in history if h.timestamp >= since_ts]
     return Report(table=table(latest), history=history, latest=latest)

@@ -122,6 +122,7 @@ CREATE INDEX verifications_by_series ON verifications (target, model_sha256, var
 """
 # Statements that take a store from version N-1 to N.
 _MIGRATIONS = {1: _SCHEMA, 2: _SCHEMA_V2}
+TABLES = ("reports", "model_facts", "verifications")
 
 _NUMBER = (int, float)
 # (dotted field, accepted types, may be null) of a qrun-bench report, in schema order.
@@ -723,7 +724,23 @@ def open_store(reports_dir: Path, create: bool = True) -> Store:
             connection.close()
             what = "create" if version == 0 else f"upgrade (version {version})"
             raise UserError(f"cannot {what} the report store {path}: {exc}") from None
+    try:
+        tables = {r[0] for r in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise unreadable(path, exc) from None
+    missing = sorted(set(TABLES) - tables)
+    if missing:
+        connection.close()
+        raise unreadable(path, f"no table {missing[0]}")
     return Store(connection, path)
+
+
+def unreadable(path: Path, why) -> UserError:
+    """The one line for a damaged store or a foreign SQLite file in its place."""
+    return UserError(f"{path} is not a readable qdeploy report store ({why}); move it away "
+                     "(the JSON reports beside it are kept) and push again")
 
 
 def migrate(connection: sqlite3.Connection) -> int:
