@@ -68,6 +68,16 @@ def test_segmentation_model_is_not_a_classifier(run_qrun):
               "not one score per class", "classification model")
 
 
+def test_segmentation_model_with_its_labels_blames_the_model_not_the_labels(run_qrun):
+    """deeplab's own label file (21 classes) does not fit 513*513 outputs; the output's shape
+    is the problem to report."""
+    line = one_error(run_qrun("classify", CAT, "--model",
+                              CORAL / "deeplabv3_mnv2_dm05_pascal_quant.tflite",
+                              "--labels", CORAL / "pascal_voc_segmentation_labels.txt"),
+                     "has shape [1, 513, 513]", "not one score per class")
+    assert "labels" not in line
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--count", "0"], "--count must be at least 1"),
     (["--top-k", "0"], "--top-k must be at least 1"),

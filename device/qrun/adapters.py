@@ -63,11 +63,16 @@ def output_scores(interpreter) -> np.ndarray:
     """Output 0 as a flat float vector, dequantized ``scale * (q - zero_point)``."""
     details = output_details(interpreter)
     raw = interpreter.get_tensor(details["index"])
-    if sum(1 for d in raw.shape if d != 1) > 1:
-        raise UserError(f"the model's output has shape {list(raw.shape)}, not one score per "
-                        "class; classify needs a classification model (output [1, N])")
+    check_scores_shape(raw.shape)
     scale, zero_point = quantization(details)
     return preprocess.dequantize(raw.reshape(-1), scale, zero_point)
+
+
+def check_scores_shape(shape) -> None:
+    """Refuse an output that is not one score per class ([1, N], [N], [1, 1, N], ...)."""
+    if sum(1 for d in shape if d != 1) > 1:
+        raise UserError(f"the model's output has shape {[int(d) for d in shape]}, not one "
+                        "score per class; classify needs a classification model (output [1, N])")
 
 
 def num_classes(interpreter) -> int:

@@ -88,6 +88,7 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
     choice = deployment.choose(dep, device, tpu)
     loaded = deployment.load(choice, threads)
     interpreter = loaded.interpreter
+    adapters.check_scores_shape(adapters.output_details(interpreter)["shape"])
     names = {}
     label_file = deployment.labels_path(dep, labels)
     if label_file is not None:
