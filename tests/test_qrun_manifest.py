@@ -62,3 +62,39 @@ def test_per_channel_preprocess_that_fits_is_accepted(run_qrun, tmp_path):
     edit(deploy, set_pre("mean", [127, 128, 129]))
     out = run_qrun("classify", CAT, "--model", deploy, "--top-k", 2)
     assert out.code == 0, out.err
+
+
+def web_app_dir(tmp_path):
+    """A real model file in a folder that also holds another tool's manifest.json."""
+    import shutil
+
+    folder = tmp_path / "webdir"
+    folder.mkdir()
+    shutil.copy(CORAL / f"{V1_025}.tflite", folder)
+    (folder / "manifest.json").write_text('{"name": "My PWA", "start_url": "/", "icons": []}')
+    return folder
+
+
+def test_model_file_beside_a_foreign_manifest_runs_as_a_bare_model(run_qrun, tmp_path):
+    folder = web_app_dir(tmp_path)
+    labels = CORAL / "imagenet_labels.txt"
+    out = run_qrun("classify", CAT, "--model", folder / f"{V1_025}.tflite", "--labels", labels,
+                   "--json")
+    assert out.code == 0, out.err
+    bare = run_qrun("classify", CAT, "--model", CORAL / f"{V1_025}.tflite", "--labels", labels,
+                    "--json")
+    assert json.loads(out.out)["results"] == json.loads(bare.out)["results"]
+    info = run_qrun("info", "--model", folder / f"{V1_025}.tflite")
+    assert info.code == 0, info.err
+
+
+def test_foreign_manifest_is_still_refused_for_a_directory(run_qrun, tmp_path):
+    folder = web_app_dir(tmp_path)
+    one_error(run_qrun("classify", CAT, "--model", folder), "no schema_version")
+
+
+def test_broken_qdeploy_manifest_beside_a_model_file_is_still_refused(run_qrun, tmp_path):
+    deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
+    edit(deploy, set_pre("std", 0))
+    one_error(run_qrun("classify", CAT, "--model", deploy / f"{V1_025}.tflite"),
+              "manifest.json", "preprocess.std is 0")

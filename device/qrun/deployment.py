@@ -95,8 +95,10 @@ def resolve(model: Optional[Path]) -> Deployment:
     if (model.parent / MANIFEST_NAME).is_file():  # a bare model file needs no manifest module
         from qrun import manifest as manifest_mod
 
-        loaded = manifest_mod.load(model.parent)
-        if any(a.file == model.name for a in loaded.artifacts.values()):
+        # Another tool's manifest.json beside the file (no schema_version) is not ours:
+        # the file is then a bare model. A broken qdeploy manifest is still an error.
+        loaded = manifest_mod.load(model.parent, foreign_ok=True)
+        if loaded is not None and any(a.file == model.name for a in loaded.artifacts.values()):
             return Deployment(root=model.parent, manifest=loaded, model=model)
     return Deployment(root=None, manifest=None, model=model)
 

@@ -189,8 +189,12 @@ def find(path: Path) -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
-def load(directory: Path) -> Manifest:
-    """Read `directory/manifest.json`, with one clear error for each way it can be wrong."""
+def load(directory: Path, foreign_ok: bool = False) -> Optional[Manifest]:
+    """Read `directory/manifest.json`, with one clear error for each way it can be wrong.
+
+    With `foreign_ok`, a JSON file that is plainly not a qdeploy manifest (an object without
+    schema_version, e.g. a web app's manifest.json) gives None instead of an error.
+    """
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise UserError(f"{directory} has no {MANIFEST_NAME}; run qdeploy convert first")
@@ -198,6 +202,8 @@ def load(directory: Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); re-run qdeploy convert") from None
+    if foreign_ok and isinstance(data, (dict, list)) and "schema_version" not in data:
+        return None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a qdeploy manifest; re-run qdeploy convert")
     return Manifest.from_dict(data)
