@@ -106,6 +106,25 @@ def test_cli_json_is_one_object():
     assert d["first_blocker"]["op"] == "RESIZE_BILINEAR"
 
 
+def test_a_convert_directory_means_its_int8_model(tmp_path):
+    """`qdeploy preflight DIR`, as `qdeploy compile DIR`: DIR/model_int8.tflite."""
+    d = tmp_path / "qdeploy-out"
+    d.mkdir()
+    (d / "model_int8.tflite").write_bytes((CORAL / "deeplabv3_mnv2_dm05_pascal_quant.tflite")
+                                          .read_bytes())
+    run = subprocess.run([str(QDEPLOY), "preflight", "--json", str(d)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert (report["on_edgetpu"], report["on_cpu"]) == (64, 8)
+    assert report["model"] == str(d / "model_int8.tflite")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is a directory without model_int8.tflite"):
+        preflight.preflight(tmp_path / "empty")
+    with pytest.raises(UserError, match="is a directory; pass a .tflite model file"):
+        tflite_graph.load(d)
+
+
 def test_cli_bad_file_is_one_error_line(tmp_path):
     bad = tmp_path / "x.tflite"
     bad.write_bytes(b"\0" * 64)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from qdeploy import edgetpu_ops as ops_table
+from qdeploy.errors import UserError
 from qdeploy.tflite_graph import Graph, Op, load
 
 FUSED_NONE = 0
@@ -93,9 +94,30 @@ class Prediction:
         return d
 
 
+INT8_NAME = "model_int8.tflite"
+
+
+def model_in(target: Path) -> Path:
+    """`target` itself, or for a `qdeploy convert` directory its int8 model (as compile)."""
+    from qrun import manifest
+
+    target = Path(target)
+    if not target.is_dir():
+        return target
+    if manifest.find(target):
+        path = manifest.load(target).path_of(target, "int8")
+        if path is not None and path.is_file():
+            return path
+    if (target / INT8_NAME).is_file():
+        return target / INT8_NAME
+    raise UserError(f"{target} is a directory without {INT8_NAME}; pass a .tflite model file "
+                    "or a directory made by qdeploy convert")
+
+
 def preflight(model: Path, multiple_subgraphs: bool = False) -> Prediction:
-    """Read `model` and predict the compiler's verdict (see the module docstring)."""
-    graph = load(model)
+    """Read `model` (a .tflite, or a convert directory's int8 model) and predict the
+    compiler's verdict (see the module docstring)."""
+    graph = load(model_in(model))
     if any(op.name == ops_table.EDGETPU_CUSTOM_OP for op in graph.ops):
         return compiled_report(graph)
     return predict(graph, multiple_subgraphs)

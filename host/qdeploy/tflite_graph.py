@@ -85,6 +85,8 @@ def _enum_names(enum_class) -> dict:
 def load(path: Path) -> Graph:
     """Read `path` as a TFLite model; a UserError names what is wrong with a bad file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; pass a .tflite model file")
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a .tflite model file")
     data = path.read_bytes()

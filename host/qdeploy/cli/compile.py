@@ -87,7 +87,8 @@ def compile_command(
 
 @app.command("preflight", help=PREFLIGHT_HELP)
 def preflight_command(
-    model: Path = typer.Argument(..., help="A .tflite model (int8, or an _edgetpu one)."),
+    model: Path = typer.Argument(..., help="A .tflite model (int8, or an _edgetpu one), or "
+                                 "a qdeploy convert directory (its model_int8.tflite)."),
     multiple_subgraphs: bool = typer.Option(
         False, "--multiple-subgraphs", help="Predict for compile --multiple-subgraphs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
