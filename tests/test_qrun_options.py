@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.fixtures.runner import CORAL, V1_025, make_deployment
@@ -61,3 +63,17 @@ def test_threads_below_one_is_the_option_not_the_model(run_qrun, tmp_path, comma
     out = run_qrun(*command, "--model", deploy, "--threads", threads)
     line = one_error(out, f"--threads must be at least 1, got {threads}")
     assert "cannot be loaded" not in line and V1_025 not in line
+
+
+@pytest.mark.parametrize("device", ["cpu", "edgetpu", "bogus"])
+def test_bench_compare_refuses_device(run_qrun, tmp_path, device):
+    deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
+    out = run_qrun("bench", "--model", deploy, "--compare", "--device", device, "--runs", 1)
+    one_error(out, f"--device {device} cannot be used with --compare")
+    no_benchmark_ran(out)
+
+
+def test_bench_device_default_is_still_auto(run_qrun):
+    out = run_qrun("bench", "--model", MODEL, "--runs", 1, "--warmup", 0, "--json", "-")
+    assert out.code == 0, out.err
+    assert json.loads(out.out)["device"]["requested"] == "auto"

@@ -89,7 +89,9 @@ def bench(
     warmup: int = typer.Option(10, "--warmup", "-w",
                                help="Untimed runs after the first inference."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    device: Optional[str] = typer.Option(
+        None, "--device", "-d",
+        help=DEVICE_HELP + " Default: auto. Not with --compare, which runs every variant."),
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     json_out: Optional[str] = typer.Option(
         None, "--json",
@@ -103,12 +105,17 @@ def bench(
     from qrun import bench as bench_mod
 
     target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
+    if compare and device is not None:
+        from qrun.errors import UserError
+
+        raise UserError(f"--device {device} cannot be used with --compare, which benchmarks "
+                        "every variant (float, int8, edgetpu); drop one of them")
     if compare:
         report = bench_mod.compare(model, runs, warmup, threads, tpu,
                                    progress=bench_mod.stderr_progress)
         texts = [bench_mod.summary(r) for r in report["reports"]]
     else:
-        report = bench_mod.bench(model, runs, warmup, threads, device, tpu,
+        report = bench_mod.bench(model, runs, warmup, threads, device or "auto", tpu,
                                  progress=bench_mod.stderr_progress).to_dict()
         texts = [bench_mod.summary(report)]
     if json_out is None:
