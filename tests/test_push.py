@@ -236,3 +236,20 @@ def test_half_made_runner_venv_is_made_again(sshd, ssh_client_key, deployment,
     assert result.ok, result.error
     assert result.runner_installed
     assert (remote / "venv" / "bin" / "qrun").exists()
+
+
+def test_damaged_copy_on_the_device_is_sent_while_a_big_upload_streams(
+        sshd, ssh_client_key, device, tmp_path):
+    """Over SSH: the receiver names the damaged copy before reading the upload; the host, mid
+    stream of 8 MiB, sends it again with the model's bytes, and the push completes."""
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    target = [targets.parse_target(sshd.target)]
+    first = push.push_many(target, make_deployment(tmp_path / "a"), opts)[0]
+    assert first.ok, first.error
+    model = device / "current" / "mobilenet_v1_0.25_128_quant.tflite"
+    model.write_bytes(model.read_bytes()[:-1])  # truncated
+    dep = make_deployment(tmp_path / "b", extra={"blob.bin": os.urandom(8 << 20)})
+    second = push.push_many(target, dep, opts)[0]
+    assert second.ok, second.error
+    assert second.files_sent == 3 and second.files_skipped == 2  # blob, manifest, model
+    assert sha(device / "current" / model.name) == sha(dep / model.name)

@@ -107,3 +107,26 @@ def test_a_failure_after_the_switch_says_current_was_switched(deployments, tmp_p
     assert switched != f"releases/{first.release_id}"
     assert f"switched `current` to release {switched[9:]}, then failed: " in second.error
     assert "Is a directory" in second.error and "unchanged" not in second.error
+
+
+def test_damaged_or_missing_copies_on_the_device_are_sent_again(deployments, tmp_path):
+    """Files the device has by sha256 are linked, unless its copy is damaged (a flipped byte on
+    the SD card) or gone: then the push sends their bytes and completes."""
+    (a, b, _), _ = deployments
+    opts = _opts(tmp_path)
+    device = tmp_path / "device"
+    first = _push(a, opts)
+    assert first.ok, first.error
+    model = device / "current" / "mobilenet_v1_0.25_128_quant.tflite"
+    data = bytearray(model.read_bytes())
+    data[1000] ^= 0xFF
+    model.write_bytes(bytes(data))
+    (device / "current" / "imagenet_labels.txt").unlink()
+    second = _push(b, opts)
+    assert second.ok, second.error
+    # notes + manifest as planned, then the model and labels the device could not link
+    assert (second.files_sent, second.files_skipped) == (4, 2)
+    for name in ("mobilenet_v1_0.25_128_quant.tflite", "imagenet_labels.txt",
+                 "mobilenet_v1_0.25_128_quant_edgetpu.tflite", "notes.txt"):
+        assert (device / "current" / name).read_bytes() == (b / name).read_bytes(), name
+    assert not [p for p in (device / "releases").iterdir() if p.name.startswith(".")]

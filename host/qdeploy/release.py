@@ -32,6 +32,7 @@ KEEP_RELEASES = 5
 LOCK_WAIT_S = 30.0  # how long a device command waits for the remote dir's lock
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the lock stayed taken
 SWITCHED_EXIT = 76  # the receiver switched `current`, then failed (the RECEIVER's own constant)
+DAMAGED_EXIT = 77  # a file to link from an older release is damaged or gone (names on stdout)
 
 
 def check_remote_dir(path) -> str:
@@ -124,7 +125,7 @@ def probe(conn, remote_dir: str) -> RemoteState:
 RECEIVER = r'''
 import errno, fcntl, hashlib, json, os, queue, shutil, sys, threading
 R = os.path.expanduser(sys.argv[1]); REL = os.path.join(R, "releases"); KEEP = int(sys.argv[2])
-SWITCHED_EXIT = 76
+SWITCHED_EXIT = 76; DAMAGED_EXIT = 77
 def fsync_dir(p):
     fd = os.open(p, os.O_RDONLY)
     try: os.fsync(fd)
@@ -147,28 +148,41 @@ def main():
     rid = head["release"]; stage = os.path.join(REL, ".staging-" + rid)
     os.mkdir(stage)
     try:
+        # Files the device has already: linked first, each checked, so a damaged or missing
+        # copy is named (the host sends those bytes instead) before any upload is read.
+        damaged = []
         for f in head["files"]:
+            if not f.get("source"): continue
             dst = os.path.join(stage, f["name"]); os.makedirs(os.path.dirname(dst), exist_ok=True)
-            h = hashlib.sha256()
-            if f.get("source"):
-                src = os.path.join(R, f["source"])
+            src = os.path.join(R, f["source"]); h = hashlib.sha256()
+            try:
                 try: os.link(src, dst)
                 except OSError: shutil.copyfile(src, dst)
                 with open(dst, "rb") as g:
                     for b in iter(lambda: g.read(1 << 20), b""): h.update(b)
-            else:
-                # Hash on a second thread (hashlib drops the GIL) while this one reads and writes.
-                q = queue.Queue(8); t = threading.Thread(target=hasher, args=(h, q)); t.start()
-                left = f["size"]
-                try:
-                    with open(dst, "wb") as g:
-                        while left:
-                            b = inp.read(min(left, 1 << 20))
-                            if not b: raise EOFError("upload interrupted: the stream ended early")
-                            g.write(b); q.put(b); left -= len(b)
-                        g.flush(); os.fsync(g.fileno())
-                finally:
-                    q.put(None); t.join()
+            except FileNotFoundError: damaged.append(f["name"]); continue
+            if h.hexdigest() != f["sha256"]: damaged.append(f["name"])
+        if damaged:
+            print(json.dumps({"damaged": damaged}))
+            print("qdeploy-receive: the device's copies of %s are damaged or missing"
+                  % ", ".join(damaged), file=sys.stderr)
+            shutil.rmtree(stage, ignore_errors=True); sys.exit(DAMAGED_EXIT)
+        for f in head["files"]:
+            if f.get("source"): continue
+            dst = os.path.join(stage, f["name"]); os.makedirs(os.path.dirname(dst), exist_ok=True)
+            h = hashlib.sha256()
+            # Hash on a second thread (hashlib drops the GIL) while this one reads and writes.
+            q = queue.Queue(8); t = threading.Thread(target=hasher, args=(h, q)); t.start()
+            left = f["size"]
+            try:
+                with open(dst, "wb") as g:
+                    while left:
+                        b = inp.read(min(left, 1 << 20))
+                        if not b: raise EOFError("upload interrupted: the stream ended early")
+                        g.write(b); q.put(b); left -= len(b)
+                    g.flush(); os.fsync(g.fileno())
+            finally:
+                q.put(None); t.join()
             if h.hexdigest() != f["sha256"]:
                 raise ValueError("sha256 of %s on the device differs from the manifest" % f["name"])
         fsync_dir(stage)

@@ -156,6 +156,12 @@ class Plan:
     def bytes_to_send(self) -> int:
         return sum(f.size for f in self.send)
 
+    def sending(self, names) -> "Plan":
+        """This plan with the files `names` sent rather than linked from the device's copy."""
+        link = {n: src for n, src in self.link.items() if n not in names}
+        send = [f for f in self.deployment.files if f.name not in link]
+        return Plan(self.deployment, self.unchanged, self.release_id, send, link)
+
 
 @dataclass
 class TransferResult:
@@ -226,8 +232,12 @@ class Transfer:
                     progress(sent)
 
     def send(self, plan: Plan, progress: Callable[[int], None] = lambda n: None,
-             ) -> TransferResult:
-        """Upload `plan` into a new release and switch `current` to it; all or nothing."""
+             retry: bool = True) -> TransferResult:
+        """Upload `plan` into a new release and switch `current` to it; all or nothing.
+
+        Files the device should have had but whose copy there is damaged or gone are sent
+        instead of linked, in one more attempt.
+        """
         start = time.perf_counter()
         files = len(plan.deployment.files)
         if plan.unchanged:
@@ -252,6 +262,14 @@ class Transfer:
                             f"{plan.release_id}, then failed: "
                             f"{result.last_error_line().split(': ', 1)[-1]}; "
                             f"check {self.remote_dir} there")
+        if result.exit_status == release.DAMAGED_EXIT:
+            damaged = _damaged(result)
+            if retry and damaged and set(damaged) <= set(plan.link):
+                again = self.send(plan.sending(damaged), progress, retry=False)
+                again.seconds = time.perf_counter() - start
+                return again
+            raise UserError(f"{self.conn.name}: {result.last_error_line().split(': ', 1)[-1]} "
+                            f"under {self.remote_dir}; `current` is unchanged: push again")
         if result.exit_status == release.LOCKED_EXIT:
             raise release.locked_error(self.conn, self.remote_dir, result)
         if not result.ok:
@@ -266,3 +284,12 @@ class Transfer:
                               plan.bytes_to_send, time.perf_counter() - start,
                               previous=answer.get("previous"),
                               old_previous=answer.get("old_previous"))
+
+
+def _damaged(result) -> list:
+    """The file names a receiver reported as damaged or missing on the device."""
+    try:
+        names = json.loads(result.stdout.decode().strip().splitlines()[-1])["damaged"]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return []
+    return [n for n in names if isinstance(n, str)]
