@@ -232,6 +232,20 @@ def test_relative_compiler_path_is_run_from_the_current_directory(tmp_path, fake
     assert result.compiler == str(tmp_path / "bin" / "mycomp")
 
 
+def test_unrecognised_failure_output_is_shown(tmp_path):
+    d = make_dir(tmp_path)
+    odd = tmp_path / "oddcomp"
+    odd.write_text("#!/bin/sh\n"
+                   'if [ "$1" = --version ]; then echo "Edge TPU Compiler version 16.0.1"; '
+                   "exit 0; fi\n"
+                   'echo "Loading model"; echo "license check failed: no seat free" >&2; exit 3\n')
+    odd.chmod(0o755)
+    result = compiler.compile_model(d, compiler.CompileOptions(), odd)
+    assert not result.ok and result.failure.kind == "failed"
+    assert result.failure.cause == ("the compiler failed: exit status 3 (it said: license "
+                                    "check failed: no seat free)")
+
+
 def test_search_delegate_needs_compiler_16(tmp_path, fake):
     d = make_dir(tmp_path)
     fake(VERSION="15.0.340273435")
@@ -327,3 +341,8 @@ def test_cli_without_compiler_runs_the_preflight_and_fails(tmp_path):
     assert "preflight: 31 of 31 ops predicted on the Edge TPU" in run.stdout
     assert run.stderr == ("error: edgetpu_compiler not found, nothing compiled; the preflight "
                           "above predicts its verdict\n")
+    run = run_cli("compile", d, "--json", env={"PATH": str(tmp_path)})
+    assert run.returncode == 1
+    document = json.loads(run.stdout)
+    assert (document["ok"], document["compiled"], document["predicted_ok"]) == (False, False,
+                                                                                True)

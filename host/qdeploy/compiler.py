@@ -226,7 +226,12 @@ def run_failure(run: Run, log: compiler_log.CompilerLog,
                                     "retry; if it crashes again, check the model with "
                                     "qdeploy preflight and the install with "
                                     "edgetpu_compiler --version")
-    return compiler_log.diagnose(log, run.returncode)
+    failure = compiler_log.diagnose(log, run.returncode)
+    if failure is not None and failure.kind == "failed" and not log.errors:
+        said = [ln.strip() for ln in run.output.splitlines() if ln.strip()]
+        if said:  # output qdeploy does not recognise: show its last line, not just the status
+            failure.cause += f" (it said: {said[-1][:200]})"
+    return failure
 
 
 def first_cpu_op(compiled: Path, log: compiler_log.CompilerLog) -> Optional[str]:

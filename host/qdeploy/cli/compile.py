@@ -69,7 +69,10 @@ def compile_command(
         options.timeout = timeout
     outcome = compiler.compile_or_preflight(target, options, compiler_path)
     if as_json:
-        typer.echo(json.dumps(outcome.to_dict()))
+        document = outcome.to_dict()
+        if outcome.missing:  # nothing compiled: not ok (exit 1), whatever the prediction says
+            document |= {"ok": False, "predicted_ok": outcome.ok}
+        typer.echo(json.dumps(document))
     elif outcome.missing:
         typer.echo(f"{outcome.missing}")
         typer.echo("running the preflight instead:")
