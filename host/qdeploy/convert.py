@@ -56,6 +56,11 @@ class SourceModel:
         return self.input_shape[0] is None or self.input_shape[0] == -1
 
     @property
+    def batch_changed(self) -> bool:
+        """Whether the re-export changes the batch (dynamic, or fixed to more than 1)."""
+        return self.input_shape[0] != 1
+
+    @property
     def fixed_shape(self) -> list:
         return [1, *[int(d) for d in self.input_shape[1:]]]
 
@@ -85,9 +90,8 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got '{io_type}'")
     if num_calib < 1:
         raise UserError("--num-calib must be at least 1")
-    if labels is not None and not Path(labels).is_file():
-        raise UserError(f"labels file not found: {labels}")
     pre = preprocess or Preprocess()
+    label_names = read_labels(Path(labels)) if labels is not None else None
     out_dir = prepare_out_dir(Path(out_dir))
     source = load_source_model(Path(model_path))
     samples = datasets.load_calibration(calib, source.fixed_shape, pre, limit=num_calib)
@@ -98,6 +102,8 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
     with atomic.staging_dir(out_dir) as stage:
         saved = export_fixed_batch(source, stage / "fixed_batch_savedmodel")
         (stage / FLOAT_NAME).write_bytes(convert_float(saved))
+        if label_names is not None:
+            check_labels(label_names, labels, stage / FLOAT_NAME)
         (stage / INT8_NAME).write_bytes(convert_int8(saved, inputs, io_type, progress))
         int8_ops = check_integer_only(stage / INT8_NAME, io_type)
         names = [FLOAT_NAME, INT8_NAME]
@@ -110,7 +116,33 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         mf.save(manifest, stage)
         atomic.publish(stage, out_dir, names + [mf.MANIFEST_NAME])
     return ConvertResult(out_dir, manifest, out_dir / FLOAT_NAME, out_dir / INT8_NAME,
-                         source.batch_was_dynamic, len(samples), int8_ops)
+                         source.batch_changed, len(samples), int8_ops)
+
+
+def read_labels(path: Path):
+    """The --labels file, read before any slow work (qrun's reader: both forms)."""
+    from qrun.labels import read_labels as read
+
+    if not path.is_file():
+        raise UserError(f"labels file not found: {path}")
+    names = read(path)
+    if not names.names:
+        raise UserError(f"--labels {path} holds no labels; give one label per line")
+    return names
+
+
+def check_labels(names, path: Path, model: Path) -> None:
+    """Refuse a labels file that does not fit the model's scores, as the device would."""
+    from qrun import adapters
+    from qrun.labels import check_fit
+
+    with quiet():  # the XNNPACK delegate announces itself on stderr
+        classes = adapters.num_classes(make_interpreter(model))
+    try:
+        check_fit(names, classes, path)
+    except UserError as exc:
+        raise UserError(f"--labels {str(exc).split('; ')[0]}; give the labels file made for "
+                        "this model (one label per output score)") from None
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
@@ -136,11 +168,25 @@ def load_source_model(path: Path) -> SourceModel:
         if not (path / "saved_model.pb").is_file():
             raise UserError(f"{path} is a directory without saved_model.pb; give a SavedModel "
                             "directory or a .keras/.h5 file")
-        return _load_saved_model(path)
+        return check_input(_load_saved_model(path))
     if path.suffix.lower() in KERAS_SUFFIXES:
-        return _load_keras(path)
+        return check_input(_load_keras(path))
     raise UserError(f"{path} is not a model qdeploy can convert; give a .keras or .h5 file "
                     "or a SavedModel directory")
+
+
+def check_input(source: SourceModel) -> SourceModel:
+    """Refuse, before reading any data, an input the fixed-batch int8 model cannot have."""
+    shape = list(source.input_shape)
+    if not shape or any(d is None or d == -1 for d in shape[1:]):
+        raise UserError(f"{source.path.name} has input shape {shape}; the Edge TPU needs every "
+                        "dimension but the batch fixed: rebuild it with a fixed input size "
+                        "(e.g. Input((224, 224, 3)))")
+    if "float" not in str(source.input_dtype):
+        raise UserError(f"{source.path.name} takes {source.input_dtype} input; qdeploy converts "
+                        "models with float input (the int8 model gets uint8 I/O itself): "
+                        "export it with a float32 input and do the cast inside")
+    return source
 
 
 def _load_keras(path: Path) -> SourceModel:
@@ -154,6 +200,9 @@ def _load_keras(path: Path) -> SourceModel:
     if len(model.inputs) != 1:
         raise UserError(f"{path} has {len(model.inputs)} inputs; qdeploy converts "
                         "single-input models")
+    if len(model.outputs) != 1:
+        raise UserError(f"{path} has {len(model.outputs)} outputs; qdeploy converts "
+                        "single-output models (build a model with the one head to deploy)")
     tensor = model.inputs[0]
     return SourceModel(path, "keras", model, tuple(tensor.shape), str(tensor.dtype))
 
@@ -165,13 +214,18 @@ def _load_saved_model(path: Path) -> SourceModel:
         with quiet():
             loaded = tf.saved_model.load(str(path))
     except Exception as exc:
-        raise UserError(f"{path} could not be loaded as a SavedModel ({type(exc).__name__})") from None
+        raise UserError(f"{path} could not be loaded as a SavedModel "
+                        f"({type(exc).__name__})") from None
     signature = loaded.signatures.get("serving_default")
     if signature is None:
         raise UserError(f"{path} has no serving_default signature")
     specs = signature.structured_input_signature[1]
     if len(specs) != 1:
         raise UserError(f"{path} has {len(specs)} inputs; qdeploy converts single-input models")
+    outputs = signature.structured_outputs
+    if isinstance(outputs, dict) and len(outputs) != 1:
+        raise UserError(f"{path} has {len(outputs)} outputs; qdeploy converts single-output "
+                        "models (export a serving_default signature with the one output)")
     (name, spec), = specs.items()
     return SourceModel(path, "saved_model", loaded, tuple(spec.shape.as_list()),
                        spec.dtype.name, name)
@@ -181,11 +235,17 @@ def export_fixed_batch(source: SourceModel, target: Path) -> Path:
     """A SavedModel of the same weights whose only signature takes a batch of exactly 1."""
     tf = import_tf()
 
-    if any(d is None or d == -1 for d in source.input_shape[1:]):
-        raise UserError(f"the model input has shape {list(source.input_shape)}; the Edge TPU "
-                        "needs every dimension but the batch fixed: rebuild it with a fixed "
-                        "input size")
+    check_input(source)
     spec = tf.TensorSpec(source.fixed_shape, tf.float32)
+    try:
+        _export(tf, source, spec, target)
+    except Exception as exc:  # tracing errors of many types: keep the meaningful line
+        raise UserError(f"cannot re-export {source.path.name} with batch 1: "
+                        f"{converter_message(str(exc))}") from None
+    return target
+
+
+def _export(tf, source: SourceModel, spec, target: Path) -> None:
     with quiet():
         if source.kind == "keras":
             source.obj.export(str(target), format="tf_saved_model", input_signature=[spec],
@@ -201,15 +261,19 @@ def export_fixed_batch(source: SourceModel, target: Path) -> Path:
                 return signature(**{name: x})
 
             tf.saved_model.save(module, str(target), signatures={"serving_default": serve})
-    return target
 
 
 def convert_float(saved_model: Path) -> bytes:
     """The float `.tflite` of the fixed-batch SavedModel (the accuracy reference)."""
     tf = import_tf()
 
-    with quiet():
-        return tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+    try:
+        with quiet():
+            return tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+    except Exception as exc:  # ConverterError and friends: keep the first meaningful line
+        raise UserError(f"float conversion failed: {converter_message(str(exc))}; replace "
+                        "those ops in the model (the Edge TPU runs TFLite builtin ops "
+                        "only)") from None
 
 
 def convert_int8(saved_model: Path, inputs: np.ndarray, io_type: str,
@@ -240,8 +304,13 @@ def converter_message(text: str) -> str:
     """The line of a converter error that says what went wrong."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in lines:
+        if ln.startswith(("TF Select ops:", "Flex ops:")):
+            return f"ops TFLite has no builtin for: {ln.split(':', 1)[1].strip()}"[:300]
+    for ln in lines:
         if "error:" in ln:
-            return ln.split("error:", 1)[1].strip()[:300]
+            said = ln.split("error:", 1)[1].strip()
+            if said and not said.startswith(("loc(", "failed while converting")):
+                return said[:300]
     return (lines[0] if lines else "unknown error")[:300]
 
 
@@ -299,7 +368,7 @@ def build_manifest(stage: Path, source: SourceModel, samples: datasets.Samples,
             "optimizations": ["DEFAULT"],
             "supported_ops": ["TFLITE_BUILTINS_INT8"],
             "inference_io_type": io_type,
-            "batch_fixed_to_1": source.batch_was_dynamic,
+            "batch_fixed_to_1": source.batch_changed,
             "source_input_shape": [None if d is None else int(d) for d in source.input_shape],
             "source_model": source.path.name,
             "source_kind": source.kind,

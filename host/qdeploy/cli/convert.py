@@ -53,8 +53,10 @@ def print_conversion(result) -> None:
     int8_size = m.artifacts["int8"].size
     out.print(f"Converted {m.converter['source_model']} into {result.out_dir}/")
     if result.batch_fixed:
+        batch = (m.converter.get("source_input_shape") or [None])[0]
+        was = "dynamic" if batch in (None, -1) else str(batch)
         out.print(f"  batch fixed to 1: input {m.input.shape} (the source model's batch was "
-                  "dynamic); no dynamic-shape ops")
+                  f"{was}); no dynamic-shape ops")
     else:
         out.print(f"  input {m.input.shape}, static shapes, no dynamic-shape ops")
     out.print(f"  model_float.tflite  {float_size:>10,} bytes")
