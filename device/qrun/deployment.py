@@ -162,13 +162,15 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
     if tpu_model is None and cpu is None:
         raise UserError(f"{asked} holds no model to run{_missing_files(dep)}; push the "
                         "deployment again (qdeploy push) or pass --model FILE")
+    no_int8 = _int8_missing(dep, cpu)
     if requested == "cpu":
         if cpu is None:
             raise UserError(f"{asked} has no CPU model to run with --device cpu; "
                             + TWIN_HINT.format(name=_twin_name(tpu_model)))
         twin = dep.model is not None and cpu != dep.model
         reason = "--device cpu" + (f"; running the twin {cpu.name}" if twin else "")
-        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", reason)
+        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", reason + no_int8,
+                      fell_back=bool(no_int8))
     if tpu_model is None:
         if requested == "edgetpu":
             raise UserError(f"--device edgetpu needs an Edge TPU model, and {asked} has none; "
@@ -176,7 +178,8 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
                             "--device cpu")
         what = "the model has no Edge TPU ops" if dep.model else "the deployment has no Edge " \
             "TPU model"
-        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu", f"{what}; ran on the CPU")
+        return Choice(cpu, variant_hint(dep, cpu), requested, "cpu",
+                      f"{what}; ran on the CPU{no_int8}", fell_back=bool(no_int8))
     if probe is None:
         from qrun.probe import probe_delegate as probe
     library = runtime.edgetpu_library()
@@ -191,7 +194,8 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
                         "to; " + TWIN_HINT.format(name=_twin_name(tpu_model)))
     variant = variant_hint(dep, cpu) or "int8"
     return Choice(cpu, variant, requested, "cpu",
-                  f"{result.reason}; fell back to {variant} twin {cpu.name}", fell_back=True)
+                  f"{result.reason}; fell back to {variant} twin {cpu.name}{no_int8}",
+                  fell_back=True)
 
 
 @dataclass
@@ -258,6 +262,18 @@ def _missing_files(dep: Deployment) -> str:
     gone = [a.file for role, a in dep.manifest.artifacts.items()
             if role in ("float", "int8", "edgetpu") and not (dep.root / a.file).is_file()]
     return f" (manifest.json lists {', '.join(gone)}, which is missing)" if gone else ""
+
+
+def _int8_missing(dep: Deployment, cpu: Optional[Path]) -> str:
+    """ "; the int8 model X the manifest names is missing, so the float model Y ran instead"
+    when a deployment directory's int8 file is gone and its float model stands in (else "")."""
+    if dep.model is not None or dep.manifest is None or cpu is None:
+        return ""
+    listed = dep.manifest.artifacts.get("int8")
+    if listed is None or dep.artifact("int8") is not None:
+        return ""
+    return (f"; the int8 model {listed.file} named in manifest.json is missing, so the float "
+            f"model {cpu.name} ran instead (push the deployment again)")
 
 
 def _twin_name(tpu_model: Optional[Path]) -> str:
