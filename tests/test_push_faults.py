@@ -160,3 +160,41 @@ def test_cli_bad_input_is_one_line_each(tmp_path, deployment):
     line = _cli("push", str(deployment), "-t", "local")
     assert "imagenet_labels.txt (labels) changed since the manifest was written" in line
     assert "refusing to push" in line
+
+
+def test_stale_receiver_holding_the_lock_is_named_then_gives_up_by_itself(
+        sshd, ssh_client_key, device, tmp_path, monkeypatch):
+    """A receiver whose host went silent without closing (a cut connection, as the device
+    sees it) holds the remote dir's lock: a push waits a bounded time and names it, and the
+    stale receiver gives up after its inactivity timeout, removing its staging directory."""
+    from qdeploy import release, transfer
+
+    monkeypatch.setattr(release, "LOCK_WAIT_S", 1.0)
+    monkeypatch.setattr(release, "RECEIVE_IDLE_S", 4.0)
+    dep = make_deployment(tmp_path / "out")
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
+    target = targets.parse_target(sshd.target)
+    with push.connect(target, opts) as stale:
+        plan = transfer.Transfer(stale, str(device)).plan(transfer.load_deployment(dep),
+                                                          release.RemoteState())
+        chan = stale.client.get_transport().open_session()
+        chan.exec_command(release.receive_command("python3", str(device)))
+        header = next(transfer.Transfer(stale, str(device))._stream(plan, lambda n: None))
+        chan.sendall(header)  # ... and then nothing more, the channel left open
+        deadline = time.monotonic() + 10
+        while not ((device / "releases").is_dir() and _staging(device)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _staging(device)
+        pid = (device / ".lock").read_text().strip()
+        started = time.monotonic()
+        blocked = push.push_many([target], dep, opts)[0]
+        assert time.monotonic() - started < 4
+        assert not blocked.ok
+        assert (f"another push to {device} is running or a stale one holds its lock "
+                f"(pid {pid})") in blocked.error
+        assert chan.recv_exit_status() == 1  # the stale receiver timed out on its own
+        assert b"no data from the host for 4 s" in chan.recv_stderr(4096)
+    assert _staging(device) == [] and not (device / "current").exists()
+    again = push.push_many([target], dep, opts)[0]
+    assert again.ok, again.error

@@ -31,6 +31,7 @@ PROBE_MARK = b"--qdeploy-manifest--\n"
 KEEP_RELEASES = 5
 LOCK_WAIT_S = 30.0  # how long a device command waits for the remote dir's lock
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the lock stayed taken
+RECEIVE_IDLE_S = 120.0  # a receiver without a byte from the host for this long cleans up, exits
 SWITCHED_EXIT = 76  # the receiver switched `current`, then failed (the RECEIVER's own constant)
 DAMAGED_EXIT = 77  # a file to link from an older release is damaged or gone (names on stdout)
 
@@ -120,11 +121,30 @@ def probe(conn, remote_dir: str) -> RemoteState:
     return parse_probe(result.stdout)
 
 
+# Shared by the device-side programs: the remote dir's `.lock`, taken without blocking and
+# retried until a deadline, so a stale holder (a cut push) is named instead of waited on.
+LOCK = r'''
+import fcntl, os, sys, time
+def take_lock(R, wait):
+    f = open(os.path.join(R, ".lock"), "a+"); end = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                f.seek(0); pid = f.read().strip() or "unknown"
+                print("qdeploy-lock: pid %s" % pid, file=sys.stderr); sys.exit(75)
+            time.sleep(0.1)
+    f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+    return f
+'''
+
 # Runs on the device under its python3: argv = remote dir; stdin = JSON header line, then the
 # bytes of every file whose "source" is null, in header order. Prints one JSON line.
-RECEIVER = r'''
-import errno, fcntl, hashlib, json, os, queue, shutil, sys, threading
+RECEIVER = LOCK + r'''
+import errno, hashlib, json, queue, select, shutil, threading
 R = os.path.expanduser(sys.argv[1]); REL = os.path.join(R, "releases"); KEEP = int(sys.argv[2])
+WAIT, IDLE = float(sys.argv[3]), float(sys.argv[4])
 SWITCHED_EXIT = 76; DAMAGED_EXIT = 77
 def fsync_dir(p):
     fd = os.open(p, os.O_RDONLY)
@@ -136,14 +156,30 @@ def switch(name, dest):
     link = os.path.join(R, name); tmp = os.path.join(R, "." + name + ".tmp")
     if os.path.lexists(tmp): os.unlink(tmp)
     os.symlink(dest, tmp); os.replace(tmp, link)
+class Input:
+    """stdin, giving up after IDLE seconds without a byte (a host gone without closing)."""
+    def __init__(self): self.buf = b""
+    def wait(self):
+        if not select.select([0], [], [], IDLE)[0]:
+            raise TimeoutError("no data from the host for %g s; the push was abandoned" % IDLE)
+    def read(self, n):
+        if self.buf:
+            b, self.buf = self.buf[:n], self.buf[n:]; return b
+        self.wait(); return os.read(0, n)
+    def readline(self):
+        while b"\n" not in self.buf:
+            self.wait(); b = os.read(0, 1 << 16)
+            if not b: raise EOFError("upload interrupted: the stream ended early")
+            self.buf += b
+        line, _, self.buf = self.buf.partition(b"\n"); return line
 def main():
     os.makedirs(REL, exist_ok=True)
-    lock = open(os.path.join(R, ".lock"), "w"); fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = take_lock(R, WAIT)
     for n in os.listdir(REL):
         if n.startswith(".staging-"): shutil.rmtree(os.path.join(REL, n), ignore_errors=True)
     try: fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups between sshd and us
     except OSError: pass
-    inp = sys.stdin.buffer
+    inp = Input()
     head = json.loads(inp.readline())
     rid = head["release"]; stage = os.path.join(REL, ".staging-" + rid)
     os.mkdir(stage)
@@ -215,24 +251,6 @@ except Exception as e:
     print("qdeploy-receive: %s" % e, file=sys.stderr); sys.exit(1)
 '''
 
-# Shared by the device-side programs: the remote dir's `.lock`, taken without blocking and
-# retried until a deadline, so a stale holder (a cut push) is named instead of waited on.
-LOCK = r'''
-import fcntl, os, sys, time
-def take_lock(R, wait):
-    f = open(os.path.join(R, ".lock"), "a+"); end = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
-        except BlockingIOError:
-            if time.monotonic() >= end:
-                f.seek(0); pid = f.read().strip() or "unknown"
-                print("qdeploy-lock: pid %s" % pid, file=sys.stderr); sys.exit(75)
-            time.sleep(0.1)
-    f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
-    return f
-'''
-
 # argv = remote dir, JSON options: {"to": release id or null, "wait": lock seconds} switches
 # `current` (to `previous` without "to"); {"discard": id, "back_to": "releases/..." or null,
 # "previous": "releases/..." or null} undoes the push of release `id` if it is still current.
@@ -280,7 +298,8 @@ def python_command(python: str, script: str, *args: str) -> str:
 
 
 def receive_command(python: str, remote_dir: str, keep: int = KEEP_RELEASES) -> str:
-    return python_command(python, RECEIVER, shell_path(remote_dir), str(keep))
+    return python_command(python, RECEIVER, shell_path(remote_dir), str(keep), str(LOCK_WAIT_S),
+                          str(RECEIVE_IDLE_S))
 
 
 def locked_error(conn, remote_dir: str, result) -> UserError:
