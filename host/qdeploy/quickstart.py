@@ -75,7 +75,7 @@ def train_step(recipe: demo.Recipe, split: demo.Split, work: Path, ui: UI,
                 tick(epoch + 1, epochs)
 
         model = demo.train(recipe, split, epochs, callbacks=[Tick()])
-    path = work / "mnist_seed.keras"
+    path = work / "mnist.keras"
     model.save(path)
     return path
 
