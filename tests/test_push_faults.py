@@ -198,3 +198,26 @@ def test_stale_receiver_holding_the_lock_is_named_then_gives_up_by_itself(
     assert _staging(device) == [] and not (device / "current").exists()
     again = push.push_many([target], dep, opts)[0]
     assert again.ok, again.error
+
+
+def test_runner_install_waits_for_the_device_lock(sshd, ssh_client_key, first_push, tmp_path,
+                                                  monkeypatch):
+    """The runner install takes the remote dir's lock like a release switch: while another
+    push holds it, the install does not touch venv/ and says who holds it."""
+    import fcntl
+
+    from qdeploy import release, wheel
+
+    monkeypatch.setattr(release, "LOCK_WAIT_S", 0.5)
+    remote = tmp_path / "device"
+    remote.mkdir()
+    opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(remote))
+    with open(remote / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(str(os.getpid()))
+        held.flush()
+        with push.connect(targets.parse_target(sshd.target), opts) as conn:
+            with pytest.raises(push.UserError) as info:
+                wheel.ensure_runner(conn, str(remote))
+    assert f"a stale one holds its lock (pid {os.getpid()})" in str(info.value)
+    assert not (remote / "venv").exists()

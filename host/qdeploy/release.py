@@ -292,6 +292,22 @@ print(json.dumps({"current": rid(link(cur)), "previous": rid(link(prev))}))
 '''
 
 
+# argv = remote dir, lock seconds, shell command: runs the command holding the remote dir's lock.
+LOCKED_SHELL = LOCK + r'''
+import subprocess
+R = os.path.expanduser(sys.argv[1]); os.makedirs(R, exist_ok=True)
+lock = take_lock(R, float(sys.argv[2]))
+sys.exit(subprocess.call(["/bin/sh", "-c", sys.argv[3]]))
+'''
+
+
+def locked_command(python: str, remote_dir: str, command: str) -> str:
+    """`command` (shell) run on the device while it holds the remote dir's lock, so it never
+    overlaps a release switch or another push's runner install."""
+    return python_command(python, LOCKED_SHELL, shell_path(remote_dir), str(LOCK_WAIT_S),
+                          shlex.quote(command))
+
+
 def python_command(python: str, script: str, *args: str) -> str:
     """A shell command running `script` with the device's interpreter."""
     return " ".join([shlex.quote(python), "-c", shlex.quote(script), *args])

@@ -190,7 +190,11 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
            f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
            f"--progress-bar off {index} {r}/runner/{wheel.name} || exit 91; }} 1>&2; "
            f"{r}/venv/bin/qrun --version")
-    result = conn.run(cmd, on_stderr=on_line, timeout=INSTALL_TIMEOUT_S)
+    # Under the device's lock: two pushes to one device must not build venv/ at once.
+    result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
+                      timeout=INSTALL_TIMEOUT_S)
+    if result.exit_status == release.LOCKED_EXIT:
+        raise release.locked_error(conn, remote_dir, result)
     if result.exit_status == 90:
         raise UserError(f"{conn.name}: cannot create a venv with {python!r} on the device "
                         f"({result.last_error_line()}); install python3-venv there "
