@@ -409,3 +409,19 @@ def test_inventory_host_in_two_groups_is_one_target_with_merged_variables(tmp_pa
         ("pi1", "10.0.0.5", "admin", None),
         ("pi2", "pi2", None, 2222),
     ]
+
+
+@pytest.mark.slow
+def test_key_file_that_is_not_a_key_is_named_in_one_line(sshd, tmp_path):
+    (tmp_path / "known_hosts").write_text(sshd.known_hosts_line())
+    broken = tmp_path / "id_broken"
+    broken.write_text("this is not a key\n")
+
+    class Key:
+        private = broken
+
+    with pytest.raises(UserError) as info:
+        _connect(sshd, tmp_path, Key())
+    msg = str(info.value)
+    assert f"cannot use the key file(s) {broken}" in msg and "--identity" in msg
+    assert "listens there" not in msg and "\n" not in msg

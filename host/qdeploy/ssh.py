@@ -334,6 +334,11 @@ class Connection:
                                 f"sent no SSH banner within {self.connect_timeout:g} s; check "
                                 "that sshd (not another service) listens on that port "
                                 "(--connect-timeout to wait longer)") from None
+            if "private key" in str(exc):  # paramiko could not load a key file we gave it
+                raise UserError(f"{self.name}: cannot use the key file(s) {', '.join(keys)} "
+                                f"({exc}); pass --identity with an OpenSSH private key (`ssh-"
+                                "keygen -y -f FILE` checks one) or load it into ssh-agent"
+                                ) from None
             raise UserError(f"{self.name}: SSH to {e.hostname}:{e.port} failed "
                             f"({exc or type(exc).__name__}); check that an SSH server listens "
                             "there") from None
