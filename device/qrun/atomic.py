@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from qrun.errors import UserError
+
 
 def umask() -> int:
     """The process umask, read once: from /proc where there is one (no window in which the
@@ -31,6 +33,16 @@ def umask() -> int:
 
 
 _UMASK = None
+
+
+def check_writable(directory: Path, fix: str) -> None:
+    """Refuse, before slow work, a directory where no file can be created: a real test file,
+    since os.access says yes to root on a read-only mount. `fix` ends the error line."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".qdeploy-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write in {directory} ({exc.strerror or exc}); {fix}") from None
 
 
 def file_mode(path: Path) -> int:

@@ -327,9 +327,7 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
         manifest.load(directory)  # a broken manifest is reported before compiling
     check_model(model)
     owned = is_manifest_model(directory, model)
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"cannot write in {directory}; make it writable or copy the model "
-                        "to a directory you own")
+    atomic.check_writable(directory, "make it writable or copy the model to a directory you own")
     path = find_compiler(compiler)
     if path is None:
         raise CompilerMissing(f"{COMPILER_NAME} not found on PATH; {INSTALL_HINT}")

@@ -9,7 +9,6 @@ can show size, accuracy and latency side by side.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,7 +18,7 @@ import numpy as np
 from qdeploy import datasets
 from qrun import manifest as mf
 from qrun.errors import UserError
-from qrun import adapters
+from qrun import adapters, atomic
 from qrun.preprocess import quantize, to_input
 from qrun.runtime import make_interpreter
 
@@ -49,7 +48,8 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     float_path = _artifact(manifest, directory, "float")
     int8_path = _artifact(manifest, directory, "int8")
     if save:
-        check_writable(directory)
+        atomic.check_writable(directory, "evaluate stores its figures in manifest.json there: "
+                              "make it writable or copy the directory")
     samples = datasets.load_labelled(data, manifest.input.shape, manifest.preprocess,
                                      labels=labels, limit=limit)
     float_top1 = predict(float_path, samples, manifest, progress)
@@ -66,17 +66,6 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
                             f"int8 {result.int8_accuracy:.2%} on {result.samples} "
                             "samples); free space or make it writable") from None
     return result
-
-
-def check_writable(directory: Path) -> None:
-    """Refuse, before the slow part, a directory where manifest.json cannot be rewritten."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".qdeploy-write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write in {directory} ({exc.strerror or exc}), where evaluate "
-                        "stores its figures in manifest.json; make it writable or copy the "
-                        "directory") from None
 
 
 def predict(model_path: Path, samples: datasets.Samples, manifest: mf.Manifest,
