@@ -44,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qdeploy import push, targets, transfer  # noqa: E402
+from qdeploy.push import pipeline as push  # noqa: E402
+from qdeploy.remote import targets
+from qdeploy.push import transfer
 from tests.fixtures.sshd import TcpProxy, _keygen, _missing, make_deployment, start_sshd  # noqa: E402
 
 TARGETS = {"push_vs_scp": 1.0, "repush_vs_rsync": 0.5, "fleet_vs_one": 3.0}

@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_push import busy_cpu_s, loopback_fleet, payload_deployment  # noqa: E402
-from qdeploy import push, targets  # noqa: E402  (bench_push puts the repo on sys.path)
+from qdeploy.push import pipeline as push  # noqa: E402  (bench_push puts the repo on sys.path)
+from qdeploy.remote import targets
 
 CIPHER = "aes128-gcm@openssh.com"  # what qdeploy's connection prefers
 

@@ -4,10 +4,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
-CORAL = DATA / "coral"
-MNIST = ROOT / "models" / "mnist"
+from tests.paths import CORAL, MNIST
 
 pytest_plugins = ["tests.fixtures.convert", "tests.fixtures.sshd", "tests.fixtures.pibox", "tests.fixtures.runner"]
 

@@ -6,7 +6,7 @@ inputs). This module feeds them, one at a time and exactly as classify would (th
 manifest's preprocessing, then the input tensor's quantization), through the CPU
 int8 model and, when its delegate loads, the Edge TPU model, and returns the raw
 outputs. `qdeploy push --verify` runs the same inputs through the same int8 model
-on the host and compares (see qdeploy.verify), which catches a device that
+on the host and compares (see qdeploy.push.crosscheck), which catches a device that
 computes something else: other preprocessing, another runtime, a bad delegate.
 
 Outputs travel as the output tensor's raw little-endian bytes in base64 (exact,

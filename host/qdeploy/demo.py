@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from qdeploy.datasets import read_idx
+from qdeploy.quantize.datasets import read_idx
 from qrun.errors import UserError
 from qrun.manifest import sha256_file
 
@@ -66,7 +66,7 @@ def load_split(recipe: Recipe) -> Split:
 
 def build_model():
     """The tutorial's model: Reshape, Conv2D(12, 3x3, relu), MaxPool(2x2), Flatten, Dense(10)."""
-    from qdeploy.tfquiet import keras as import_keras
+    from qdeploy.quantize.tfquiet import keras as import_keras
 
     keras = import_keras()
 
@@ -82,7 +82,7 @@ def build_model():
 
 def train(recipe: Recipe, split: Split, epochs: Optional[int] = None, callbacks=None):
     """Train the demo model on the training part, pixels scaled to [0, 1]."""
-    from qdeploy.tfquiet import keras as import_keras
+    from qdeploy.quantize.tfquiet import keras as import_keras
 
     keras = import_keras()
 

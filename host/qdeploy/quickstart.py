@@ -19,8 +19,8 @@ from typing import Callable, ContextManager, Optional, Protocol
 import numpy as np
 
 from qdeploy import demo
-from qdeploy.convert import ConvertResult, convert
-from qdeploy.evaluate import Evaluation, evaluate
+from qdeploy.quantize.convert import ConvertResult, convert
+from qdeploy.quantize.evaluate import Evaluation, evaluate
 from qrun.preprocess import parse_preprocess
 
 Progress = Callable[[int, int], None]
@@ -37,8 +37,8 @@ class QuickstartResult:
     out_dir: Path
     conversion: ConvertResult
     evaluation: Evaluation
-    compile_outcome: Optional[object] = None  # qdeploy.compiler.Outcome
-    push_result: Optional[object] = None  # qdeploy.push.PushResult
+    compile_outcome: Optional[object] = None  # qdeploy.edgetpu.compiler.Outcome
+    push_result: Optional[object] = None  # qdeploy.push.pipeline.PushResult
 
 
 def run(out_dir: Path, ui: UI, epochs: Optional[int] = None,
@@ -64,7 +64,7 @@ def run(out_dir: Path, ui: UI, epochs: Optional[int] = None,
 def train_step(recipe: demo.Recipe, split: demo.Split, work: Path, ui: UI,
                epochs: Optional[int] = None) -> Path:
     """Train the demo model and save it as a Keras file, the source model of convert."""
-    from qdeploy.tfquiet import keras as import_keras
+    from qdeploy.quantize.tfquiet import keras as import_keras
 
     keras = import_keras()
 
@@ -115,7 +115,7 @@ def evaluate_step(split: demo.Split, work: Path, out_dir: Path, ui: UI) -> Evalu
 
 def compile_step(out_dir: Path, ui: UI):
     """Compile for the Edge TPU when edgetpu_compiler is installed, else run the preflight."""
-    from qdeploy.compiler import compile_or_preflight
+    from qdeploy.edgetpu.compiler import compile_or_preflight
 
     with ui.step("Compiling for the Edge TPU (or predicting the compiler's verdict)"):
         return compile_or_preflight(out_dir)
@@ -128,7 +128,7 @@ def push_step(out_dir: Path, ui: UI, remote_dir: Optional[Path] = None,
     Without `remote_dir` the release goes where this machine's `qrun` looks for the current
     deployment ($QDEPLOY_HOME, else ~/qdeploy), so `qrun classify IMAGE` works afterwards.
     """
-    from qdeploy.push import push_local
+    from qdeploy.push.pipeline import push_local
 
     with ui.step("Pushing to the local target and benchmarking"):
         return push_local(out_dir, Path(reports_dir or "reports"), remote_dir)

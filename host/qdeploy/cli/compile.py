@@ -1,5 +1,5 @@
-"""`qdeploy compile` and `qdeploy preflight`: parse arguments, call qdeploy.compiler /
-qdeploy.preflight, print the verdict first.
+"""`qdeploy compile` and `qdeploy preflight`: parse arguments, call qdeploy.edgetpu.compiler /
+qdeploy.edgetpu.preflight, print the verdict first.
 
 Those modules (and numpy, via the flatbuffer reader) are imported inside the commands, so
 `qdeploy --help` and the other commands do not pay for them."""
@@ -53,13 +53,13 @@ def compile_command(
         None, "--search-step", help="Ops dropped per retry of --search-delegate (-k)."),
     timeout: Optional[int] = typer.Option(
         None, "--timeout", help="Seconds before the compile is stopped (-t; default: "
-        "qdeploy.compiler.DEFAULT_TIMEOUT_S, 180)."),
+        "qdeploy.edgetpu.compiler.DEFAULT_TIMEOUT_S, 180)."),
     segments: Optional[int] = typer.Option(
         None, "--segments", help="Split into N segments for pipelining (-n)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Compile DIR's int8 model for the Edge TPU (help: COMPILE_HELP)."""
-    from qdeploy import compiler
+    from qdeploy.edgetpu import compiler
 
     options = compiler.CompileOptions(min_runtime=min_runtime,
                                       multiple_subgraphs=multiple_subgraphs,
@@ -97,7 +97,7 @@ def preflight_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Predict the compiler's verdict on MODEL (help: PREFLIGHT_HELP)."""
-    from qdeploy import preflight
+    from qdeploy.edgetpu import preflight
 
     prediction = preflight.preflight(model, multiple_subgraphs)
     if as_json:
@@ -109,7 +109,7 @@ def preflight_command(
 
 
 def _print_prediction(prediction) -> None:
-    from qdeploy import preflight
+    from qdeploy.edgetpu import preflight
 
     typer.echo(prediction.verdict)
     for line in preflight.report_lines(prediction):

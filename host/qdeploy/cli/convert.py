@@ -37,7 +37,7 @@ def convert(
     Writes model_float.tflite, model_int8.tflite and manifest.json into --out. The batch
     is fixed to 1 and every op must have an int8 kernel, as the Edge TPU needs.
     """
-    from qdeploy.convert import convert as run_convert
+    from qdeploy.quantize.convert import convert as run_convert
     from qrun.preprocess import parse_preprocess
 
     pre = parse_preprocess(preprocess)
@@ -86,7 +86,7 @@ def evaluate(
     Both run through the device runtime with the manifest's preprocessing. The figures
     are stored in manifest.json for later reports.
     """
-    from qdeploy.evaluate import evaluate as run_evaluate
+    from qdeploy.quantize.evaluate import evaluate as run_evaluate
 
     with progress_bar("Evaluating float and int8 models") as tick:
         result = run_evaluate(directory, data, labels=labels, limit=limit, progress=tick)
@@ -128,7 +128,7 @@ def quickstart(
     benchmarks it on this machine. Afterwards `qrun classify IMAGE` uses that deployment.
     """
     from qdeploy import quickstart as qs
-    from qdeploy.push import print_table
+    from qdeploy.push.pipeline import print_table
 
     result = qs.run(out_dir, StepUI(), epochs=epochs, push=push)
     print_conversion(result.conversion)

@@ -1,4 +1,4 @@
-"""`qdeploy push` and `qdeploy rollback`: parse options, call qdeploy.push, print."""
+"""`qdeploy push` and `qdeploy rollback`: parse options, call qdeploy.push.pipeline, print."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ REMOTE_DIR_HELP = ("Release directory on the device (releases/, current, venv/).
 
 
 def _targets(target: List[str], inventory: Optional[Path]):
-    from qdeploy import inventory as inv
-    from qdeploy.targets import parse_target
+    from qdeploy.remote import inventory as inv
+    from qdeploy.remote.targets import parse_target
 
     found = [parse_target(t) for t in target]
     if inventory is not None:
@@ -28,7 +28,7 @@ def _targets(target: List[str], inventory: Optional[Path]):
 
 
 def _options(**kw):
-    from qdeploy.push import PushOptions
+    from qdeploy.push.pipeline import PushOptions
 
     return PushOptions(**{k: v for k, v in kw.items() if v is not None})
 
@@ -80,7 +80,7 @@ def push(
     verify_tolerance: Optional[float] = typer.Option(
         None, "--verify-tolerance", min=0.0, metavar="STEPS",
         help="Largest output difference allowed, in output quantization steps "
-             "(default: qdeploy.verify.DEFAULT_STEPS, 16)."),
+             "(default: qdeploy.push.crosscheck.DEFAULT_STEPS, 16)."),
     verify_against: Optional[Path] = typer.Option(
         None, "--verify-against", metavar="DIR",
         help="Compute the host's outputs with this deployment's int8 model and preprocessing "
@@ -90,7 +90,7 @@ def push(
     the reports."""
     from rich.console import Console
 
-    from qdeploy import push as push_mod
+    from qdeploy.push import pipeline as push_mod
 
     found = _targets(target, inventory)
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
@@ -138,7 +138,7 @@ def rollback(
              "config, else 10)."),
 ):
     """Switch each target's `current` release back to the previous one (or --to RELEASE)."""
-    from qdeploy import push as push_mod
+    from qdeploy.push import pipeline as push_mod
 
     found = _targets(target, inventory)
     if not found:

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from qdeploy import report as reporting
+from qdeploy.reports import history as reporting
 from qdeploy.cli.app import app
-from qdeploy.store import open_store
+from qdeploy.reports.store import open_store
 
 
 HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
@@ -53,13 +53,13 @@ def report(
     with open_store(reports, create=False) as store:
         result = reporting.build(store, target=target, model=model, since=since)
     if plot is not None or html is not None:
-        from qdeploy import plot as plotting
+        from qdeploy.reports import plot as plotting
 
         png = plotting.render_png(result.latest)
         if plot is not None:
             reporting.write_output(plot, png, "plot")
         if html is not None:
-            from qdeploy.html_report import render_html
+            from qdeploy.reports.html import render_html
 
             reporting.write_output(html, render_html(result, png).encode("utf-8"), "HTML page")
     if as_json:

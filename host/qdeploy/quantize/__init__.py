@@ -1,0 +1,1 @@
+"""Full-integer post-training quantization: the representative dataset, the converter, evaluation."""

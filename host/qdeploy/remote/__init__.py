@@ -1,0 +1,1 @@
+"""Reaching devices: SSH connections, targets from ssh_config, Ansible-style inventories."""

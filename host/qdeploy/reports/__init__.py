@@ -1,0 +1,1 @@
+"""Bench reports at home: the SQLite store, history and regressions, plots and HTML."""

@@ -1,0 +1,120 @@
+"""`qdeploy push` end to end on the Pi in a box (emulated arm64 Debian bookworm over SSH).
+
+The box starts with no runner: the push must install qrun into a venv there (pip on arm64,
+pulling numpy/pillow/ai-edge-litert/typer for aarch64), bench, and bring the report home;
+then qrun on the device classifies the parrot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.paths import CORAL
+
+pytestmark = pytest.mark.slow
+
+MODEL = "mobilenet_v2_1.0_224_inat_bird_quant"
+LABELS = "inat_bird_labels.txt"
+PUSH_TIMEOUT = 1800  # emulated pip install of the runner and its dependencies, then bench
+
+
+def bird_deployment(directory: Path) -> Path:
+    """A deployment of Coral's iNat birds MobileNet v2 (int8 only), as qdeploy convert writes
+    one: model, labels, reference inputs (Coral's test images at 224x224) and a manifest with
+    the tensor specs read from the model."""
+    import numpy as np
+
+    from qrun import manifest as qm
+    from qrun.preprocess import Preprocess
+    from qrun.runtime import make_interpreter
+    from tests.fixtures.sshd import reference_inputs
+
+    directory.mkdir(parents=True)
+    model = directory / f"{MODEL}.tflite"
+    labels = directory / LABELS
+    model.write_bytes((CORAL / model.name).read_bytes())
+    labels.write_bytes((CORAL / LABELS).read_bytes())
+    interp = make_interpreter(model)
+    specs = []
+    for d in (interp.get_input_details()[0], interp.get_output_details()[0]):
+        scale, zero = d["quantization"]
+        specs.append(qm.TensorSpec(shape=[int(x) for x in d["shape"]], dtype=d["dtype"].__name__,
+                                   scale=float(scale), zero_point=int(zero)))
+    pre = Preprocess(mean=128.0, std=128.0, color="RGB")
+    reference = directory / "reference_inputs.npy"
+    np.save(reference, reference_inputs(specs[0].shape, pre))
+    qm.save(qm.Manifest(input=specs[0], output=specs[1], preprocess=pre,
+                        artifacts={"int8": qm.artifact_for(model), "labels": qm.artifact_for(labels),
+                                   "reference": qm.artifact_for(reference)},
+                        labels=LABELS, qdeploy_version="test"), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pushed(pibox, tmp_path_factory):
+    """`qdeploy push` (the CLI) of the bird deployment to the box, with a 3-run bench."""
+    tmp = tmp_path_factory.mktemp("pibox-push")
+    dep = bird_deployment(tmp / "qdeploy-out")
+    (tmp / "empty-ssh-config").write_text("")
+    reports = tmp / "reports"
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    argv = [sys.executable, "-m", "qdeploy", "push", str(dep),
+            "--target", f"{pibox.user}@{pibox.host}:{pibox.port}",
+            "--identity", str(pibox.key), "--known-hosts", str(pibox.known_hosts),
+            "--ssh-config", str(tmp / "empty-ssh-config"), "--reports", str(reports),
+            "--bench-runs", "3"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=PUSH_TIMEOUT)
+    return done, reports
+
+
+def test_push_installs_the_runner_on_the_box_and_brings_the_bench_report_home(pushed, pibox):
+    done, reports = pushed
+    assert done.returncode == 0, f"qdeploy push failed:\n{done.stdout}\n{done.stderr}"
+    # The runner was not there before: the push put qrun (and only qrun of ours) in a venv.
+    site = pibox.run("ls -d ~/qdeploy/venv/lib/python3.11/site-packages/*.dist-info").stdout
+    assert "/qrun-" in site and "/qdeploy-" not in site
+    assert pibox.run("~/qdeploy/venv/bin/qrun --version").stdout.strip()
+    found = [json.loads(p.read_text()) for p in reports.rglob("*.json")]
+    benches = [r for r in found if r.get("kind") == "qrun-bench"]
+    assert len(benches) == 1, sorted(str(p) for p in reports.rglob("*"))
+    report = benches[0]
+    assert report["device"]["used"] == "cpu"
+    assert report["latency_us"]["count"] == 3
+    assert "aarch64" in json.dumps(report["host"])
+
+
+def test_the_box_computes_what_the_host_computes(pushed):
+    """push --verify (on by default with the bench): arm64 kernels against x86 XNNPACK on the
+    reference images agree on every top-1; their outputs differ by a few quantization steps."""
+    import sqlite3
+
+    from qdeploy.reports import store
+    from qdeploy.push import crosscheck as verify
+
+    done, reports = pushed
+    assert done.returncode == 0, f"qdeploy push failed:\n{done.stdout}\n{done.stderr}"
+    db = sqlite3.connect(reports / store.STORE_NAME)
+    rows = db.execute("SELECT variant, device_used, samples, agree, max_abs_diff, max_steps, ok "
+                      "FROM verifications").fetchall()
+    assert len(rows) == 1, rows
+    variant, device_used, samples, agree, max_abs_diff, max_steps, ok = rows[0]
+    assert (variant, device_used, samples, agree, ok) == ("int8", "cpu", 3, 3, 1)
+    assert max_abs_diff == pytest.approx(max_steps / 256)  # output scale 1/256
+    assert max_steps <= verify.DEFAULT_STEPS, rows
+    assert "verify int8 on cpu: top-1 3/3" in " ".join(done.stdout.split())
+
+
+def test_qrun_on_the_box_classifies_the_parrot(pushed, pibox):
+    assert pushed[0].returncode == 0, "the push failed; see the test above"
+    pibox.put(CORAL / "parrot.jpg", "parrot.jpg")
+    out = pibox.run("~/qdeploy/venv/bin/qrun classify parrot.jpg", timeout=600).stdout
+    ranked = [line for line in out.splitlines() if line.strip() and not line.startswith("invoke")]
+    label, _, score = ranked[0].rpartition(": ")
+    assert label == "Ara macao (Scarlet Macaw)", out
+    assert float(score) > 0.7, out  # arm64 kernels: 0.766; x86 XNNPACK 0.797
