@@ -14,6 +14,7 @@ import numpy as np
 
 from qrun import preprocess
 from qrun.errors import UserError
+from qrun.tensors import TensorSpec
 
 
 class Class(NamedTuple):
@@ -34,12 +35,6 @@ def output_details(interpreter, index: int = 0) -> dict:
     return interpreter.get_output_details()[index]
 
 
-def quantization(details: dict) -> tuple[float, int]:
-    """(scale, zero_point) of a tensor; (0.0, 0) when it is not quantized."""
-    scale, zero_point = details.get("quantization", (0.0, 0))
-    return float(scale), int(zero_point)
-
-
 def input_size(interpreter) -> tuple[int, int]:
     """(width, height) the image input wants, as PIL's resize takes it."""
     height, width, _ = preprocess.image_geometry(input_details(interpreter)["shape"])
@@ -48,10 +43,9 @@ def input_size(interpreter) -> tuple[int, int]:
 
 def prepare_image(interpreter, image_path, pre: preprocess.Preprocess) -> np.ndarray:
     """Read `image_path` and turn it into a batch of one for input 0 (LANCZOS, Coral's rules)."""
-    details = input_details(interpreter)
-    pixels = preprocess.load_image(image_path, details["shape"], pre)
-    scale, zero_point = quantization(details)
-    return preprocess.to_input(pixels, pre, details["dtype"], scale, zero_point)[None, ...]
+    spec = TensorSpec.from_details(input_details(interpreter))
+    pixels = preprocess.load_image(image_path, spec.shape, pre)
+    return preprocess.to_input(pixels, pre, spec.dtype, spec.scale, spec.zero_point)[None, ...]
 
 
 def set_input(interpreter, data: np.ndarray) -> None:
@@ -64,8 +58,8 @@ def output_scores(interpreter) -> np.ndarray:
     details = output_details(interpreter)
     raw = interpreter.get_tensor(details["index"])
     check_scores_shape(raw.shape)
-    scale, zero_point = quantization(details)
-    return preprocess.dequantize(raw.reshape(-1), scale, zero_point)
+    spec = TensorSpec.from_details(details)
+    return preprocess.dequantize(raw.reshape(-1), spec.scale, spec.zero_point)
 
 
 def check_scores_shape(shape) -> None:

@@ -14,16 +14,17 @@ import typer
 
 from qrun import __version__
 from qrun.errors import run
+from qrun.layout import CURRENT, DEFAULT_HOME, HOME_ENV, MANIFEST_NAME
 
+CURRENT_HELP = f"${HOME_ENV}/{CURRENT} ({DEFAULT_HOME}/{CURRENT})"
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
                        "benchmark a model, show the runtime and Edge TPUs. Without --model, "
-                       "qrun uses the current deployment, $QDEPLOY_HOME/current "
-                       "(~/qdeploy/current).")
+                       f"qrun uses the current deployment, {CURRENT_HELP}.")
 
-MODEL_HELP = ("Model file (.tflite) or deployment directory with manifest.json. "
-              "Default: $QDEPLOY_HOME/current (~/qdeploy/current).")
+MODEL_HELP = (f"Model file (.tflite) or deployment directory with {MANIFEST_NAME}. "
+              f"Default: {CURRENT_HELP}.")
 DEVICE_HELP = ("auto: the Edge TPU when its delegate loads, else the CPU int8 twin (says why); "
                "edgetpu: the Edge TPU or an error; cpu: the CPU model.")
 TPU_HELP = "Which Edge TPU: usb, usb:N, pci, pci:N or :N. Default: the first found."
@@ -111,8 +112,8 @@ def bench(
         raise UserError(f"--device {device} cannot be used with --compare, which benchmarks "
                         "every variant (float, int8, edgetpu); drop one of them")
     if compare:
-        report = bench_mod.compare(model, runs, warmup, threads, tpu,
-                                   progress=bench_mod.stderr_progress)
+        report = bench_mod.bench_variants(model, runs, warmup, threads, tpu,
+                                          progress=bench_mod.stderr_progress)
         texts = [bench_mod.summary(r) for r in report["reports"]]
     else:
         report = bench_mod.bench(model, runs, warmup, threads, device or "auto", tpu,

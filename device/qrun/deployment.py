@@ -5,8 +5,9 @@ without it qrun uses the current deployment, ``$QDEPLOY_HOME/current``
 (``~/qdeploy/current``). `choose` then picks the file for the requested device:
 an Edge TPU model (it holds `edgetpu-custom-op`) runs with the delegate when a
 probe subprocess loaded it; in auto mode it otherwise falls back to its CPU int8
-twin (the manifest's "int8" artifact, or ``X.tflite`` beside ``X_edgetpu.tflite``),
-and the `Choice` says why in one line.
+twin (`int8_model`: the manifest's "int8" artifact; for a bare file ``X.tflite``
+beside ``X_edgetpu.tflite``), and the `Choice` says why in one line. The names of the
+home, the roles and the files are qrun.layout's.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from qrun import runtime
 from qrun.errors import UserError
+from qrun.layout import (CONVERT_FILES, CURRENT, DEFAULT_HOME, EDGETPU, FLOAT, HOME_ENV, INT8,
+                         LABELS, MANIFEST_NAME, MODEL_ROLES)
 from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess
 
 if TYPE_CHECKING:
     from qrun.manifest import Manifest
 
-HOME_ENV = "QDEPLOY_HOME"
-MANIFEST_NAME = "manifest.json"  # qrun.manifest.MANIFEST_NAME, without importing it
-DEFAULT_HOME = "~/qdeploy"
-CURRENT = "current"
-DEVICES = ("auto", "edgetpu", "cpu")
+DEVICES = ("auto", "edgetpu", "cpu")  # --device values (not roles: "edgetpu" is both)
 EDGETPU_SUFFIX = "_edgetpu"
 TWIN_HINT = ("compile and push a deployment with qdeploy (it carries the int8 model), "
              "or put the uncompiled {name} beside it")
@@ -43,11 +42,11 @@ class Deployment:
     model: Optional[Path]  # the file asked for; None when a directory was given
 
     def role_of(self, path: Path) -> Optional[str]:
-        """The manifest role ("float", "int8", "edgetpu") of a file, if the manifest lists it."""
+        """The model role (FLOAT, INT8, EDGETPU) of a file, if the manifest lists it."""
         if self.manifest is None:
             return None
         for role, art in self.manifest.artifacts.items():
-            if art.file == Path(path).name and role in ("float", "int8", "edgetpu"):
+            if art.file == Path(path).name and role in MODEL_ROLES:
                 return role
         return None
 
@@ -64,7 +63,7 @@ class Choice:
     """The model file to run, on which device, and why (one line)."""
 
     path: Path
-    variant: Optional[str]  # "float" | "int8" | "edgetpu"; None until the model is read
+    variant: Optional[str]  # a model role (FLOAT, INT8, EDGETPU); None until the model is read
     requested: str
     used: str  # "cpu" | "edgetpu"
     reason: str
@@ -73,7 +72,7 @@ class Choice:
 
 
 def qdeploy_home() -> Path:
-    """``$QDEPLOY_HOME``, else ``~/qdeploy``."""
+    """``$QDEPLOY_HOME``, else DEFAULT_HOME."""
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
 
 
@@ -106,14 +105,26 @@ def resolve(model: Optional[Path]) -> Deployment:
 def edgetpu_model(dep: Deployment) -> Optional[Path]:
     """The Edge TPU model of the deployment, if it has one."""
     if dep.model is None:
-        return dep.artifact("edgetpu")
+        return dep.artifact(EDGETPU)
     return dep.model if runtime.is_edgetpu_model(dep.model) else None
+
+
+def int8_model(directory: Path, manifest: Optional[Manifest]) -> Optional[Path]:
+    """The int8 model of a deployment directory, if its file is there.
+
+    The manifest's "int8" artifact when it lists one; without a manifest, or with one
+    that lists none, the file `qdeploy convert` names it (model_int8.tflite). Used by
+    qrun (the CPU twin), compile, preflight, evaluate and push's cross-check alike.
+    """
+    listed = manifest.path_of(directory, INT8) if manifest is not None else None
+    path = listed or Path(directory) / CONVERT_FILES[INT8]
+    return path if path.is_file() else None
 
 
 def cpu_model(dep: Deployment) -> Optional[Path]:
     """The model to run on the CPU: the file itself, or the twin of an Edge TPU model."""
     if dep.model is None:
-        return dep.artifact("int8") or dep.artifact("float")
+        return int8_model(dep.root, dep.manifest) or dep.artifact(FLOAT)
     if not runtime.is_edgetpu_model(dep.model):
         return dep.model
     return twin_of(dep)
@@ -122,7 +133,7 @@ def cpu_model(dep: Deployment) -> Optional[Path]:
 def twin_of(dep: Deployment) -> Optional[Path]:
     """The CPU int8 twin of an Edge TPU model file: the manifest's, else X.tflite beside it."""
     if dep.manifest is not None:
-        twin = dep.artifact("int8")
+        twin = int8_model(dep.root, dep.manifest)
         if twin is not None:
             return twin
     stem = dep.model.stem
@@ -138,7 +149,7 @@ def variant_hint(dep: Deployment, path: Path) -> Optional[str]:
     role = dep.role_of(path)
     if role:
         return role
-    return "edgetpu" if runtime.is_edgetpu_model(path) else None
+    return EDGETPU if runtime.is_edgetpu_model(path) else None
 
 
 def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
@@ -149,7 +160,7 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
       dep: what `resolve` returned.
       requested: the `--device` value.
       tpu: the Edge TPU device option ("", "usb", "pci:0", ...).
-      probe: `qrun.probe.probe_delegate` or a stand-in with its signature.
+      probe: `qrun.delegate_probe.probe_delegate` or a stand-in with its signature.
     Returns:
       A Choice; a request that cannot be met raises UserError naming the fix.
     """
@@ -181,18 +192,18 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
         return Choice(cpu, variant_hint(dep, cpu), requested, "cpu",
                       f"{what}; ran on the CPU{no_int8}", fell_back=bool(no_int8))
     if probe is None:
-        from qrun.probe import probe_delegate as probe
+        from qrun.delegate_probe import probe_delegate as probe
     library = runtime.edgetpu_library()
     result = probe(library, tpu, tpu_model)
     if result.ok:
-        return Choice(tpu_model, "edgetpu", requested, "edgetpu", result.reason, tpu=tpu)
+        return Choice(tpu_model, EDGETPU, requested, "edgetpu", result.reason, tpu=tpu)
     if requested == "edgetpu":
         raise UserError(f"--device edgetpu: {result.reason}; fix that, or use --device auto to "
                         "fall back to the CPU twin")
     if cpu is None:
         raise UserError(f"{result.reason}, and {tpu_model.name} has no CPU twin to fall back "
                         "to; " + TWIN_HINT.format(name=_twin_name(tpu_model)))
-    variant = variant_hint(dep, cpu) or "int8"
+    variant = variant_hint(dep, cpu) or INT8
     return Choice(cpu, variant, requested, "cpu",
                   f"{result.reason}; fell back to {variant} twin {cpu.name}{no_int8}",
                   fell_back=True)
@@ -221,19 +232,19 @@ def load(choice: Choice, num_threads: Optional[int] = None) -> Loaded:
 
 
 def variant_of(interpreter) -> str:
-    """ "int8" when the model computes in 8-bit integers, else "float" (from its tensors)."""
-    import numpy as np
+    """INT8 when the model computes in 8-bit integers, else FLOAT (from its tensors)."""
+    from qrun.tensors import TensorSpec
 
-    integer = (np.int8, np.uint8)
+    integer = ("int8", "uint8")
     for details in interpreter.get_input_details() + interpreter.get_output_details():
-        if details["dtype"] in integer:
-            return "int8"
+        if TensorSpec.from_details(details).dtype in integer:
+            return INT8
     try:
-        tensors = interpreter.get_tensor_details()
+        tensors = [TensorSpec.from_details(t) for t in interpreter.get_tensor_details()]
     except (ValueError, RuntimeError):
-        return "float"
-    quantized = [t for t in tensors if t["dtype"] in integer and t["quantization"][0] != 0]
-    return "int8" if quantized else "float"
+        return FLOAT
+    quantized = [t for t in tensors if t.dtype in integer and t.scale != 0]
+    return INT8 if quantized else FLOAT
 
 
 def preprocess_of(dep: Deployment) -> Preprocess:
@@ -249,7 +260,7 @@ def labels_path(dep: Deployment, given: Optional[Path]) -> Optional[Path]:
         return Path(given)
     if dep.manifest is None or dep.root is None:
         return None
-    path = dep.manifest.path_of(dep.root, "labels")
+    path = dep.manifest.path_of(dep.root, LABELS)
     if path is None and dep.manifest.labels:
         path = dep.root / dep.manifest.labels
     return path
@@ -260,7 +271,7 @@ def _missing_files(dep: Deployment) -> str:
     if dep.manifest is None or dep.root is None:
         return ""
     gone = [a.file for role, a in dep.manifest.artifacts.items()
-            if role in ("float", "int8", "edgetpu") and not (dep.root / a.file).is_file()]
+            if role in MODEL_ROLES and not (dep.root / a.file).is_file()]
     return f" (manifest.json lists {', '.join(gone)}, which is missing)" if gone else ""
 
 
@@ -269,8 +280,8 @@ def _int8_missing(dep: Deployment, cpu: Optional[Path]) -> str:
     when a deployment directory's int8 file is gone and its float model stands in (else "")."""
     if dep.model is not None or dep.manifest is None or cpu is None:
         return ""
-    listed = dep.manifest.artifacts.get("int8")
-    if listed is None or dep.artifact("int8") is not None:
+    listed = dep.manifest.artifacts.get(INT8)
+    if listed is None or dep.artifact(INT8) is not None:
         return ""
     return (f"; the int8 model {listed.file} named in manifest.json is missing, so the float "
             f"model {cpu.name} ran instead (push the deployment again)")

@@ -7,12 +7,14 @@ runtime has loaded the firmware, `18d1:9302` after).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from qrun import runtime
 from qrun.errors import UserError
+from qrun.layout import EDGETPU, FLOAT, INT8
+from qrun.tensors import TensorSpec
 
 DEV_ROOT = Path("/dev")
 USB_ROOT = Path("/sys/bus/usb/devices")
@@ -20,17 +22,6 @@ USB_IDS = {
     "1a6e:089a": "USB Accelerator, firmware not loaded yet",
     "18d1:9302": "USB Accelerator, firmware loaded",
 }
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One model input or output: name, shape, dtype and quantization (scale, zero point)."""
-
-    name: str
-    shape: list
-    dtype: str
-    scale: float
-    zero_point: int
 
 
 def edgetpu_devices(dev_root: Path = DEV_ROOT, usb_root: Path = USB_ROOT) -> list[dict]:
@@ -48,15 +39,9 @@ def edgetpu_devices(dev_root: Path = DEV_ROOT, usb_root: Path = USB_ROOT) -> lis
     return found
 
 
-def tensor_info(details: dict) -> TensorInfo:
-    """A TensorInfo from a runtime details dict."""
-    import numpy as np
-
-    scale, zero_point = details.get("quantization", (0.0, 0))
-    return TensorInfo(name=str(details.get("name", "")),
-                      shape=[int(d) for d in details["shape"]],
-                      dtype=np.dtype(details["dtype"]).name, scale=float(scale),
-                      zero_point=int(zero_point))
+def tensor_info(details: dict) -> dict:
+    """One model input or output as reported: name, shape, dtype, scale and zero point."""
+    return {"name": str(details.get("name", "")), **asdict(TensorSpec.from_details(details))}
 
 
 def describe_model(path: Path) -> dict:
@@ -74,15 +59,15 @@ def describe_model(path: Path) -> dict:
         "path": str(path),
         "size": path.stat().st_size,
         "edgetpu": runtime.is_edgetpu_model(path),
-        "inputs": [asdict(tensor_info(d)) for d in interpreter.get_input_details()],
-        "outputs": [asdict(tensor_info(d)) for d in interpreter.get_output_details()],
+        "inputs": [tensor_info(d) for d in interpreter.get_input_details()],
+        "outputs": [tensor_info(d) for d in interpreter.get_output_details()],
     }
 
 
 def info(model: Optional[Path] = None, tpu: str = "") -> dict:
     """Everything `qrun info` reports, as one dict."""
     from qrun import deployment
-    from qrun.probe import probe_delegate
+    from qrun.delegate_probe import probe_delegate
 
     rt = runtime.runtime_info()
     library = runtime.edgetpu_library()
@@ -100,7 +85,7 @@ def info(model: Optional[Path] = None, tpu: str = "") -> dict:
     dep = deployment.resolve(model)
     paths = [dep.model] if dep.model else []
     if dep.manifest is not None and dep.root is not None:
-        for role in ("edgetpu", "int8", "float"):
+        for role in (EDGETPU, INT8, FLOAT):
             p = dep.artifact(role)
             if p is not None and p not in paths:
                 paths.append(p)

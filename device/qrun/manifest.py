@@ -2,8 +2,10 @@
 
 Written by `qdeploy convert` (and updated by `compile` and `evaluate`), read by
 every later step on the host and by `qrun` on the device. Artifacts are listed
-by role ("float", "int8", "edgetpu", "labels", ...) with their sha256 and size,
-so a push can tell what changed and a device can verify what it received.
+by role (qrun.layout: "float", "int8", "edgetpu", "labels", "reference") with their
+sha256 and size, so a push can tell what changed and a device can verify what it
+received. How the models were made is recorded as typed records (`Converter`,
+`Compiled`); keys this version does not know are kept as read.
 """
 
 from __future__ import annotations
@@ -12,25 +14,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from qrun import atomic
 from qrun.errors import UserError
+from qrun.layout import (CONVERT_FILES, EDGETPU, FLOAT, INT8, LABELS, MANIFEST_NAME,  # noqa: F401
+                         MODEL_ROLES, REFERENCE)
 from qrun.preprocess import Preprocess
+from qrun.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 HASH_CHUNK = 1 << 20
-
-
-@dataclass
-class TensorSpec:
-    """Shape, dtype and quantization of a model input or output."""
-
-    shape: list
-    dtype: str
-    scale: float = 0.0
-    zero_point: int = 0
 
 
 @dataclass
@@ -43,19 +37,94 @@ class Artifact:
 
 
 @dataclass
+class Converter:
+    """How `qdeploy convert` made the models: the manifest's `converter` object.
+
+    A field is None when the manifest does not record it, and is then left out of the
+    JSON; keys this version does not know are kept in `extra` and written back.
+    """
+
+    tool: Optional[str] = None  # "tf.lite.TFLiteConverter.from_saved_model"
+    tensorflow: Optional[str] = None  # TensorFlow's version
+    optimizations: Optional[list] = None  # ["DEFAULT"]
+    supported_ops: Optional[list] = None  # ["TFLITE_BUILTINS_INT8"]
+    inference_io_type: Optional[str] = None  # the int8 model's I/O: "uint8" or "int8"
+    batch_fixed_to_1: Optional[bool] = None  # the re-export changed the source's batch
+    source_input_shape: Optional[list] = None  # as the source declared it; null: dynamic
+    source_model: Optional[str] = None  # its file or SavedModel directory name
+    source_kind: Optional[str] = None  # "keras" or "saved_model"
+    extra: dict = field(default_factory=dict)
+
+    KINDS: ClassVar[dict] = {
+        "tool": "a string", "tensorflow": "a string", "optimizations": "a list of strings",
+        "supported_ops": "a list of strings", "inference_io_type": "a string",
+        "batch_fixed_to_1": "true or false",
+        "source_input_shape": "a list of integers and nulls", "source_model": "a string",
+        "source_kind": "a string",
+    }
+
+    def to_dict(self) -> dict:
+        recorded = {key: getattr(self, key) for key in self.KINDS}
+        return {**{k: v for k, v in recorded.items() if v is not None}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Converter":
+        """Read the `converter` object; a wrong field is a ValueError naming it."""
+        return cls(**record_fields(value, "converter", cls.KINDS))
+
+
+@dataclass
+class Compiled:
+    """What `qdeploy compile` recorded: the manifest's `compiled` object.
+
+    Every field is written, null when unknown (as compile always wrote them); keys this
+    version does not know are kept in `extra` and written back.
+    """
+
+    compiler_version: Optional[str] = None  # "16.0.384591198"
+    min_runtime: Optional[int] = None  # the oldest Edge TPU runtime the model runs on
+    edgetpu_subgraphs: Optional[int] = None
+    ops_on_edgetpu: Optional[int] = None
+    ops_on_cpu: Optional[int] = None
+    log: Optional[str] = None  # the compiler's .log, beside the compiled model
+    extra: dict = field(default_factory=dict)
+
+    KINDS: ClassVar[dict] = {
+        "compiler_version": "a string", "min_runtime": "an integer",
+        "edgetpu_subgraphs": "an integer", "ops_on_edgetpu": "an integer",
+        "ops_on_cpu": "an integer", "log": "a string",
+    }
+
+    def to_dict(self) -> dict:
+        return {**{key: getattr(self, key) for key in self.KINDS}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Compiled":
+        """Read the `compiled` object; a wrong field is a ValueError naming it."""
+        return cls(**record_fields(value, "compiled", cls.KINDS))
+
+
+@dataclass
 class Manifest:
     input: TensorSpec
     output: TensorSpec
     preprocess: Preprocess
     artifacts: dict = field(default_factory=dict)  # role -> Artifact
     labels: Optional[str] = None  # role "labels" file name, for convenience
-    converter: dict = field(default_factory=dict)
+    converter: Converter = field(default_factory=Converter)
     calibration: dict = field(default_factory=dict)
-    compiled: Optional[dict] = None
+    compiled: Optional[Compiled] = None
     evaluation: Optional[dict] = None
     created: str = ""
     qdeploy_version: str = ""
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        """`converter` and `compiled` may also be given as their JSON objects."""
+        if isinstance(self.converter, dict):
+            self.converter = Converter.from_dict(self.converter)
+        if isinstance(self.compiled, dict):
+            self.compiled = Compiled.from_dict(self.compiled)
 
     def path_of(self, root: Path, role: str) -> Optional[Path]:
         """Absolute path of the artifact with `role`, or None if the manifest has none."""
@@ -66,6 +135,8 @@ class Manifest:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["artifacts"] = {role: asdict(a) for role, a in self.artifacts.items()}
+        d["converter"] = self.converter.to_dict()
+        d["compiled"] = self.compiled.to_dict() if self.compiled is not None else None
         return d
 
     @classmethod
@@ -84,15 +155,16 @@ class Manifest:
             inp = tensor_spec(d.get("input"), "input")
             pre = Preprocess.from_dict(d.get("preprocess") or {})
             check_channels(pre, inp)
+            compiled = typed(d, "compiled", dict, None)
             return cls(
                 input=inp,
                 output=tensor_spec(d.get("output"), "output"),
                 preprocess=pre,
                 artifacts=artifacts(d.get("artifacts", {})),
                 labels=typed(d, "labels", str, None),
-                converter=typed(d, "converter", dict, None) or {},
+                converter=Converter.from_dict(typed(d, "converter", dict, None) or {}),
                 calibration=typed(d, "calibration", dict, None) or {},
-                compiled=typed(d, "compiled", dict, None),
+                compiled=Compiled.from_dict(compiled) if compiled is not None else None,
                 evaluation=typed(d, "evaluation", dict, None),
                 created=typed(d, "created", str, ""),
                 qdeploy_version=typed(d, "qdeploy_version", str, ""),
@@ -116,6 +188,30 @@ def typed(d: dict, key: str, kind: type, default):
         what = "a string" if kind is str else "an object"
         raise ValueError(f"field {key} is {value!r}, not {what}")
     return value
+
+
+# What a field of a record may hold (null always may: the manifest does not record it).
+CHECKS = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "true or false": lambda v: isinstance(v, bool),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of integers and nulls": lambda v: isinstance(v, list) and all(
+        x is None or (isinstance(x, int) and not isinstance(x, bool)) for x in v),
+}
+
+
+def record_fields(value, name: str, kinds: dict) -> dict:
+    """The keyword arguments of a record from its JSON object `name`: the keys in `kinds`,
+    each checked (CHECKS), and every other key under "extra"; ValueError naming the field."""
+    if not isinstance(value, dict):
+        raise ValueError(f"field {name} is {value!r}, not an object")
+    for key, what in kinds.items():
+        item = value.get(key)
+        if item is not None and not CHECKS[what](item):
+            raise ValueError(f"field {name}.{key} is {item!r}, not {what}")
+    known = {k: v for k, v in value.items() if k in kinds}
+    return {**known, "extra": {k: v for k, v in value.items() if k not in kinds}}
 
 
 def tensor_spec(value, name: str) -> TensorSpec:

@@ -25,20 +25,20 @@ import numpy as np
 import qrun
 from qrun import deployment, preprocess, runtime
 from qrun.errors import UserError
+from qrun.layout import FLOAT, REFERENCE
+from qrun.tensors import TensorSpec
 
 SCHEMA_VERSION = 1
 KIND = "qrun-verify"
-REFERENCE_ROLE = "reference"
-VARIANTS = ("int8", "edgetpu")  # what the host can compare with its int8 model
 RERUN_CONVERT = "re-run qdeploy convert (it stores reference_inputs.npy) and push again"
 
 
 def reference_path(dep: deployment.Deployment) -> Path:
     """The deployment's reference inputs file, or a UserError saying how to get one."""
-    path = dep.artifact(REFERENCE_ROLE)
+    path = dep.artifact(REFERENCE)
     if path is None:
         where = dep.root or dep.model
-        missing = dep.manifest is not None and REFERENCE_ROLE in dep.manifest.artifacts
+        missing = dep.manifest is not None and REFERENCE in dep.manifest.artifacts
         what = "its reference inputs file is missing" if missing else "it has no reference inputs"
         raise UserError(f"cannot verify {where}: {what}; {RERUN_CONVERT}, or pass --inputs FILE.npy")
     return path
@@ -66,19 +66,18 @@ def model_input(sample: np.ndarray, details: dict, pre: preprocess.Preprocess) -
     Returns:
       An array of the input's dtype and shape.
     """
-    shape = [int(d) for d in details["shape"]]
-    if int(np.prod(sample.shape)) != int(np.prod(shape)):
+    spec = TensorSpec.from_details(details)
+    if int(np.prod(sample.shape)) != int(np.prod(spec.shape)):
         raise UserError(f"a reference input has shape {list(sample.shape)}, the model wants "
-                        f"{shape}; {RERUN_CONVERT}")
-    dtype = np.dtype(details["dtype"])
-    scale, zero_point = details.get("quantization", (0.0, 0))
+                        f"{spec.shape}; {RERUN_CONVERT}")
+    dtype = np.dtype(spec.dtype)
     if sample.dtype == np.uint8:
-        data = preprocess.to_input(sample, pre, dtype, float(scale), int(zero_point))
+        data = preprocess.to_input(sample, pre, dtype, spec.scale, spec.zero_point)
     elif np.issubdtype(dtype, np.floating):
         data = sample.astype(dtype)
     else:
-        data = preprocess.quantize(sample.astype(np.float32), float(scale), int(zero_point), dtype)
-    return np.asarray(data).reshape(shape)
+        data = preprocess.quantize(sample.astype(np.float32), spec.scale, spec.zero_point, dtype)
+    return np.asarray(data).reshape(spec.shape)
 
 
 def run_outputs(interpreter, samples: np.ndarray, pre: preprocess.Preprocess,
@@ -99,10 +98,9 @@ def run_outputs(interpreter, samples: np.ndarray, pre: preprocess.Preprocess,
 
 def output_spec(interpreter) -> dict:
     """dtype, shape, scale and zero point of output 0."""
-    out = interpreter.get_output_details()[0]
-    scale, zero_point = out.get("quantization", (0.0, 0))
-    return {"dtype": np.dtype(out["dtype"]).name, "shape": [int(d) for d in out["shape"]],
-            "scale": float(scale), "zero_point": int(zero_point)}
+    spec = TensorSpec.from_details(interpreter.get_output_details()[0])
+    return {"dtype": spec.dtype, "shape": spec.shape, "scale": spec.scale,
+            "zero_point": spec.zero_point}
 
 
 def encode(raw: np.ndarray) -> str:
@@ -134,7 +132,7 @@ def variant_choices(dep: deployment.Deployment, device: str = "auto", tpu: str =
     if device == "edgetpu":
         return [deployment.choose(dep, "edgetpu", tpu, probe)], []
     choices, skipped = compare_choices(dep, tpu, probe)
-    return [c for c in choices if c.variant != "float"], skipped
+    return [c for c in choices if c.variant != FLOAT], skipped
 
 
 def verify_choice(choice: deployment.Choice, samples: np.ndarray,

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.fixtures.runner import CORAL, V1_025, make_deployment
+from tests.fixtures.deployments import V1_025, make_deployment
+from tests.paths import CORAL
 from tests.fixtures.runner import one_error
 
 CAT = CORAL / "cat.bmp"
@@ -43,6 +44,15 @@ CASES = {
     "input a list": (lambda d: d.__setitem__("input", [1, 2]), "field input is [1, 2]"),
     "schema_version a string": (lambda d: d.__setitem__("schema_version", "1"),
                                 "schema_version '1', not a number"),
+    "converter a list": (lambda d: d.__setitem__("converter", [1]), "field converter is [1]"),
+    "source model a number": (lambda d: d.__setitem__("converter", {"source_model": 3}),
+                              "field converter.source_model is 3, not a string"),
+    "source shape of strings": (lambda d: d.__setitem__("converter",
+                                                        {"source_input_shape": ["a"]}),
+                                "converter.source_input_shape is ['a']"),
+    "compiled a string": (lambda d: d.__setitem__("compiled", "yes"), "field compiled is 'yes'"),
+    "min_runtime true": (lambda d: d.__setitem__("compiled", {"min_runtime": True}),
+                         "field compiled.min_runtime is True, not an integer"),
 }
 
 
@@ -98,3 +108,61 @@ def test_broken_qdeploy_manifest_beside_a_model_file_is_still_refused(run_qrun, 
     edit(deploy, set_pre("std", 0))
     one_error(run_qrun("classify", CAT, "--model", deploy / f"{V1_025}.tflite"),
               "manifest.json", "preprocess.std is 0")
+
+
+# converter and compiled as `qdeploy convert` and `qdeploy compile` write them.
+CONVERTER = {"tool": "tf.lite.TFLiteConverter.from_saved_model", "tensorflow": "2.16.1",
+             "optimizations": ["DEFAULT"], "supported_ops": ["TFLITE_BUILTINS_INT8"],
+             "inference_io_type": "uint8", "batch_fixed_to_1": True,
+             "source_input_shape": [None, 28, 28], "source_model": "mnist.keras",
+             "source_kind": "keras"}
+COMPILED = {"compiler_version": "16.0.384591198", "min_runtime": 14, "edgetpu_subgraphs": 1,
+            "ops_on_edgetpu": 7, "ops_on_cpu": 0, "log": None}
+
+
+def test_converter_and_compiled_are_records_and_the_json_stays_as_written(tmp_path):
+    from qrun import manifest as mf
+
+    deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
+    plain = (deploy / "manifest.json").read_text()
+    assert json.loads(plain)["converter"] == {} and json.loads(plain)["compiled"] is None
+    mf.save(mf.load(deploy), deploy)
+    assert (deploy / "manifest.json").read_text() == plain  # nothing recorded: nothing added
+
+    newer = {**CONVERTER, "calibration_method": "minmax"}  # a key a newer qdeploy writes
+    data = json.loads(plain) | {"converter": newer, "compiled": {**COMPILED, "seconds": 2.5}}
+    written = json.dumps(data, indent=2) + "\n"  # as qrun.manifest.save formats it
+    (deploy / "manifest.json").write_text(written)
+    m = mf.load(deploy)
+    assert m.converter.source_model == "mnist.keras" and m.converter.batch_fixed_to_1 is True
+    assert m.converter.source_input_shape == [None, 28, 28]
+    assert m.converter.extra == {"calibration_method": "minmax"}
+    assert m.compiled.ops_on_edgetpu == 7 and m.compiled.log is None
+    assert m.compiled.extra == {"seconds": 2.5}
+    mf.save(m, deploy)
+    assert (deploy / "manifest.json").read_text() == written  # same bytes, same key order
+
+
+def test_a_partial_converter_keeps_only_what_it_records():
+    from qrun.manifest import Compiled, Converter
+
+    assert Converter.from_dict({"source_model": "m.keras"}).to_dict() == {
+        "source_model": "m.keras"}
+    assert Converter().to_dict() == {}
+    assert Compiled(compiler_version="16.0").to_dict() == {
+        "compiler_version": "16.0", "min_runtime": None, "edgetpu_subgraphs": None,
+        "ops_on_edgetpu": None, "ops_on_cpu": None, "log": None}
+
+
+def test_tensor_spec_from_runtime_details():
+    import numpy as np
+    from qrun import runtime
+    from qrun.tensors import TensorSpec
+
+    interpreter = runtime.make_interpreter(CORAL / f"{V1_025}.tflite")
+    spec = TensorSpec.from_details(interpreter.get_input_details()[0])
+    assert spec == TensorSpec([1, 128, 128, 3], "uint8", 0.0078125, 128)
+    assert type(spec.shape[0]) is int and type(spec.zero_point) is int
+    assert type(spec.scale) is float
+    plain = TensorSpec.from_details({"shape": np.array([1, 10]), "dtype": np.float32})
+    assert plain == TensorSpec([1, 10], "float32", 0.0, 0)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from qrun import adapters, runtime
 from qrun.preprocess import Preprocess, quantize, to_float
+from qrun.tensors import TensorSpec
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,6 @@ def test_quantize_matches_the_runtime_quantize_op(pre, tmp_path):
     interpreter.set_tensor(inp["index"], x[None])
     interpreter.invoke()
     expected = interpreter.get_tensor(out["index"]).reshape(-1)
-    scale, zero_point = adapters.quantization(out)
-    ours = quantize(x, scale, zero_point, np.uint8)
+    spec = TensorSpec.from_details(out)
+    ours = quantize(x, spec.scale, spec.zero_point, np.uint8)
     assert np.array_equal(ours, expected), np.flatnonzero(ours != expected)

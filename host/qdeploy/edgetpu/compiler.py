@@ -1,6 +1,6 @@
 """Drive `edgetpu_compiler`: find it, run it into a staging directory, publish on success.
 
-`compile_model(target, options)` compiles `DIR/model_int8.tflite` (or a given model),
+`compile_model(target, options)` compiles DIR's int8 model (or a given model),
 parses the compiler's console output and `.log` (`qdeploy.edgetpu.compiler_log`), classifies
 failures, and only when the compile succeeded and mapped something moves
 `<name>_edgetpu.tflite` and its `.log` into the model's directory and records them
@@ -28,11 +28,9 @@ from qdeploy.edgetpu import tflite_graph
 from qdeploy.edgetpu import ops as ops_table
 from qdeploy.errors import UserError
 from qrun import atomic, manifest
+from qrun.deployment import int8_model
 
 COMPILER_NAME = "edgetpu_compiler"
-MODEL_NAME = "model_int8.tflite"
-INT8_ROLE = "int8"
-EDGETPU_ROLE = "edgetpu"
 DEFAULT_TIMEOUT_S = 180
 TIMEOUT_MARGIN_S = 30  # on top of the compiler's own timer, for start-up and writing
 VERSION_TIMEOUT_S = 30
@@ -187,15 +185,10 @@ def resolve_target(target: Path) -> tuple:
     """(directory, model) for `DIR` (its int8 model) or a model file."""
     target = Path(target)
     if target.is_dir():
-        found = manifest.find(target)
-        if found:
-            path = manifest.load(target).path_of(target, INT8_ROLE)
-            if path is not None:
-                return target, path
-        model = target / MODEL_NAME
-        if not model.is_file():
-            raise UserError(f"{target} has no {MODEL_NAME}; run qdeploy convert first or "
-                            "pass the .tflite model")
+        model = int8_model(target, manifest.load(target) if manifest.find(target) else None)
+        if model is None:
+            raise UserError(f"{target} has no {manifest.CONVERT_FILES[manifest.INT8]}; run "
+                            "qdeploy convert first or pass the .tflite model")
         return target, model
     if not target.is_file():
         raise UserError(f"{target} does not exist; pass a directory made by qdeploy convert "
@@ -284,10 +277,10 @@ def is_manifest_model(directory: Path, model: Path) -> bool:
     if not directory.is_dir() or manifest.find(directory) is None:
         return False
     m = manifest.load(directory)
-    art = m.artifacts.get(INT8_ROLE)
+    art = m.artifacts.get(manifest.INT8)
     if art is None:
         return False
-    recorded = m.path_of(directory, INT8_ROLE)
+    recorded = m.path_of(directory, manifest.INT8)
     try:
         same_file = recorded.resolve() == Path(model).resolve()
         return same_file and manifest.sha256_file(model) == art.sha256.lower()
@@ -302,16 +295,16 @@ def record(stage: Path, directory: Path, outputs: list, version: str,
         return False
     m = manifest.load(directory)
     models = [n for n in outputs if n.endswith(".tflite")]
-    for role in [r for r in m.artifacts if r.startswith(EDGETPU_ROLE)]:
+    for role in [r for r in m.artifacts if r.startswith(manifest.EDGETPU)]:
         del m.artifacts[role]  # a previous compile's (segment) models are no longer current
     for i, name in enumerate(models):
-        role = EDGETPU_ROLE if len(models) == 1 else f"{EDGETPU_ROLE}_segment_{i}"
+        role = manifest.EDGETPU if len(models) == 1 else f"{manifest.EDGETPU}_segment_{i}"
         m.artifacts[role] = manifest.artifact_for(stage / name)
     logs = [n for n in outputs if n.endswith(".log")]
-    m.compiled = {"compiler_version": version, "min_runtime": min_runtime,
-                  "edgetpu_subgraphs": log.edgetpu_subgraphs,
-                  "ops_on_edgetpu": log.ops_on_edgetpu, "ops_on_cpu": log.ops_on_cpu,
-                  "log": logs[0] if logs else None}
+    m.compiled = manifest.Compiled(compiler_version=version, min_runtime=min_runtime,
+                                   edgetpu_subgraphs=log.edgetpu_subgraphs,
+                                   ops_on_edgetpu=log.ops_on_edgetpu,
+                                   ops_on_cpu=log.ops_on_cpu, log=logs[0] if logs else None)
     manifest.save(m, stage)
     return True
 

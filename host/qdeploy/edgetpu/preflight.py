@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Optional
 
 from qdeploy.edgetpu import ops as ops_table
-from qdeploy.errors import UserError
 from qdeploy.edgetpu.tflite_graph import Graph, Op, load
+from qdeploy.errors import UserError
 
 FUSED_NONE = 0
 WEIGHTS_FORMAT_DEFAULT = 0
@@ -94,24 +94,20 @@ class Prediction:
         return d
 
 
-INT8_NAME = "model_int8.tflite"
-
-
 def model_in(target: Path) -> Path:
     """`target` itself, or for a `qdeploy convert` directory its int8 model (as compile)."""
     from qrun import manifest
+    from qrun.deployment import int8_model
 
     target = Path(target)
     if not target.is_dir():
         return target
-    if manifest.find(target):
-        path = manifest.load(target).path_of(target, "int8")
-        if path is not None and path.is_file():
-            return path
-    if (target / INT8_NAME).is_file():
-        return target / INT8_NAME
-    raise UserError(f"{target} is a directory without {INT8_NAME}; pass a .tflite model file "
-                    "or a directory made by qdeploy convert")
+    model = int8_model(target, manifest.load(target) if manifest.find(target) else None)
+    if model is None:
+        name = manifest.CONVERT_FILES[manifest.INT8]
+        raise UserError(f"{target} is a directory without {name}; pass a .tflite model file "
+                        "or a directory made by qdeploy convert")
+    return model
 
 
 def preflight(model: Path, multiple_subgraphs: bool = False) -> Prediction:

@@ -29,12 +29,12 @@ from qrun.errors import UserError
 from qrun.preprocess import Preprocess
 from qrun.runtime import make_interpreter
 
-FLOAT_NAME = "model_float.tflite"
-INT8_NAME = "model_int8.tflite"
-LABELS_NAME = "labels.txt"
-REFERENCE_NAME = "reference_inputs.npy"
+FLOAT_NAME = mf.CONVERT_FILES[mf.FLOAT]  # model_float.tflite
+INT8_NAME = mf.CONVERT_FILES[mf.INT8]  # model_int8.tflite
+LABELS_NAME = mf.CONVERT_FILES[mf.LABELS]  # labels.txt
+REFERENCE_NAME = mf.CONVERT_FILES[mf.REFERENCE]  # reference_inputs.npy
 REFERENCE_COUNT = 8
-IO_TYPES = ("uint8", "int8")
+IO_TYPES = ("uint8", "int8")  # --io: the int8 model's input/output dtype
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 INTEGER_DTYPES = {"int8", "int32", "uint8", "int16", "int64"}
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE"}
@@ -341,38 +341,31 @@ def check_integer_only(int8_path: Path, io_type: str) -> list:
     return [op["op_name"] for op in ops]
 
 
-def tensor_spec(detail: dict) -> mf.TensorSpec:
-    scale, zero_point = detail["quantization"]
-    return mf.TensorSpec([int(d) for d in detail["shape"]], np.dtype(detail["dtype"]).name,
-                         float(scale), int(zero_point))
-
-
 def build_manifest(stage: Path, source: SourceModel, samples: datasets.Samples,
                    pre: Preprocess, io_type: str, names: list) -> mf.Manifest:
     """The manifest of the staged artifacts."""
     tf = import_tf()
 
     interpreter = make_interpreter(stage / INT8_NAME)
-    roles = {FLOAT_NAME: "float", INT8_NAME: "int8", LABELS_NAME: "labels",
-             REFERENCE_NAME: "reference"}
+    roles = {name: role for role, name in mf.CONVERT_FILES.items()}
     artifacts = {roles[n]: mf.artifact_for(stage / n) for n in names}
     return mf.Manifest(
-        input=tensor_spec(interpreter.get_input_details()[0]),
-        output=tensor_spec(interpreter.get_output_details()[0]),
+        input=mf.TensorSpec.from_details(interpreter.get_input_details()[0]),
+        output=mf.TensorSpec.from_details(interpreter.get_output_details()[0]),
         preprocess=pre,
         artifacts=artifacts,
         labels=LABELS_NAME if LABELS_NAME in names else None,
-        converter={
-            "tool": "tf.lite.TFLiteConverter.from_saved_model",
-            "tensorflow": tf.__version__,
-            "optimizations": ["DEFAULT"],
-            "supported_ops": ["TFLITE_BUILTINS_INT8"],
-            "inference_io_type": io_type,
-            "batch_fixed_to_1": source.batch_changed,
-            "source_input_shape": [None if d is None else int(d) for d in source.input_shape],
-            "source_model": source.path.name,
-            "source_kind": source.kind,
-        },
+        converter=mf.Converter(
+            tool="tf.lite.TFLiteConverter.from_saved_model",
+            tensorflow=tf.__version__,
+            optimizations=["DEFAULT"],
+            supported_ops=["TFLITE_BUILTINS_INT8"],
+            inference_io_type=io_type,
+            batch_fixed_to_1=source.batch_changed,
+            source_input_shape=[None if d is None else int(d) for d in source.input_shape],
+            source_model=source.path.name,
+            source_kind=source.kind,
+        ),
         calibration={"samples": len(samples), "source": samples.source, "kind": samples.kind,
                      "pixels": samples.are_pixels},
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

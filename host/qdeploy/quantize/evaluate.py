@@ -16,9 +16,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from qdeploy.quantize import datasets
-from qrun import manifest as mf
-from qrun.errors import UserError
 from qrun import adapters, atomic
+from qrun import manifest as mf
+from qrun.deployment import int8_model
+from qrun.errors import UserError
 from qrun.preprocess import quantize, to_input
 from qrun.runtime import make_interpreter
 
@@ -45,8 +46,8 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     """Accuracy of the float and int8 models in `directory` on labelled `data`."""
     directory = Path(directory)
     manifest = mf.load(directory)
-    float_path = _artifact(manifest, directory, "float")
-    int8_path = _artifact(manifest, directory, "int8")
+    float_path = _present(manifest.path_of(directory, mf.FLOAT), directory, mf.FLOAT)
+    int8_path = _present(int8_model(directory, manifest), directory, mf.INT8)
     if save:
         atomic.check_writable(directory, "evaluate stores its figures in manifest.json there: "
                               "make it writable or copy the directory")
@@ -72,11 +73,10 @@ def predict(model_path: Path, samples: datasets.Samples, manifest: mf.Manifest,
             progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Top-1 class of every sample, one invoke per sample."""
     interpreter = make_interpreter(model_path)
-    inp = adapters.input_details(interpreter)
-    scale, zero_point = adapters.quantization(inp)
+    inp = mf.TensorSpec.from_details(adapters.input_details(interpreter))
     top1 = np.empty(len(samples), dtype=np.int64)
     for i, sample in enumerate(samples.data):
-        adapters.set_input(interpreter, model_input(sample, inp["dtype"], scale, zero_point,
+        adapters.set_input(interpreter, model_input(sample, inp.dtype, inp.scale, inp.zero_point,
                                                     manifest)[None])
         interpreter.invoke()
         top1[i] = int(np.argmax(adapters.output_scores(interpreter)))
@@ -113,8 +113,8 @@ def score(float_top1: np.ndarray, int8_top1: np.ndarray, labels: np.ndarray,
     )
 
 
-def _artifact(manifest: mf.Manifest, directory: Path, role: str) -> Path:
-    path = manifest.path_of(directory, role)
+def _present(path: Optional[Path], directory: Path, role: str) -> Path:
+    """`path` when its file is there, else the UserError naming the missing model."""
     if path is None or not path.is_file():
         raise UserError(f"{directory} has no {role} model; re-run qdeploy convert")
     return path

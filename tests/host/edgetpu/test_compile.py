@@ -20,8 +20,9 @@ from qrun import manifest
 from qrun.manifest import Manifest, TensorSpec
 from qrun.preprocess import Preprocess
 
-from tests.fixtures.compile import MOBILENET, SUCCESS  # noqa: E402
-from tests.paths import COMPILER_LOGS as LOGS, CORAL, FAKE_COMPILER as DOUBLE  # noqa: E402
+from tests.fixtures.compile import MOBILENET, SUCCESS
+from tests.paths import COMPILER_LOGS as LOGS, CORAL, FAKE_COMPILER as DOUBLE
+
 DEEPLAB = "deeplabv3_mnv2_dm05_pascal_quant"
 QDEPLOY = Path(sys.executable).parent / "qdeploy"
 
@@ -89,9 +90,9 @@ def test_success_publishes_outputs_and_updates_the_manifest(tmp_path, fake):
     m = manifest.load(d)
     assert m.artifacts["edgetpu"].sha256 == manifest.sha256_file(d / "model_int8_edgetpu.tflite")
     assert m.artifacts["int8"].file == "model_int8.tflite"
-    assert m.compiled == {"compiler_version": "16.0.384591198", "min_runtime": 13,
-                          "edgetpu_subgraphs": 1, "ops_on_edgetpu": 134, "ops_on_cpu": 0,
-                          "log": "model_int8_edgetpu.log"}
+    assert m.compiled.to_dict() == {"compiler_version": "16.0.384591198", "min_runtime": 13,
+                                    "edgetpu_subgraphs": 1, "ops_on_edgetpu": 134,
+                                    "ops_on_cpu": 0, "log": "model_int8_edgetpu.log"}
     assert manifest.mismatches(m, d) == []
     assert "Operator" in (d / "model_int8_edgetpu.log").read_text()
 

@@ -4,14 +4,14 @@ Each file gets its own expectations, read off the file by hand: version, paths, 
 counts, op table, and the failure classification.
 """
 
-from pathlib import Path
 
 import pytest
 
 from qdeploy.edgetpu import compiler_log
 from qdeploy.edgetpu import ops as t
 
-from tests.paths import COMPILER_LOGS as LOGS  # noqa: E402
+from tests.paths import COMPILER_LOGS as LOGS
+
 V15, V16, V14 = "15.0.340273435", "16.0.384591198", "14.1.317412892"
 MIB, KIB = 1 << 20, 1 << 10
 

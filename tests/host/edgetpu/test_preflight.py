@@ -19,7 +19,8 @@ from qdeploy.edgetpu import tflite_graph
 from qdeploy.errors import UserError
 from qdeploy.edgetpu.tflite_graph import Graph, Op, Tensor
 
-from tests.paths import CORAL  # noqa: E402
+from tests.paths import CORAL
+
 PAIRS = ["mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.5_160_quant",
          "deeplabv3_mnv2_dm05_pascal_quant"]
 QDEPLOY = Path(sys.executable).parent / "qdeploy"

@@ -13,7 +13,6 @@ from qdeploy.edgetpu import tflite_graph
 from qdeploy.edgetpu import ops as t
 from qdeploy.errors import UserError
 from qrun import manifest
-from tests.fixtures.compile import converted_models  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -128,5 +127,5 @@ def test_quickstart_entry_on_a_real_convert_output(seed_model_file, calib_npy, t
     outcome = compiler.compile_or_preflight(out)
     assert outcome.ok and outcome.compiled
     m = manifest.load(out)
-    assert {"int8", "edgetpu"} <= set(m.artifacts) and m.compiled["log"].endswith(".log")
+    assert {"int8", "edgetpu"} <= set(m.artifacts) and m.compiled.log.endswith(".log")
     assert manifest.mismatches(m, out) == []

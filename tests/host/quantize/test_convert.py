@@ -55,8 +55,8 @@ def test_batch_is_fixed_to_one_and_no_dynamic_shape_ops(converted_demo):
     interpreter = make_interpreter(out / INT8_NAME)
     assert all(-1 not in list(t["shape_signature"]) for t in interpreter.get_tensor_details())
     manifest = mf.load(out)
-    assert manifest.converter["batch_fixed_to_1"] is True
-    assert manifest.converter["source_input_shape"] == [None, 28, 28]
+    assert manifest.converter.batch_fixed_to_1 is True
+    assert manifest.converter.source_input_shape == [None, 28, 28]
 
 
 def test_unfixed_batch_would_have_added_dynamic_shape_ops(seed_model_file, calib_npy, tmp_path):
@@ -124,8 +124,8 @@ def test_int8_io_and_savedmodel_and_h5_sources(seed_model_file, calib_npy, tmp_p
         interpreter = make_interpreter(out / INT8_NAME)
         assert interpreter.get_input_details()[0]["dtype"] == np.dtype(io_type)
         assert list(interpreter.get_input_details()[0]["shape"]) == [1, 28, 28]
-        assert result.manifest.converter["source_kind"] == ("saved_model" if source == saved
-                                                            else "keras")
+        assert result.manifest.converter.source_kind == ("saved_model" if source == saved
+                                                         else "keras")
         assert result.calibration_samples == 10
 
 

@@ -2,9 +2,9 @@
 
 A libedgetpu built against another TensorFlow version can segfault the process
 that loads it (google-coral/edgetpu issue 812), so `probe_delegate` runs
-``python -m qrun.probe`` to load the library, create the delegate and, given a
+``python -m qrun.delegate_probe`` to load the library, create the delegate and, given a
 model, allocate and invoke it once. The child prints one JSON line; the parent
-turns it, or the child's death by a signal, into a `Probe` whose `reason` is one
+turns it, or the child's death by a signal, into a `DelegateProbe` whose `reason` is one
 line for the user (library missing, no device found, runtime too old, crashed).
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 PROBE_TIMEOUT_S = 30.0
-# Probe.kind values, worst news last.
+# DelegateProbe.kind values, worst news last.
 KINDS = ("ok", "missing", "load-failed", "not-delegate", "no-device", "runtime-too-old",
          "model-failed", "crashed", "timeout", "error")
 
 
 @dataclass(frozen=True)
-class Probe:
+class DelegateProbe:
     """What loading the delegate in a subprocess showed: ok, a failure `kind`, a one-line reason."""
 
     ok: bool
@@ -37,7 +37,7 @@ class Probe:
 
 
 def probe_delegate(library: str, device: str = "", model: Optional[Path] = None,
-                   timeout: float = PROBE_TIMEOUT_S) -> Probe:
+                   timeout: float = PROBE_TIMEOUT_S) -> DelegateProbe:
     """Load the delegate (and run `model` once on it) in a subprocess; never crashes this one.
 
     Args:
@@ -46,9 +46,9 @@ def probe_delegate(library: str, device: str = "", model: Optional[Path] = None,
       model: an Edge TPU model to allocate and invoke with the delegate, or None.
       timeout: seconds before the probe counts as hung.
     Returns:
-      A Probe; `ok` True only when everything asked for worked in the child.
+      A DelegateProbe; `ok` True only when everything asked for worked in the child.
     """
-    cmd = [sys.executable, "-m", "qrun.probe", library, device]
+    cmd = [sys.executable, "-m", "qrun.delegate_probe", library, device]
     if model is not None:
         cmd.append(str(model))
     env = dict(os.environ)
@@ -57,33 +57,34 @@ def probe_delegate(library: str, device: str = "", model: Optional[Path] = None,
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return Probe(False, "timeout", f"loading {library} did not finish within {timeout:g} s "
-                     "(a USB Edge TPU may be busy or stuck; re-plug it)", library, device)
+        return DelegateProbe(False, "timeout", f"loading {library} did not finish within "
+                             f"{timeout:g} s (a USB Edge TPU may be busy or stuck; re-plug it)",
+                             library, device)
     return read_outcome(done.returncode, done.stdout, done.stderr, library, device)
 
 
 def read_outcome(returncode: int, stdout: str, stderr: str, library: str,
-                 device: str = "") -> Probe:
-    """Turn the probe child's exit status and output into a Probe (pure; testable alone)."""
+                 device: str = "") -> DelegateProbe:
+    """Turn the probe child's exit status and output into a DelegateProbe (pure)."""
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        return Probe(False, "crashed", f"loading {library} crashed the probe ({name}); it likely "
-                     "does not match the TFLite runtime (use a libedgetpu built for it)",
-                     library, device)
+        return DelegateProbe(False, "crashed", f"loading {library} crashed the probe ({name}); "
+                             "it likely does not match the TFLite runtime (use a libedgetpu "
+                             "built for it)", library, device)
     for line in reversed(stdout.strip().splitlines()):
         try:
             data = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(data, dict) and data.get("kind") in KINDS:
-            return Probe(data["kind"] == "ok", data["kind"], str(data.get("reason", "")),
-                         library, device)
+            return DelegateProbe(data["kind"] == "ok", data["kind"],
+                                 str(data.get("reason", "")), library, device)
     last = (stderr.strip().splitlines() or ["no output"])[-1]
-    return Probe(False, "error", f"the Edge TPU probe failed (exit {returncode}: {last[:200]})",
-                 library, device)
+    return DelegateProbe(False, "error", f"the Edge TPU probe failed (exit {returncode}: "
+                         f"{last[:200]})", library, device)
 
 
 def failure(kind: str, library: str, message: str) -> str:
@@ -138,7 +139,7 @@ def _child(library: str, device: str, model: Optional[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m qrun.probe LIBRARY DEVICE [MODEL]``: print one JSON line."""
+    """``python -m qrun.delegate_probe LIBRARY DEVICE [MODEL]``: print one JSON line."""
     library, device = argv[0], argv[1] if len(argv) > 1 else ""
     model = argv[2] if len(argv) > 2 else None
     try:
