@@ -5,7 +5,8 @@ its manifest (sha256, with a stat cache so an unchanged 64 MiB model is not re-h
 push). `Transfer(conn).plan(...)` compares it with the manifests the device already has
 (current and previous release), by sha256: equal manifests mean nothing to do; otherwise a file
 the device has is hard-linked there and only the rest is streamed. `Transfer.send` streams the
-new files over one command (the release receiver) and reports bytes, files and time.
+new files over one command (`receive` of the device agent, qdeploy.push.agent) and reports
+bytes, files and time.
 """
 
 from __future__ import annotations
@@ -248,48 +249,38 @@ class Transfer:
         except ConnectionLost as exc:
             raise ConnectionLost(f"{exc}; the push was interrupted, `current` on the device is "
                                  "unchanged: push again") from None
-        if result.exit_status == release.DISK_FULL_EXIT:
+        answer = release.agent_answer(result)
+        failure = answer.get("error")
+        if failure == "disk_full":
             raise UserError(f"{self.conn.name}: the device's disk is full under "
-                            f"{self.remote_dir} ({result.last_error_line()}); nothing was "
+                            f"{self.remote_dir} ({answer.get('message')}); nothing was "
                             "switched, the partial release was removed: free space there "
                             "(or pass --remote-dir on a bigger disk) and push again")
         if result.exit_status == 127 or b"not found" in result.stderr and not result.stdout:
             raise UserError(f"{self.conn.name}: {self.python!r} was not found on the device "
                             f"({result.last_error_line()}); install Python 3 there or pass "
                             "--python PATH")
-        if result.exit_status == release.SWITCHED_EXIT:
+        if failure == "switched":
             raise UserError(f"{self.conn.name}: the device switched `current` to release "
-                            f"{plan.release_id}, then failed: "
-                            f"{result.last_error_line().split(': ', 1)[-1]}; "
+                            f"{plan.release_id}, then failed: {answer.get('message')}; "
                             f"check {self.remote_dir} there")
-        if result.exit_status == release.DAMAGED_EXIT:
-            damaged = _damaged(result)
+        if failure == "damaged":
+            damaged = [n for n in answer.get("files") or [] if isinstance(n, str)]
             if retry and damaged and set(damaged) <= set(plan.link):
                 again = self.send(plan.sending(damaged), progress, retry=False)
                 again.seconds = time.perf_counter() - start
                 return again
-            raise UserError(f"{self.conn.name}: {result.last_error_line().split(': ', 1)[-1]} "
-                            f"under {self.remote_dir}; `current` is unchanged: push again")
-        if result.exit_status == release.LOCKED_EXIT:
+            raise UserError(f"{self.conn.name}: {answer.get('message')} under "
+                            f"{self.remote_dir}; `current` is unchanged: push again")
+        if failure == "locked":
             raise release.locked_error(self.conn, self.remote_dir, result)
         if not result.ok:
             raise UserError(f"{self.conn.name}: the device refused the release "
-                            f"({result.last_error_line()}); `current` is unchanged")
-        try:
-            answer = json.loads(result.stdout.decode().strip().splitlines()[-1])
-        except (ValueError, IndexError):
+                            f"({release.failure_text(result)}); `current` is unchanged")
+        if "release" not in answer:
             raise UserError(f"{self.conn.name}: unexpected answer from the device's release "
-                            f"receiver: {result.stdout[:200]!r}") from None
+                            f"receiver: {result.stdout[:200]!r}")
         return TransferResult(plan.release_id, len(plan.send), len(plan.link),
                               plan.bytes_to_send, time.perf_counter() - start,
                               previous=answer.get("previous"),
                               old_previous=answer.get("old_previous"))
-
-
-def _damaged(result) -> list:
-    """The file names a receiver reported as damaged or missing on the device."""
-    try:
-        names = json.loads(result.stdout.decode().strip().splitlines()[-1])["damaged"]
-    except (ValueError, IndexError, KeyError, TypeError):
-        return []
-    return [n for n in names if isinstance(n, str)]

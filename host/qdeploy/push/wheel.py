@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import qrun
 from qrun.errors import UserError
-from qdeploy.push import release
+from qdeploy.push import agent, release
 
 DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -116,23 +116,6 @@ class RunnerResult:
     seconds: float
 
 
-# argv: remote dir, sub dir; stdin: JSON line [[name, size], ...] then the bytes in order.
-PUT_FILES = r'''
-import json, os, sys
-d = os.path.join(os.path.expanduser(sys.argv[1]), sys.argv[2]); os.makedirs(d, exist_ok=True)
-inp = sys.stdin.buffer
-for name, size in json.loads(inp.readline()):
-    tmp = os.path.join(d, "." + name + ".part")
-    with open(tmp, "wb") as f:
-        left = size
-        while left:
-            b = inp.read(min(left, 1 << 20))
-            if not b: sys.exit("upload interrupted")
-            f.write(b); left -= len(b)
-    os.replace(tmp, os.path.join(d, name))
-'''
-
-
 def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) -> None:
     def stream():
         yield (json.dumps([[p.name, p.stat().st_size] for p in paths]) + "\n").encode()
@@ -140,10 +123,11 @@ def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) 
             with open(p, "rb") as f:
                 yield from iter(lambda: f.read(1 << 20), b"")
 
-    cmd = release.python_command(python, PUT_FILES, release.shell_path(remote_dir), sub)
+    cmd = release.agent_command(python, "put", release.shell_path(remote_dir), shlex.quote(sub))
     result = conn.run(cmd, stdin=stream())
     if not result.ok:
-        raise UserError(f"{conn.name}: uploading the runner failed ({result.last_error_line()})")
+        raise UserError(f"{conn.name}: uploading the runner failed "
+                        f"({release.failure_text(result)})")
 
 
 def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
@@ -186,29 +170,30 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
     index = f"--no-index --find-links {r}/wheelhouse" if wheelhouse is not None else ""
     # A venv whose pip does not run (e.g. an interrupted creation) is made again.
     cmd = (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
-           f"{shlex.quote(python)} -m venv {r}/venv || exit 90; }}; "
+           f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
            f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
-           f"--progress-bar off {index} {r}/runner/{wheel.name} || exit 91; }} 1>&2; "
-           f"{r}/venv/bin/qrun --version")
+           f"--progress-bar off {index} {r}/runner/{wheel.name} || exit {agent.PIP_EXIT}; }} "
+           f"1>&2; {r}/venv/bin/qrun --version")
     # Under the device's lock: two pushes to one device must not build venv/ at once.
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
                       timeout=INSTALL_TIMEOUT_S)
-    if result.exit_status == release.LOCKED_EXIT:
+    failure = release.agent_answer(result).get("error")
+    if failure == "locked":
         raise release.locked_error(conn, remote_dir, result)
-    if result.exit_status == 90:
+    if failure == "venv":
         raise UserError(f"{conn.name}: cannot create a venv with {python!r} on the device "
-                        f"({result.last_error_line()}); install python3-venv there "
+                        f"({release.failure_text(result)}); install python3-venv there "
                         "(sudo apt install python3-venv) or pass --python PATH")
-    if result.exit_status == 91:
+    if failure == "pip":
         hint = ("the --wheelhouse lacks a dependency for the device's Python and platform"
                 if wheelhouse is not None else
                 "connect the device to the internet or pass --wheelhouse DIR with the "
                 "dependency wheels for the device")
         raise UserError(f"{conn.name}: pip on the device could not install qrun "
-                        f"({result.last_error_line()}); {hint}")
+                        f"({release.failure_text(result)}); {hint}")
     got = result.stdout.decode("utf-8", "replace").strip().split()
     if not result.ok or got[-1:] != [qrun.__version__]:
         raise UserError(f"{conn.name}: the installed runner does not answer `qrun --version` "
-                        f"with {qrun.__version__} ({result.last_error_line()}); see the output "
-                        "above")
+                        f"with {qrun.__version__} ({release.failure_text(result)}); see the "
+                        "output above")
     return RunnerResult(want, True, time.perf_counter() - start)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from qdeploy.push import fleet
 from qdeploy.push import pipeline as push
 from qdeploy.remote import targets
-from tests.fixtures.sshd import make_deployment
+from tests.fixtures.deployments import make_deployment
 from tests.fixtures.sshd import push_options as options
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_home")]
@@ -33,7 +34,7 @@ def test_connection_cut_mid_upload_leaves_current_and_next_push_completes(
     out = tmp_path / "out"
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
     direct = targets.parse_target(sshd.target)
-    first = push.push_many([direct], make_deployment(out), opts)[0]
+    first = fleet.push_many([direct], make_deployment(out), opts)[0]
     assert first.ok, first.error
     before = {p.name: p.read_bytes() for p in (device / "current").iterdir()}
 
@@ -41,14 +42,14 @@ def test_connection_cut_mid_upload_leaves_current_and_next_push_completes(
     proxy = tcp_proxy(sshd.port, cut_after=2 << 20)  # past the handshake and probe
     with open(tmp_path / "known_hosts", "a") as f:
         f.write(sshd.known_hosts_line().replace(f"]:{sshd.port} ", f"]:{proxy.port} "))
-    cut = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], big, opts)[0]
+    cut = fleet.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], big, opts)[0]
     assert proxy.cut
     assert not cut.ok
     assert "dropped" in cut.error and "current` on the device is unchanged" in cut.error
     assert os.readlink(device / "current") == f"releases/{first.release_id}"
     assert {p.name: p.read_bytes() for p in (device / "current").iterdir()} == before
 
-    again = push.push_many([direct], big, opts)[0]
+    again = fleet.push_many([direct], big, opts)[0]
     assert again.ok, again.error
     assert os.readlink(device / "current") == f"releases/{again.release_id}"
     assert (device / "current" / "blob.bin").read_bytes() == (out / "blob.bin").read_bytes()
@@ -75,10 +76,10 @@ def test_remote_disk_full_is_reported_and_rolled_back(sshd, ssh_client_key, smal
     out = tmp_path / "out"
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(small_disk))
     target = targets.parse_target(sshd.target)
-    first = push.push_many([target], make_deployment(out), opts)[0]
+    first = fleet.push_many([target], make_deployment(out), opts)[0]
     assert first.ok, first.error
-    full = push.push_many([target], make_deployment(out, extra={"blob.bin": _blob(4 << 20)}),
-                          opts)[0]
+    full = fleet.push_many([target], make_deployment(out, extra={"blob.bin": _blob(4 << 20)}),
+                           opts)[0]
     assert not full.ok
     assert "disk is full" in full.error and "No space left on device" in full.error
     assert "partial release was removed" in full.error
@@ -86,7 +87,7 @@ def test_remote_disk_full_is_reported_and_rolled_back(sshd, ssh_client_key, smal
     assert _staging(small_disk) == []
     assert sorted(p.name for p in (small_disk / "releases").iterdir()) == [first.release_id]
     # The device still works: the same release can be pushed again, unchanged.
-    ok = push.push_many([target], make_deployment(tmp_path / "out2"), opts)[0]
+    ok = fleet.push_many([target], make_deployment(tmp_path / "out2"), opts)[0]
     assert ok.ok and ok.unchanged, ok.error
 
 
@@ -189,14 +190,14 @@ def test_stale_receiver_holding_the_lock_is_named_then_gives_up_by_itself(
             time.sleep(0.05)
         assert _staging(device)
         pid = (device / ".lock").read_text().strip()
-        blocked = push.push_many([target], dep, opts)[0]  # waits 1 s for the lock, not 6
+        blocked = fleet.push_many([target], dep, opts)[0]  # waits 1 s for the lock, not 6
         assert not blocked.ok
         assert (f"another push to {device} is running or a stale one holds its lock "
                 f"(pid {pid})") in blocked.error
         assert chan.recv_exit_status() == 1  # the stale receiver timed out on its own
         assert b"no data from the host for 6 s" in chan.recv_stderr(4096)
     assert _staging(device) == [] and not (device / "current").exists()
-    again = push.push_many([target], dep, opts)[0]
+    again = fleet.push_many([target], dep, opts)[0]
     assert again.ok, again.error
 
 

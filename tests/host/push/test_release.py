@@ -1,19 +1,26 @@
 """The release links on a device across failed pushes, rollbacks and concurrent pushes.
 
-On the `local` target (the same device-side programs as over SSH, run by /bin/sh) with real
-deployments and a real verify; a second push that lands meanwhile is a real second push.
+On the `local` target (the same device agent as over SSH, run by /bin/sh) with real
+deployments and a real verify; a second push that lands meanwhile is a real second push. Also
+the host's half of the probe and of the agent's answers, without a device.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 
 import pytest
 
+from qdeploy.push import fleet
 from qdeploy.push import pipeline as push
+from qdeploy.push import release
 from qdeploy.remote import targets
+from qdeploy.remote.ssh import CommandResult, LocalConnection
 from qrun.preprocess import Preprocess
-from tests.fixtures.sshd import make_deployment
+from tests.fixtures.deployments import make_deployment
 
 UNIT = Preprocess(0.0, 255.0, "RGB")  # pixels / 255: the model's outputs move, verify fails
 LOCAL = targets.parse_target("local")
@@ -35,8 +42,8 @@ def _opts(tmp_path, **kw):
     return push.PushOptions(**base)
 
 
-def _push(dep, opts, progress=push._no_progress):
-    return push.push_many([LOCAL], dep, opts, progress)[0]
+def _push(dep, opts, progress=push.no_progress):
+    return fleet.push_many([LOCAL], dep, opts, progress)[0]
 
 
 def _links(device) -> dict:
@@ -131,3 +138,64 @@ def test_damaged_or_missing_copies_on_the_device_are_sent_again(deployments, tmp
                  "mobilenet_v1_0.25_128_quant_edgetpu.tflite", "notes.txt"):
         assert (device / "current" / name).read_bytes() == (b / name).read_bytes(), name
     assert not [p for p in (device / "releases").iterdir() if p.name.startswith(".")]
+
+
+# -- the probe and the agent's answers, host side ---------------------------------------------
+
+def test_parse_probe_reads_links_runner_releases_and_manifests():
+    output = (b"current releases/r2\nprevious releases/r1/\n"
+              b"runner qrun-0.1.0+1a2b3c4d5e6f.dist-info\nrunner qrun.dist-info\n"
+              b"release r1\nrelease r2\n" + release.PROBE_MARK + b'{"artifacts": {}}'
+              + release.PROBE_MARK + b"not json")
+    state = release.parse_probe(output)
+    assert (state.current, state.previous) == ("r2", "r1")
+    assert state.runner_version == "0.1.0+1a2b3c4d5e6f"
+    assert state.releases == ["r1", "r2"]
+    assert state.manifest_dict("current") == {"artifacts": {}}
+    assert state.previous_manifest == b"not json" and state.manifest_dict("previous") == {}
+
+
+def test_parse_probe_of_an_empty_device():
+    state = release.parse_probe(release.PROBE_MARK * 2)
+    assert state == release.RemoteState()
+    assert state.manifest_dict("current") == {}
+
+
+def test_probe_reads_what_the_agent_wrote(tmp_path):
+    """The probe's shell command and the agent's receive agree on the layout (run by /bin/sh)."""
+    conn, device = LocalConnection(), tmp_path / "dev ice"
+    assert release.probe(conn, str(device)) == release.RemoteState()
+    for rid in ("r1", "r2"):
+        manifest = json.dumps({"release": rid}).encode()
+        header = {"release": rid, "files": [{"name": "manifest.json", "size": len(manifest),
+                                             "sha256": hashlib.sha256(manifest).hexdigest(),
+                                             "source": None}]}
+        done = conn.run(release.receive_command(sys.executable, str(device)),
+                        stdin=json.dumps(header).encode() + b"\n" + manifest)
+        assert release.agent_answer(done)["release"] == rid, done.stderr
+    state = release.probe(conn, str(device))
+    assert (state.current, state.previous, state.releases) == ("r2", "r1", ["r1", "r2"])
+    assert state.manifest_dict("previous") == {"release": "r1"}
+
+
+def test_agent_answer_is_the_last_json_line_of_stdout():
+    result = CommandResult(91, b'qrun 0.1\n{"error": "pip", "message": "no wheel"}\n', b"x\n")
+    assert release.agent_answer(result) == {"error": "pip", "message": "no wheel"}
+    assert release.failure_text(result) == "no wheel"
+    for stdout in (b"", b"qrun 0.1.0\n", b"[1, 2]\n"):
+        silent = CommandResult(127, stdout, b"sh: 1: python9: not found\n")
+        assert release.agent_answer(silent) == {}
+        assert release.failure_text(silent) == "sh: 1: python9: not found"
+
+
+def test_the_lock_error_names_the_holder_and_rollback_says_nothing_to_roll_back(tmp_path):
+    conn = LocalConnection()
+    locked = CommandResult(75, b'{"error": "locked", "message": "x", "pid": "4242"}\n', b"")
+    assert "a stale one holds its lock (pid 4242); wait for it" in \
+        str(release.locked_error(conn, "~/qdeploy", locked))
+    with pytest.raises(release.UserError) as info:
+        release.rollback(conn, str(tmp_path / "none"), sys.executable)
+    assert str(info.value) == (f"local: no previous release under {tmp_path / 'none'}; "
+                               "nothing to roll back to")
+    with pytest.raises(release.UserError, match="is not a release id"):
+        release.rollback(conn, str(tmp_path), sys.executable, to="../etc")
