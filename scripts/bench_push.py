@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qdeploy.push import pipeline as push  # noqa: E402
+from qdeploy.push.fleet import push_many
 from qdeploy.remote import targets
 from qdeploy.push import transfer
 from tests.fixtures.sshd import TcpProxy, _keygen, _missing, make_deployment, start_sshd  # noqa: E402
@@ -158,7 +159,7 @@ def main() -> int:
 
         def push_to(tlist, remote: str):
             opts.remote_dir = remote  # under each sshd's own $HOME: one device per server
-            results = push.push_many(tlist, dep, opts)
+            results = push_many(tlist, dep, opts)
             bad = [r.error for r in results if not r.ok]
             if bad:
                 raise SystemExit(f"error: push failed: {bad[0]}")
@@ -236,8 +237,8 @@ def main() -> int:
         with open(kh, "a") as f:
             f.write(s0.known_hosts_line().replace(f"]:{s0.port} ", f"]:{proxy.port} "))
         opts.remote_dir = wire
-        wired = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep,
-                               opts)[0]
+        wired = push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep,
+                          opts)[0]
         assert wired.ok and wired.unchanged, wired.error
         proxy.close()
         wire_bytes = proxy.sent

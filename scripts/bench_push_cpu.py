@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_push import busy_cpu_s, loopback_fleet, payload_deployment  # noqa: E402
 from qdeploy.push import pipeline as push  # noqa: E402  (bench_push puts the repo on sys.path)
+from qdeploy.push.fleet import push_many
 from qdeploy.remote import targets
 
 CIPHER = "aes128-gcm@openssh.com"  # what qdeploy's connection prefers
@@ -73,7 +74,7 @@ def main() -> int:
 
         def qdeploy_push(group):
             opts.remote_dir = f"~/push{run[0]}"
-            results = push.push_many([targets.parse_target(s.target) for s in group], dep, opts)
+            results = push_many([targets.parse_target(s.target) for s in group], dep, opts)
             bad = [r.error for r in results if not r.ok]
             if bad:
                 raise SystemExit(f"error: push failed: {bad[0]}")

@@ -23,11 +23,11 @@ from qdeploy.quantize.convert import ConvertResult, convert
 from qdeploy.quantize.evaluate import Evaluation, evaluate
 from qrun.preprocess import parse_preprocess
 
-Progress = Callable[[int, int], None]
+TickFn = Callable[[int, int], None]  # tick(done, total): how far a step is
 
 
 class UI(Protocol):
-    def step(self, title: str, total: Optional[int] = None) -> ContextManager[Progress]: ...
+    def step(self, title: str, total: Optional[int] = None) -> ContextManager[TickFn]: ...
 
     def note(self, text: str) -> None: ...
 

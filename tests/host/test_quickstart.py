@@ -24,7 +24,7 @@ def test_quickstart_predicts_the_compiler_and_pushes_to_local(converted_demo):
     assert push.files_sent >= 3
     (report,) = push.reports
     assert report["kind"] == "qrun-bench"
-    assert report["model"]["sha256"] == mf.load(converted_demo.out_dir).artifacts["int8"].sha256
+    assert report["model"]["sha256"] == mf.load(converted_demo.out_dir).artifacts[mf.INT8].sha256
     assert report["device"]["used"] == "cpu"
     lat = report["latency_us"]
     assert lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
@@ -45,7 +45,7 @@ def test_quickstart_report_carries_the_measured_accuracy(converted_demo, run_cli
     manifest = mf.load(converted_demo.out_dir)
     reports_dir = converted_demo.push_result.report_files[0].parent
     with store.open_store(reports_dir) as s:
-        facts = s.model_facts(manifest.artifacts["int8"].sha256)
+        facts = s.model_facts(manifest.artifacts[mf.INT8].sha256)
         (row,) = s.latest(target="local")
     assert facts.accuracy == converted_demo.evaluation.int8_accuracy
     assert row.accuracy == converted_demo.evaluation.int8_accuracy
@@ -54,7 +54,7 @@ def test_quickstart_report_carries_the_measured_accuracy(converted_demo, run_cli
     (latest,) = json.loads(out)["latest"]
     assert latest["variant"] == "int8"
     assert latest["accuracy"] == converted_demo.evaluation.int8_accuracy
-    assert latest["model_size"] == manifest.artifacts["int8"].size
+    assert latest["model_size"] == manifest.artifacts[mf.INT8].size
 
 
 def test_local_target_defaults_to_qdeploy_home(converted_demo, monkeypatch, tmp_path, run_cli):

@@ -1,12 +1,21 @@
-"""`qdeploy` command line: each sibling module registers the commands of one step.
+"""`qdeploy` command line: the typer app (qdeploy.cli.app) and the commands of each step.
 
-They are imported in pipeline order, which is the order `qdeploy --help` lists them in.
+Each sibling module holds the commands of one step in its own `commands` Typer. They are
+added to the app here in pipeline order, which is the order `qdeploy --help` lists them in.
 """
 
-from qdeploy.cli import convert  # noqa: F401, I001  (convert, evaluate, quickstart)
-from qdeploy.cli import compile  # noqa: F401  (compile, preflight)
-from qdeploy.cli import push  # noqa: F401  (push, rollback)
-from qdeploy.cli import report  # noqa: F401  (report)
+from qdeploy.cli import compile, convert, push, quickstart, report
 from qdeploy.cli.app import app, main
+
+STEPS = (
+    convert,  # convert, evaluate
+    quickstart,  # quickstart
+    compile,  # compile, preflight
+    push,  # push, rollback
+    report,  # report
+)
+
+for step in STEPS:
+    app.registered_commands.extend(step.commands.registered_commands)
 
 __all__ = ["app", "main"]

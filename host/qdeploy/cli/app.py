@@ -1,4 +1,4 @@
-"""The `qdeploy` typer application. Commands register themselves from sibling modules."""
+"""The `qdeploy` typer application. qdeploy.cli adds the commands of its sibling modules."""
 
 import typer
 

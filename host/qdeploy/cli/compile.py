@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from qdeploy.cli.app import app
 from qdeploy.errors import UserError
+
+commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
 
 
 COMPILE_HELP = (
@@ -34,7 +35,7 @@ PREFLIGHT_HELP = (
     "such. Exits 1 when no op is predicted on the Edge TPU.")
 
 
-@app.command("compile", help=COMPILE_HELP)
+@commands.command("compile", help=COMPILE_HELP)
 def compile_command(
     target: Path = typer.Argument(..., help="Directory made by `qdeploy convert` (its "
                                   "model_int8.tflite is compiled) or a .tflite model."),
@@ -88,7 +89,7 @@ def compile_command(
         raise UserError(outcome.result.failure.message())
 
 
-@app.command("preflight", help=PREFLIGHT_HELP)
+@commands.command("preflight", help=PREFLIGHT_HELP)
 def preflight_command(
     model: Path = typer.Argument(..., help="A .tflite model (int8, or an _edgetpu one), or "
                                  "a qdeploy convert directory (its model_int8.tflite)."),

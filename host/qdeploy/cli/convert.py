@@ -1,4 +1,4 @@
-"""`qdeploy convert`, `qdeploy evaluate` and `qdeploy quickstart`."""
+"""`qdeploy convert` and `qdeploy evaluate`, and how their results are printed."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from qdeploy.cli.app import app
-from qdeploy.cli.ui import StepUI, out, print_json, progress_bar
+from qdeploy.cli.ui import out, print_json, progress_bar
 
 DEFAULT_OUT = Path("qdeploy-out")
 
+commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
 
-@app.command()
+
+@commands.command()
 def convert(
     model: Path = typer.Argument(..., help="Float source model: a .keras/.h5 file or a "
                                  "SavedModel directory."),
@@ -48,12 +49,14 @@ def convert(
 
 
 def print_conversion(result) -> None:
+    from qrun.manifest import FLOAT, INT8
+
     m = result.manifest
-    float_size = m.artifacts["float"].size
-    int8_size = m.artifacts["int8"].size
-    out.print(f"Converted {m.converter['source_model']} into {result.out_dir}/")
+    float_size = m.artifacts[FLOAT].size
+    int8_size = m.artifacts[INT8].size
+    out.print(f"Converted {m.converter.source_model} into {result.out_dir}/")
     if result.batch_fixed:
-        batch = (m.converter.get("source_input_shape") or [None])[0]
+        batch = (m.converter.source_input_shape or [None])[0]
         was = "dynamic" if batch in (None, -1) else str(batch)
         out.print(f"  batch fixed to 1: input {m.input.shape} (the source model's batch was "
                   f"{was}); no dynamic-shape ops")
@@ -69,7 +72,7 @@ def print_conversion(result) -> None:
               f"{m.calibration['source']}")
 
 
-@app.command()
+@commands.command()
 def evaluate(
     directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert output directory."),
     data: Path = typer.Option(..., "--data", help="Labelled data: a folder with one "
@@ -108,33 +111,3 @@ def print_evaluation(e) -> None:
                   f"{e.size_ratio:.2f}x smaller")
     table.add_row("top-1 agreement", "", f"{e.agreement:.2%}", "")
     out.print(table)
-
-
-@app.command()
-def quickstart(
-    out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Output directory."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: "
-                                         "the recipe's)."),
-    push: bool = typer.Option(True, "--push/--no-push", help="End with a push to the local "
-                              "target and a benchmark."),
-):
-    """Run the whole pipeline on the bundled MNIST demo, with no arguments needed.
-
-    Trains the TFLite quantization tutorial's model on the first 8,000 images of the
-    bundled MNIST test split, converts it to full integer, evaluates it on the last 2,000
-    (held out), compiles it for the Edge TPU (or predicts the compiler's verdict when
-    edgetpu_compiler is not installed) and rehearses a deployment: a push to the `local`
-    target (release under $QDEPLOY_HOME, default ~/qdeploy; report under ./reports) that
-    benchmarks it on this machine. Afterwards `qrun classify IMAGE` uses that deployment.
-    """
-    from qdeploy import quickstart as qs
-    from qdeploy.push.pipeline import print_table
-
-    result = qs.run(out_dir, StepUI(), epochs=epochs, push=push)
-    print_conversion(result.conversion)
-    print_evaluation(result.evaluation)
-    out.print(f"Edge TPU: {result.compile_outcome.verdict}")
-    if result.push_result is not None:
-        print_table([result.push_result], console=out)
-        if not result.push_result.ok:
-            raise typer.Exit(1)

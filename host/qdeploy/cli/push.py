@@ -1,4 +1,5 @@
-"""`qdeploy push` and `qdeploy rollback`: parse options, call qdeploy.push.pipeline, print."""
+"""`qdeploy push` and `qdeploy rollback`: parse options, call qdeploy.push (fleet, pipeline),
+show the outcome (qdeploy.cli.push_view)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import List, Optional
 
 import typer
 
-from qdeploy.cli.app import app
+from qdeploy.cli.push_view import LineProgress, RichProgress, print_table
 from qrun.errors import UserError
+
+commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
 
 TARGET_HELP = ("\\[user@]host[:port] or a ~/.ssh/config Host alias; 'local' for this machine "
                "(no SSH). Repeatable.")
@@ -28,12 +31,12 @@ def _targets(target: List[str], inventory: Optional[Path]):
 
 
 def _options(**kw):
-    from qdeploy.push.pipeline import PushOptions
+    from qdeploy.push.options import PushOptions
 
     return PushOptions(**{k: v for k, v in kw.items() if v is not None})
 
 
-@app.command()
+@commands.command()
 def push(
     directory: Path = typer.Argument(Path("qdeploy-out"),
                                      help="A qdeploy convert/compile output directory."),
@@ -90,7 +93,7 @@ def push(
     the reports."""
     from rich.console import Console
 
-    from qdeploy.push import pipeline as push_mod
+    from qdeploy.push.fleet import push_many
 
     found = _targets(target, inventory)
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
@@ -101,15 +104,15 @@ def push(
                        verify_tolerance=verify_tolerance, verify_against=verify_against)
     err = Console(stderr=True)
     if err.is_terminal:
-        with push_mod.RichProgress([t.name for t in found], console=err) as progress:
-            results = push_mod.push_many(found, directory, options, progress)
+        with RichProgress([t.name for t in found], console=err) as progress:
+            results = push_many(found, directory, options, progress)
     else:
-        results = push_mod.push_many(found, directory, options, push_mod.LineProgress())
+        results = push_many(found, directory, options, LineProgress())
     failed = [r for r in results if not r.ok]
     if len(results) == 1 and failed:
         raise UserError(failed[0].error)
     out = Console()
-    push_mod.print_table(results, out if out.is_terminal else Console(width=160), errors=False)
+    print_table(results, out if out.is_terminal else Console(width=160), errors=False)
     for r in results:
         for path in r.report_files:
             typer.echo(f"{r.target}: report {path}")
@@ -119,7 +122,7 @@ def push(
         raise typer.Exit(1)
 
 
-@app.command()
+@commands.command()
 def rollback(
     target: List[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
     inventory: Optional[Path] = typer.Option(None, "--inventory", "-i",
@@ -138,7 +141,7 @@ def rollback(
              "config, else 10)."),
 ):
     """Switch each target's `current` release back to the previous one (or --to RELEASE)."""
-    from qdeploy.push import pipeline as push_mod
+    from qdeploy.push.pipeline import rollback_target
 
     found = _targets(target, inventory)
     if not found:
@@ -149,7 +152,7 @@ def rollback(
     failed = []
     for t in found:
         try:
-            links = push_mod.rollback_target(t, options, to)
+            links = rollback_target(t, options, to)
         except UserError as exc:
             failed.append(exc)
             print(f"error: {exc}", file=sys.stderr)

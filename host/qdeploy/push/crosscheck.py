@@ -3,8 +3,9 @@
 The device runs the deployment's reference inputs through its models (`qrun verify
 --json -`, see qrun.verify); the host runs the same inputs through the same int8
 model with the same runtime code (`qrun.runtime.make_interpreter`, the manifest's
-preprocessing) and `compare`s, per variant: top-1 agreement and the largest
-difference of dequantized outputs, also counted in output quantization steps.
+preprocessing; `host_side` gathers them) and `compare_outputs`, per variant: top-1
+agreement and the largest difference of dequantized outputs, also counted in output
+quantization steps.
 
 A variant fails when its largest difference exceeds the tolerance (`DEFAULT_STEPS`
 output steps), or when a top-1 class differs on a sample where the host's top-1
@@ -24,6 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from qrun import deployment
 from qrun import manifest as qmanifest
 from qrun import verify as device_verify
 from qrun.errors import UserError
@@ -88,9 +90,9 @@ class VerifyResult:
             c.text() for c in bad) + f" (tolerance {tolerance_steps:g} steps)")
 
 
-def compare(host: np.ndarray, device: np.ndarray, step: float,
-            tolerance_steps: float = DEFAULT_STEPS, variant: str = "int8",
-            device_used: str = "cpu", model_sha256: str = "") -> Comparison:
+def compare_outputs(host: np.ndarray, device: np.ndarray, step: float,
+                    tolerance_steps: float = DEFAULT_STEPS, variant: str = qmanifest.INT8,
+                    device_used: str = "cpu", model_sha256: str = "") -> Comparison:
     """Compare dequantized outputs, [samples, outputs] each, of the host and the device.
 
     Args:
@@ -126,7 +128,7 @@ def compare(host: np.ndarray, device: np.ndarray, step: float,
 
 def reference_file(directory: Path, manifest: qmanifest.Manifest) -> Optional[Path]:
     """The deployment's reference inputs, if its manifest lists them and the file is there."""
-    path = manifest.path_of(Path(directory), device_verify.REFERENCE_ROLE)
+    path = manifest.path_of(Path(directory), qmanifest.REFERENCE)
     return path if path is not None and path.is_file() else None
 
 
@@ -154,11 +156,45 @@ def device_outputs(record: dict) -> np.ndarray:
 
 def int8_model(directory: Path, manifest: qmanifest.Manifest) -> Path:
     """The deployment's int8 model, which the host runs; a UserError when it has none."""
-    model = manifest.path_of(Path(directory), "int8")
-    if model is None or not model.is_file():
+    model = deployment.int8_model(Path(directory), manifest)
+    if model is None:
         raise UserError(f"{directory} has no int8 model for the host to compare with; "
                         "re-run qdeploy convert")
     return model
+
+
+@dataclass
+class HostSide:
+    """What the host compares the device with: reference inputs, int8 model, preprocessing."""
+
+    samples: np.ndarray
+    reference_sha256: str
+    model: Path
+    preprocess: Preprocess
+
+
+def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[Path] = None,
+              required: bool = False) -> Optional[HostSide]:
+    """The host's half of verify for the deployment in `directory`, or None when it has no
+    reference inputs.
+
+    `required` (`--verify` given explicitly) makes missing reference inputs an error. With
+    `against`, the host runs that deployment's int8 model and preprocessing on the pushed
+    deployment's reference inputs.
+    """
+    reference = reference_file(directory, manifest)
+    if reference is None:
+        if required:
+            raise UserError(f"--verify: {directory} has no reference inputs "
+                            f"(reference_inputs.npy); {device_verify.RERUN_CONVERT}")
+        return None
+    source_dir, source = Path(directory), manifest
+    if against is not None:
+        source_dir = Path(against)
+        source = qmanifest.load(source_dir)
+    return HostSide(samples=device_verify.load_reference(reference),
+                    reference_sha256=manifest.artifacts[qmanifest.REFERENCE].sha256,
+                    model=int8_model(source_dir, source), preprocess=source.preprocess)
 
 
 def check(document: dict, samples: np.ndarray, model: Path, pre: Preprocess,
@@ -170,7 +206,7 @@ def check(document: dict, samples: np.ndarray, model: Path, pre: Preprocess,
       document: what `qrun verify --json -` printed on the device.
       samples: the reference inputs the device used (the host's copy).
       model, pre: the host's int8 model and the preprocessing to feed it with.
-      tolerance_steps: see `compare`.
+      tolerance_steps: see `compare_outputs`.
       reference_sha256: when given, the device must have used inputs with this sha256.
     """
     if not isinstance(document, dict) or document.get("kind") != KIND:
@@ -184,7 +220,7 @@ def check(document: dict, samples: np.ndarray, model: Path, pre: Preprocess,
                           timestamp=str(document.get("timestamp") or ""),
                           reference_sha256=used)
     for record in document.get("variants") or []:
-        result.comparisons.append(compare(
+        result.comparisons.append(compare_outputs(
             expected, device_outputs(record), step, tolerance_steps,
             variant=record["variant"], device_used=record["device"]["used"],
             model_sha256=record["model"]["sha256"]))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.fixtures.sshd import make_deployment
+from tests.fixtures.deployments import make_deployment
 
 pytestmark = pytest.mark.slow
 

@@ -16,15 +16,18 @@ import sys
 import numpy as np
 import pytest
 
-from qdeploy.push import pipeline as push
-from qdeploy.reports import store
+from qdeploy.cli.push_view import print_table, result_notes
+from qdeploy.push import crosscheck
+from qdeploy.push.fleet import push_many
+from qdeploy.push.options import PushOptions
 from qdeploy.remote import targets
-from qdeploy.push import crosscheck as verify
+from qdeploy.reports import store
 from qrun import manifest as qm
 from qrun import verify as device_verify
 from qrun.errors import UserError
 from qrun.preprocess import Preprocess
-from tests.fixtures.sshd import make_deployment, push_options
+from tests.fixtures.deployments import make_deployment
+from tests.fixtures.sshd import push_options
 
 UNIT = Preprocess(0.0, 255.0, "RGB")  # pixels / 255: what the model was not trained with
 
@@ -36,8 +39,8 @@ def reference_deployment(tmp_path):
 
 def _host(directory):
     manifest = qm.load(directory)
-    samples = device_verify.load_reference(verify.reference_file(directory, manifest))
-    return samples, verify.int8_model(directory, manifest), manifest.preprocess
+    samples = device_verify.load_reference(crosscheck.reference_file(directory, manifest))
+    return samples, crosscheck.int8_model(directory, manifest), manifest.preprocess
 
 
 # -- the comparison on real outputs ---------------------------------------------------------
@@ -51,7 +54,7 @@ def test_same_model_same_runtime_agrees_exactly(reference_deployment):
     # No libedgetpu on this machine: the Edge TPU model is skipped, saying why.
     assert [s["variant"] for s in document["skipped"]] == ["edgetpu"]
     assert "libedgetpu" in document["skipped"][0]["reason"]
-    result = verify.check(document, *_host(reference_deployment))
+    result = crosscheck.check(document, *_host(reference_deployment))
     [c] = result.comparisons
     assert result.ok and (c.agree, c.samples, c.max_abs_diff, c.max_steps) == (3, 3, 0.0, 0.0)
 
@@ -61,17 +64,17 @@ def test_reference_kernels_differ_by_a_few_steps_within_the_tolerance(reference_
     from ai_edge_litert import interpreter as litert
 
     samples, model, pre = _host(reference_deployment)
-    expected, step = verify.host_outputs(model, samples, pre)
+    expected, step = crosscheck.host_outputs(model, samples, pre)
     ref = litert.Interpreter(model_path=str(model),
                              experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
     ref.allocate_tensors()
     raw = device_verify.run_outputs(ref, samples, pre, model)
     spec = device_verify.output_spec(ref)
     other = (raw.astype(np.float32) - spec["zero_point"]) * spec["scale"]
-    c = verify.compare(expected, other, step)
-    assert c.agree == 3 and 0 < c.max_steps <= verify.DEFAULT_STEPS and c.ok
+    c = crosscheck.compare_outputs(expected, other, step)
+    assert c.agree == 3 and 0 < c.max_steps <= crosscheck.DEFAULT_STEPS and c.ok
     assert c.max_abs_diff == pytest.approx(c.max_steps * step)
-    strict = verify.compare(expected, other, step, tolerance_steps=c.max_steps - 1)
+    strict = crosscheck.compare_outputs(expected, other, step, tolerance_steps=c.max_steps - 1)
     assert not strict.ok and strict.agree == 3
 
 
@@ -82,11 +85,11 @@ def test_mismatched_preprocessing_is_caught(reference_deployment, tmp_path):
     other = make_deployment(tmp_path / "unit", reference=True, preprocess=UNIT)
     samples, _, _ = _host(reference_deployment)
     _, model, pre = _host(other)
-    result = verify.check(document, samples, model, pre)
+    result = crosscheck.check(document, samples, model, pre)
     [c] = result.comparisons
     assert not result.ok and not c.ok
-    assert c.agree < c.samples and c.max_steps > verify.DEFAULT_STEPS
-    line = result.failure(verify.DEFAULT_STEPS)
+    assert c.agree < c.samples and c.max_steps > crosscheck.DEFAULT_STEPS
+    line = result.failure(crosscheck.DEFAULT_STEPS)
     assert "differ" in line and f"top-1 {c.agree}/3" in line and "tolerance 16 steps" in line
 
 
@@ -94,22 +97,23 @@ def test_near_tie_flip_is_counted_but_passes_and_a_clear_flip_fails():
     step = 1 / 256
     host = np.array([[0.50, 0.49, 0.01], [0.9, 0.05, 0.05]])
     tie = np.array([[0.49, 0.50, 0.01], [0.9, 0.05, 0.05]])  # 3 steps apart: a near-tie
-    c = verify.compare(host, tie, step)
+    c = crosscheck.compare_outputs(host, tie, step)
     assert c.ok and (c.agree, c.near_ties, c.worst_sample) == (1, 1, 0)
     assert "1/2 (1 near-tie)" in c.text()
     # The host's top-1 leads by 0.07 (18 steps); the device's outputs move by at most 0.04
     # (10 steps, within the tolerance) yet swap the two: a top-1 failure on its own.
     host = np.array([[0.52, 0.45, 0.03]])
     clear = np.array([[0.48, 0.49, 0.03]])
-    c = verify.compare(host, clear, step)
-    assert c.max_steps <= verify.DEFAULT_STEPS
+    c = crosscheck.compare_outputs(host, clear, step)
+    assert c.max_steps <= crosscheck.DEFAULT_STEPS
     assert not c.ok and (c.agree, c.near_ties) == (0, 0)
-    assert verify.compare(host, clear, step, tolerance_steps=18).ok  # a wider tolerance: a tie
+    # a wider tolerance: a tie
+    assert crosscheck.compare_outputs(host, clear, step, tolerance_steps=18).ok
 
 
 def test_outputs_of_another_shape_are_one_error():
     with pytest.raises(UserError, match="another model"):
-        verify.compare(np.zeros((3, 1001)), np.zeros((3, 10)), 1 / 256)
+        crosscheck.compare_outputs(np.zeros((3, 1001)), np.zeros((3, 10)), 1 / 256)
 
 
 def test_qrun_verify_json_is_exact_and_without_reference_one_error(run_qrun, reference_deployment,
@@ -120,7 +124,7 @@ def test_qrun_verify_json_is_exact_and_without_reference_one_error(run_qrun, ref
     [int8] = document["variants"]
     raw = [device_verify.decode(t, int8["output"]["dtype"], 1001) for t in int8["outputs"]]
     samples, model, pre = _host(reference_deployment)
-    expected, _ = verify.host_outputs(model, samples, pre)
+    expected, _ = crosscheck.host_outputs(model, samples, pre)
     got = (np.stack(raw).astype(np.float32) - int8["output"]["zero_point"]) \
         * int8["output"]["scale"]
     assert np.array_equal(got, expected)
@@ -137,9 +141,9 @@ def test_qrun_verify_json_is_exact_and_without_reference_one_error(run_qrun, ref
 # -- push --verify to `local` -----------------------------------------------------------------
 
 def _push_local(dep, tmp_path, **kw):
-    opts = push.PushOptions(remote_dir=str(tmp_path / "device"), reports_dir=tmp_path / "reports",
-                            bench_runs=2, **kw)
-    return push.push_many([targets.parse_target("local")], dep, opts)[0]
+    opts = PushOptions(remote_dir=str(tmp_path / "device"), reports_dir=tmp_path / "reports",
+                       bench_runs=2, **kw)
+    return push_many([targets.parse_target("local")], dep, opts)[0]
 
 
 def test_local_push_verifies_exactly_and_stores_the_figures(reference_deployment, tmp_path):
@@ -153,11 +157,11 @@ def test_local_push_verifies_exactly_and_stores_the_figures(reference_deployment
     with store.open_store(tmp_path / "reports") as s:
         [v] = s.verifications("local")
         assert (v.agreement, v.max_abs_diff, v.ok) == (1.0, 0.0, True)
-        assert v.model_sha256 == qm.load(reference_deployment).artifacts["int8"].sha256
+        assert v.model_sha256 == qm.load(reference_deployment).artifacts[qm.INT8].sha256
         [row] = s.latest()
         assert (row.agreement, row.max_abs_diff) == (1.0, 0.0)
     console = Console(record=True, width=80)
-    push.print_table([result], console)
+    print_table([result], console)
     text = console.export_text()
     assert "verify" in text and "3/3 Δ0" in text
     assert "verify int8 on cpu: top-1 3/3, max |Δ| 0 (0 steps" in " ".join(text.split())
@@ -172,7 +176,7 @@ def test_without_reference_inputs_verify_is_a_note_unless_asked_for(tmp_path):
     bare = make_deployment(tmp_path / "bare")
     result = _push_local(bare, tmp_path)
     assert result.ok and result.verify == [] and "no reference inputs" in result.verify_note
-    assert "re-run qdeploy convert" in " ".join(push.result_notes([result]))
+    assert "re-run qdeploy convert" in " ".join(result_notes([result]))
     with pytest.raises(UserError, match=r"--verify: .* has no reference inputs.*re-run qdeploy "
                                         r"convert"):
         _push_local(bare, tmp_path / "asked", verify=True)
@@ -245,9 +249,9 @@ def test_push_over_ssh_verifies_on_the_device(sshd, ssh_client_key, device, tmp_
     opts = push_options(tmp_path, sshd, ssh_client_key, remote_dir=str(device), bench=True,
                         bench_runs=2)
     events = []
-    [result] = push.push_many([targets.parse_target(sshd.target)], dep, opts,
-                              lambda t, stage, detail="", done=None, total=None:
-                              events.append((stage, detail)))
+    [result] = push_many([targets.parse_target(sshd.target)], dep, opts,
+                         lambda t, stage, detail="", done=None, total=None:
+                         events.append((stage, detail)))
     assert result.ok, result.error
     [c] = result.verify
     assert (c.variant, c.device_used, c.agree, c.samples, c.max_abs_diff) == \
@@ -258,4 +262,4 @@ def test_push_over_ssh_verifies_on_the_device(sshd, ssh_client_key, device, tmp_
     with store.open_store(opts.reports_dir) as s:
         [v] = s.verifications(sshd.target)
         assert v.ok and v.agreement == 1.0
-        assert v.reference_sha256 == qm.load(dep).artifacts["reference"].sha256
+        assert v.reference_sha256 == qm.load(dep).artifacts[qm.REFERENCE].sha256

@@ -14,13 +14,17 @@ from pathlib import Path
 import pytest
 
 import qrun
-from qdeploy.push import pipeline as push
-from qdeploy.push import release
-from qdeploy.reports import store
+from qdeploy.cli.push_view import print_table
+from qdeploy.push import release, transfer, wheel
+from qdeploy.push.fleet import push_many
+from qdeploy.push.options import PushOptions
+from qdeploy.push.pipeline import connect, push_local, rollback_target
 from qdeploy.remote import targets
-from qdeploy.push import transfer
-from qdeploy.push import wheel
-from tests.fixtures.sshd import known_hosts, make_deployment, push_options as options, sha
+from qdeploy.reports import store
+from qrun.errors import UserError
+from qrun.manifest import INT8
+from tests.fixtures.deployments import make_deployment
+from tests.fixtures.sshd import known_hosts, push_options as options, sha
 
 pytestmark = pytest.mark.slow
 
@@ -67,14 +71,14 @@ def test_unchanged_repush_sends_no_model_bytes(sshd, ssh_client_key, device, dep
                                                tmp_path, tcp_proxy):
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
     target = targets.parse_target(sshd.target)
-    first = push.push_many([target], deployment, opts)[0]
+    first = push_many([target], deployment, opts)[0]
     assert first.ok and not first.runner_installed, first.error
     model_bytes = sum(f.stat().st_size for f in deployment.iterdir())
 
     proxy = tcp_proxy(sshd.port)
     known_hosts(tmp_path / "known_hosts", sshd, port=proxy.port)
-    again = push.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")],
-                           deployment, opts)[0]
+    again = push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")],
+                      deployment, opts)[0]
     assert again.ok, again.error
     assert again.unchanged and again.files_sent == 0 and again.bytes_sent == 0
     assert again.release_id == first.release_id
@@ -89,11 +93,11 @@ def test_changed_model_uploads_only_changed_files_and_keeps_previous(
     dep = make_deployment(tmp_path / "out")
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
     target = [targets.parse_target(sshd.target)]
-    first = push.push_many(target, dep, opts)[0]
+    first = push_many(target, dep, opts)[0]
     assert first.ok, first.error
     # A re-converted deployment: new labels, same models.
     changed = make_deployment(tmp_path / "out", extra={"notes.txt": b"calibrated again\n"})
-    second = push.push_many(target, changed, opts)[0]
+    second = push_many(target, changed, opts)[0]
     assert second.ok, second.error
     assert not second.unchanged and second.release_id != first.release_id
     assert second.files_sent == 2 and second.files_skipped == 3  # notes + manifest; 3 linked
@@ -110,25 +114,25 @@ def test_changed_model_uploads_only_changed_files_and_keeps_previous(
         (device / "releases" / first.release_id / model).stat().st_ino
 
     # Rollback switches back; a second rollback switches forward again.
-    links = push.rollback_target(target[0], opts)
+    links = rollback_target(target[0], opts)
     assert links == {"current": first.release_id, "previous": second.release_id}
     assert os.readlink(device / "current") == f"releases/{first.release_id}"
     assert not (device / "current" / "notes.txt").exists()
-    push.rollback_target(target[0], opts)
+    rollback_target(target[0], opts)
     assert os.readlink(device / "current") == f"releases/{second.release_id}"
-    with pytest.raises(push.UserError, match="does not exist"):
-        push.rollback_target(target[0], opts, to="20000101T000000Z-nope")
+    with pytest.raises(UserError, match="does not exist"):
+        rollback_target(target[0], opts, to="20000101T000000Z-nope")
 
 
 def test_rollback_without_previous_release_is_refused(sshd, ssh_client_key, device, deployment,
                                                       tmp_path):
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
     target = targets.parse_target(sshd.target)
-    with pytest.raises(push.UserError, match="no previous release"):
-        push.rollback_target(target, opts)
-    assert push.push_many([target], deployment, opts)[0].ok
-    with pytest.raises(push.UserError, match="no previous release"):
-        push.rollback_target(target, opts)
+    with pytest.raises(UserError, match="no previous release"):
+        rollback_target(target, opts)
+    assert push_many([target], deployment, opts)[0].ok
+    with pytest.raises(UserError, match="no previous release"):
+        rollback_target(target, opts)
 
 
 def test_file_changed_after_planning_is_caught_by_the_device(sshd, ssh_client_key,
@@ -136,14 +140,14 @@ def test_file_changed_after_planning_is_caught_by_the_device(sshd, ssh_client_ke
     """A file changed after its manifest was read is caught by the device's sha256 check."""
     dep = make_deployment(tmp_path / "out")
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
-    conn = push.connect(targets.parse_target(sshd.target), opts)
+    conn = connect(targets.parse_target(sshd.target), opts)
     with conn:
         deployment = transfer.load_deployment(dep)
         xfer = transfer.Transfer(conn, str(device))
         plan = xfer.plan(deployment, release.probe(conn, str(device)))
         labels = dep / "imagenet_labels.txt"
         labels.write_bytes(labels.read_bytes().replace(b"tench", b"TENCH"))  # same size
-        with pytest.raises(push.UserError, match="sha256 of imagenet_labels.txt on the device"):
+        with pytest.raises(UserError, match="sha256 of imagenet_labels.txt on the device"):
             xfer.send(plan)
     assert not (device / "current").exists()
     assert [p.name for p in (device / "releases").iterdir()] == []
@@ -151,7 +155,7 @@ def test_file_changed_after_planning_is_caught_by_the_device(sshd, ssh_client_ke
 
 def test_push_local_rehearses_without_ssh(deployment, tmp_path):
     remote = tmp_path / "local-device"
-    result = push.push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
+    result = push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
     assert result.ok, result.error
     assert os.readlink(remote / "current") == f"releases/{result.release_id}"
     assert sha(remote / "current" / "manifest.json") == sha(deployment / "manifest.json")
@@ -161,12 +165,12 @@ def test_push_local_rehearses_without_ssh(deployment, tmp_path):
         (remote / "releases" / result.release_id).resolve()
     with store.open_store(tmp_path / "reports") as s:
         assert s.count() == 1 and s.targets() == ["local"]
-    again = push.push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
+    again = push_local(deployment, tmp_path / "reports", remote, bench_runs=3)
     assert again.unchanged and again.bytes_sent == 0
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    push.print_table([result, again], console)
+    print_table([result, again], console)
     text = console.export_text()
     assert "local" in text and "pushed" in text and "unchanged" in text and "CPU" in text
 
@@ -174,14 +178,14 @@ def test_push_local_rehearses_without_ssh(deployment, tmp_path):
 def test_compare_push_stores_every_variant_report(tmp_path):
     """`--compare`: qrun bench --compare on the device, one stored row per variant."""
     dep = make_deployment(tmp_path / "out")
-    opts = push.PushOptions(remote_dir=str(tmp_path / "local-device"), compare=True,
-                            bench_runs=2, reports_dir=tmp_path / "reports")
-    result = push.push_many([targets.parse_target("local")], dep, opts)[0]
+    opts = PushOptions(remote_dir=str(tmp_path / "local-device"), compare=True,
+                       bench_runs=2, reports_dir=tmp_path / "reports")
+    result = push_many([targets.parse_target("local")], dep, opts)[0]
     assert result.ok, result.error
     document = json.loads(result.report_files[0].read_text())
     assert document["kind"] == "qrun-bench-compare"
     variants = [r["model"]["variant"] for r in document["reports"]]
-    assert "int8" in variants and len(result.reports) == len(variants)
+    assert INT8 in variants and len(result.reports) == len(variants)
     with store.open_store(tmp_path / "reports") as s:
         assert s.count() == len(variants)
 
@@ -222,7 +226,7 @@ def test_missing_device_python_is_one_clear_line(sshd, ssh_client_key, device, d
                                                  tmp_path):
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device),
                    python="/nonexistent/python3")
-    result = push.push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
+    result = push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
     assert not result.ok
     assert "'/nonexistent/python3' was not found on the device" in result.error
     assert "--python" in result.error
@@ -237,7 +241,7 @@ def test_half_made_runner_venv_is_made_again(sshd, ssh_client_key, deployment,
     (remote / "venv" / "bin" / "python").symlink_to("/bin/false")
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(remote),
                    wheelhouse=device_wheelhouse)
-    result = push.push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
+    result = push_many([targets.parse_target(sshd.target)], deployment, opts)[0]
     assert result.ok, result.error
     assert result.runner_installed
     assert (remote / "venv" / "bin" / "qrun").exists()
@@ -249,12 +253,12 @@ def test_damaged_copy_on_the_device_is_sent_while_a_big_upload_streams(
     stream of 8 MiB, sends it again with the model's bytes, and the push completes."""
     opts = options(tmp_path, sshd, ssh_client_key, remote_dir=str(device))
     target = [targets.parse_target(sshd.target)]
-    first = push.push_many(target, make_deployment(tmp_path / "a"), opts)[0]
+    first = push_many(target, make_deployment(tmp_path / "a"), opts)[0]
     assert first.ok, first.error
     model = device / "current" / "mobilenet_v1_0.25_128_quant.tflite"
     model.write_bytes(model.read_bytes()[:-1])  # truncated
     dep = make_deployment(tmp_path / "b", extra={"blob.bin": os.urandom(8 << 20)})
-    second = push.push_many(target, dep, opts)[0]
+    second = push_many(target, dep, opts)[0]
     assert second.ok, second.error
     assert second.files_sent == 3 and second.files_skipped == 2  # blob, manifest, model
     assert sha(device / "current" / model.name) == sha(dep / model.name)
