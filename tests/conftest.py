@@ -6,7 +6,15 @@ import pytest
 
 from tests.paths import CORAL, MNIST
 
-pytest_plugins = ["tests.fixtures.convert", "tests.fixtures.sshd", "tests.fixtures.pibox", "tests.fixtures.runner"]
+# Every fixture module, registered once: tests use their fixtures by name, never import them.
+pytest_plugins = [
+    "tests.fixtures.compile",
+    "tests.fixtures.convert",
+    "tests.fixtures.pibox",
+    "tests.fixtures.reports",
+    "tests.fixtures.runner",
+    "tests.fixtures.sshd",
+]
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ def test_umask_is_read_without_changing_it():
 
 def test_bench_json_report_gets_the_umask_mode(qrun_process, tmp_path):
     """The real CLI: a report written by qrun bench --json is as readable as any new file."""
-    from tests.fixtures.runner import CORAL, V1_025
+    from tests.fixtures.deployments import V1_025
+    from tests.paths import CORAL
 
     report = tmp_path / "bench.json"
     out = qrun_process("bench", "--model", CORAL / f"{V1_025}.tflite", "--runs", 1,

@@ -12,7 +12,8 @@ from qrun.errors import UserError
 from qrun.labels import check_fit, parse_labels, read_labels
 from qrun.preprocess import Preprocess
 
-from tests.fixtures.runner import CORAL, V1_025, make_deployment
+from tests.fixtures.deployments import V1_025, make_deployment
+from tests.paths import CORAL
 
 BIRD = CORAL / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
 IMAGENET = CORAL / "imagenet_labels.txt"
@@ -119,7 +120,7 @@ def test_deployment_dir_gives_labels_and_preprocess(deployment_dir):
 def test_manifest_preprocess_is_applied(tmp_path):
     coral = make_deployment(tmp_path / "a", {"int8": f"{V1_025}.tflite"})
     other = make_deployment(tmp_path / "b", {"int8": f"{V1_025}.tflite"},
-                            pre=Preprocess(mean=0.0, std=255.0, color="RGB"))
+                            preprocess=Preprocess(mean=0.0, std=255.0, color="RGB"))
     a = classify(CORAL / "cat.bmp", coral, top_k=3)
     b = classify(CORAL / "cat.bmp", other, top_k=3)
     assert {c.id for c in a.classes[:2]} == {283, 286}

@@ -8,7 +8,8 @@ import sys
 
 import qrun
 
-from tests.fixtures.runner import CORAL, V1_025
+from tests.fixtures.deployments import V1_025
+from tests.paths import CORAL
 
 FORBIDDEN = ("tensorflow", "paramiko", "keras", "pycoral", "rich")
 
@@ -37,9 +38,9 @@ def _modules_after(code: str) -> set:
 
 
 def test_qrun_never_imports_tensorflow_or_paramiko():
-    code = ("import qrun.cli, qrun.runtime, qrun.probe, qrun.deployment, qrun.classify, "
-            "qrun.bench, qrun.info, qrun.labels, qrun.adapters, qrun.hostinfo, qrun.manifest, "
-            "qrun.verify\n"
+    code = ("import qrun.cli, qrun.runtime, qrun.delegate_probe, qrun.deployment, "
+            "qrun.classify, qrun.bench, qrun.info, qrun.labels, qrun.adapters, qrun.hostinfo, "
+            "qrun.manifest, qrun.layout, qrun.tensors, qrun.verify\n"
             "from qrun.classify import classify\n"
             f"classify(r'{CORAL / 'cat.bmp'}', r'{CORAL / (V1_025 + '.tflite')}')")
     loaded = _modules_after(code)

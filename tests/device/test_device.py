@@ -14,16 +14,16 @@ import signal
 
 import pytest
 from qrun import deployment, runtime
+from qrun import manifest as mf
+from qrun.delegate_probe import probe_delegate, read_outcome
 from qrun.errors import UserError
-from qrun.probe import probe_delegate, read_outcome
 
-from tests.fixtures.runner import CORAL, V1_025
+from tests.fixtures.deployments import V1_025
+from tests.fixtures.runner import libedgetpu_loads as _libedgetpu_loads
+from tests.paths import CORAL
 
 EDGETPU = CORAL / f"{V1_025}_edgetpu.tflite"
 TWIN = CORAL / f"{V1_025}.tflite"
-
-
-from tests.fixtures.runner import libedgetpu_loads as _libedgetpu_loads  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,34 @@ def test_auto_falls_back_to_manifest_twin(no_libedgetpu, deployment_dir):
 
 
 def test_manifest_twin_wins_over_sibling_name(no_libedgetpu, tmp_path):
-    from tests.fixtures.runner import make_deployment
+    from tests.fixtures.deployments import make_deployment
 
     dep_dir = make_deployment(tmp_path / "d", {"int8": "mobilenet_v1_0.5_160_quant.tflite",
                                                "edgetpu": EDGETPU.name})
     shutil.copy(TWIN, dep_dir / TWIN.name)  # a same-named sibling the manifest does not list
     choice = deployment.choose(deployment.resolve(dep_dir / EDGETPU.name), "auto")
     assert choice.path.name == "mobilenet_v1_0.5_160_quant.tflite"
+
+
+def test_int8_model_is_the_manifests_else_the_convert_name(tmp_path):
+    """One rule for compile, preflight, evaluate, push's cross-check and qrun's CPU twin."""
+    from tests.fixtures.deployments import make_deployment
+
+    listed = make_deployment(tmp_path / "listed", {mf.INT8: TWIN.name}, labels="")
+    shutil.copy(TWIN, listed / "model_int8.tflite")  # a convert-named file it does not list
+    assert deployment.int8_model(listed, mf.load(listed)) == listed / TWIN.name
+    (listed / TWIN.name).unlink()
+    assert deployment.int8_model(listed, mf.load(listed)) is None  # listed, missing: none
+    float_only = make_deployment(tmp_path / "float", {mf.FLOAT: TWIN.name}, labels="")
+    assert deployment.int8_model(float_only, mf.load(float_only)) is None
+    shutil.copy(TWIN, float_only / "model_int8.tflite")
+    assert deployment.int8_model(float_only, mf.load(float_only)) == float_only / \
+        "model_int8.tflite"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert deployment.int8_model(bare, None) is None
+    shutil.copy(TWIN, bare / "model_int8.tflite")
+    assert deployment.int8_model(bare, None) == bare / "model_int8.tflite"
 
 
 def test_cli_fallback_says_why_in_one_line(run_qrun, no_libedgetpu):

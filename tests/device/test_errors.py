@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.runner import CORAL, V1_025, one_error
+from tests.fixtures.deployments import V1_025
+from tests.fixtures.runner import one_error
+from tests.paths import CORAL
 
 MODEL = CORAL / f"{V1_025}.tflite"
 CAT = CORAL / "cat.bmp"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.runner import CORAL, V1_025
+from tests.fixtures.deployments import V1_025
+from tests.paths import CORAL
 from tests.fixtures.runner import one_error
 
 MODEL = CORAL / f"{V1_025}.tflite"

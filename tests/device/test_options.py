@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.fixtures.runner import CORAL, V1_025, make_deployment
+from tests.fixtures.deployments import V1_025, make_deployment
+from tests.paths import CORAL
 from tests.fixtures.runner import one_error
 
 MODEL = CORAL / f"{V1_025}.tflite"

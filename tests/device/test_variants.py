@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.fixtures.runner import CORAL
+from tests.paths import CORAL
 
 pytestmark = pytest.mark.slow
 

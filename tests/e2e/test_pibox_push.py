@@ -28,32 +28,12 @@ def bird_deployment(directory: Path) -> Path:
     """A deployment of Coral's iNat birds MobileNet v2 (int8 only), as qdeploy convert writes
     one: model, labels, reference inputs (Coral's test images at 224x224) and a manifest with
     the tensor specs read from the model."""
-    import numpy as np
-
     from qrun import manifest as qm
-    from qrun.preprocess import Preprocess
-    from qrun.runtime import make_interpreter
-    from tests.fixtures.sshd import reference_inputs
 
-    directory.mkdir(parents=True)
-    model = directory / f"{MODEL}.tflite"
-    labels = directory / LABELS
-    model.write_bytes((CORAL / model.name).read_bytes())
-    labels.write_bytes((CORAL / LABELS).read_bytes())
-    interp = make_interpreter(model)
-    specs = []
-    for d in (interp.get_input_details()[0], interp.get_output_details()[0]):
-        scale, zero = d["quantization"]
-        specs.append(qm.TensorSpec(shape=[int(x) for x in d["shape"]], dtype=d["dtype"].__name__,
-                                   scale=float(scale), zero_point=int(zero)))
-    pre = Preprocess(mean=128.0, std=128.0, color="RGB")
-    reference = directory / "reference_inputs.npy"
-    np.save(reference, reference_inputs(specs[0].shape, pre))
-    qm.save(qm.Manifest(input=specs[0], output=specs[1], preprocess=pre,
-                        artifacts={"int8": qm.artifact_for(model), "labels": qm.artifact_for(labels),
-                                   "reference": qm.artifact_for(reference)},
-                        labels=LABELS, qdeploy_version="test"), directory)
-    return directory
+    from tests.fixtures.deployments import make_deployment
+
+    return make_deployment(directory, {qm.INT8: f"{MODEL}.tflite"}, labels=LABELS,
+                           reference=True)
 
 
 @pytest.fixture(scope="module")
