@@ -2,7 +2,8 @@
 
 Field names follow TFLite's benchmark_model (init, first inference, warm-up
 mean, steady-state statistics, memory) plus what a fleet report needs: model
-sha256, runtime, device used and why, host facts, schema version. The
+sha256, runtime, device used and why, host facts, schema version. The fields,
+kinds and version are the report contract's (qrun.report_contract). The
 steady-state loop times nothing but ``interpreter.invoke()`` on fixed random
 input (seed 0), so its median stays within a few percent of a bare loop.
 """
@@ -19,19 +20,20 @@ from typing import Callable, Optional
 import numpy as np
 
 import qrun
-from qrun import deployment, hostinfo, runtime
+from qrun import deployment, hostinfo, report_contract, runtime
 from qrun.errors import UserError
+from qrun.report_contract import BENCH_KIND, COMPARE_KIND, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-KIND = "qrun-bench"
-COMPARE_KIND = "qrun-bench-compare"
 INPUT_SEED = 0
 VARIANT_ORDER = ("float", "int8", "edgetpu")
 
 
 @dataclass
 class BenchReport:
-    """One `qrun bench` run; `to_dict` gives the schema-version-1 JSON object."""
+    """One `qrun bench` run: one attribute per top-level key of the report contract.
+
+    `to_dict` gives the JSON object, its keys in the contract's order.
+    """
 
     timestamp: str
     model: dict
@@ -46,13 +48,12 @@ class BenchReport:
     peak_rss_kb: Optional[int]
     host: dict
     schema_version: int = SCHEMA_VERSION
-    kind: str = KIND
+    kind: str = BENCH_KIND
     qrun_version: str = qrun.__version__
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        head = {k: d.pop(k) for k in ("schema_version", "kind", "timestamp", "qrun_version")}
-        return {**head, **d}
+        return {key: d[key] for key in report_contract.keys()}
 
 
 def utc_now() -> str:
@@ -219,7 +220,7 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
             choices.append(deployment.Choice(path, variant, "cpu", "cpu", "--compare: CPU variant"))
             continue
         if probe is None:
-            from qrun.probe import probe_delegate as probe
+            from qrun.delegate_probe import probe_delegate as probe
         result = probe(runtime.edgetpu_library(), runtime.check_device(tpu), path)
         if result.ok:
             choices.append(deployment.Choice(path, "edgetpu", "edgetpu", "edgetpu",
@@ -229,9 +230,9 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
     return choices, skipped
 
 
-def compare(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
-            threads: Optional[int] = None, tpu: str = "",
-            progress: Callable[[str], None] = lambda _: None) -> dict:
+def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
+                   threads: Optional[int] = None, tpu: str = "",
+                   progress: Callable[[str], None] = lambda _: None) -> dict:
     """`qrun bench --compare`: one report per variant of the deployment, same settings.
 
     Returns:

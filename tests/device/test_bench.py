@@ -1,4 +1,4 @@
-"""qrun bench: the fixed JSON schema, its internal consistency, atomic --json FILE, --compare."""
+"""qrun bench: the report contract's JSON, its consistency, atomic --json FILE, --compare."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ import re
 
 import pytest
 
-from tests.fixtures.runner import CORAL, V1_025
+from qrun import report_contract
+from tests.fixtures.deployments import V1_025
+from tests.paths import CORAL
 
 MODEL = CORAL / f"{V1_025}.tflite"
 EDGETPU = CORAL / f"{V1_025}_edgetpu.tflite"
-TOP_KEYS = ["schema_version", "kind", "timestamp", "qrun_version", "model", "runtime", "device",
-            "settings", "init_ms", "first_inference_ms", "warmup_mean_ms", "latency_us",
-            "timings_us", "peak_rss_kb", "host"]
+TOP_KEYS = list(report_contract.keys())
+# What schema-version-1 reports held, in this order, since the first qrun bench: older
+# hosts read these keys, so each stays and keeps its place among them.
+VERSION_1_KEYS = ["schema_version", "kind", "timestamp", "qrun_version", "model", "runtime",
+                  "device", "settings", "init_ms", "first_inference_ms", "warmup_mean_ms",
+                  "latency_us", "timings_us", "peak_rss_kb", "host"]
 
 
 def check_report(r: dict, runs: int, warmup: int) -> None:
     """Every schema field present with its type, and the numbers consistent with each other."""
     import qrun
 
-    assert all(k in r for k in TOP_KEYS), set(TOP_KEYS) - set(r)
+    assert list(r) == TOP_KEYS, set(TOP_KEYS) ^ set(r)
+    assert [k for k in r if k in VERSION_1_KEYS] == VERSION_1_KEYS
+    assert report_contract.validate(r) is r  # what the host checks before storing it
     assert r["schema_version"] == 1 and r["kind"] == "qrun-bench"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["timestamp"])
     assert r["qrun_version"] == qrun.__version__
@@ -101,7 +108,7 @@ def test_json_into_missing_directory(run_qrun, tmp_path):
 
 
 def test_compare_reports_every_variant(run_qrun, tmp_path):
-    from tests.fixtures.runner import make_deployment
+    from tests.fixtures.deployments import make_deployment
     from tests.fixtures.runner import libedgetpu_loads as _libedgetpu_loads
 
     dep = make_deployment(tmp_path / "d", {"float": "mobilenet_v1_0.5_160_quant.tflite",
@@ -131,3 +138,15 @@ def test_latency_stats_math():
     assert stats["min"] == 1.0 and stats["max"] == 4.0
     assert stats["std"] == pytest.approx(1.118034, rel=1e-6)
     assert stats["p90"] == pytest.approx(3.7)
+
+
+def test_bench_report_holds_the_contract_keys_in_order():
+    """BenchReport has an attribute per top-level key of the contract, written in its order."""
+    import dataclasses
+
+    from qrun.bench import BenchReport
+
+    attributes = [f.name for f in dataclasses.fields(BenchReport)]
+    assert sorted(attributes) == sorted(TOP_KEYS)
+    values = {name: name.upper() for name in attributes}
+    assert list(BenchReport(**values).to_dict()) == TOP_KEYS

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from qdeploy.reports import history as reporting
-from qdeploy.cli.app import app
 from qdeploy.reports.store import open_store
 
 
@@ -22,7 +21,10 @@ HELP = ("Show the latest benchmark per target and variant, and the history of ea
         "variant.")
 
 
-@app.command(help=HELP)
+commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
+
+
+@commands.command(help=HELP)
 def report(
     reports: Path = typer.Option(Path("reports"), "--reports", metavar="DIR",
                                  help="Directory holding the report store (qdeploy.sqlite), "

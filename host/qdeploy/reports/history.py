@@ -17,8 +17,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from qdeploy.reports.store import ReportRow, Store, normalize_timestamp, unreadable
+from qdeploy.reports.schema import ReportRow
+from qdeploy.reports.store import Store, unreadable
+from qrun import atomic
 from qrun.errors import UserError
+from qrun.report_contract import normalize_timestamp
 
 REGRESSION_THRESHOLD = 0.10  # a median more than 10% slower than the previous one
 BASELINE_VARIANT = "float"
@@ -210,24 +213,23 @@ def change_text(change: Optional[float]) -> str:
 
 
 def check_output_path(path: Path, what: str) -> Path:
-    """Refuse, before any work, an output file whose directory is missing or not writable."""
-    import os
+    """Refuse, before any work, an output file whose directory is missing or not writable.
 
+    Writability is tried with a real file (qrun.atomic.check_writable): os.access says
+    yes to root in directories where no file can be made, such as /proc and /sys.
+    """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"cannot write {what} {path}: it is a directory")
     if not parent.is_dir():
         raise UserError(f"cannot write {what} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {what} {path}: directory {parent} is not writable")
+    atomic.check_writable(parent, f"write the {what} {path.name} elsewhere")
     return path
 
 
 def write_output(path: Path, data: bytes, what: str) -> None:
     """Atomically write an output file; an OS error becomes one UserError line."""
-    from qrun import atomic
-
     try:
         atomic.write_bytes(Path(path), data)
     except OSError as exc:

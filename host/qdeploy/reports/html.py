@@ -44,7 +44,7 @@ def render_html(report: Report, png: bytes) -> str:
                          speedup_text(r.speedup)), 5) + "</tr>"
         for r in report.table)
     history = "\n".join(
-        (f'<tr class="regression">' if h.regression else "<tr>")
+        ('<tr class="regression">' if h.regression else "<tr>")
         + _cells((h.timestamp, h.target, h.model, h.variant, h.model_sha256[:12],
                   ms(h.median_us), ms(h.p99_us), change_text(h.change),
                   "REGRESSION" if h.regression else ""), 5) + "</tr>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-from qdeploy.reports.store import ReportRow
+from qdeploy.reports.schema import ReportRow
 from qrun.errors import UserError
 
 WIDTH_PX = 1400

@@ -24,9 +24,8 @@ from qdeploy.reports import history as reporting
 from qdeploy.cli import app
 from qdeploy.reports.store import open_store
 from qrun.errors import UserError
+from tests.fixtures.reports import scaled
 from tests.paths import ROOT
-from tests.fixtures.reports import (coral_int8, int8_report, local_push,  # noqa: F401
-                                    scaled, tiny_compare, tiny_models, tiny_reports)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -265,6 +264,26 @@ def test_unwritable_plot_paths_refused(filled, tmp_path):
             reporting.check_output_path(path, "plot")
     with pytest.raises(UserError, match="cannot write HTML page"):
         reporting.write_output(a_file / "x.html", b"<html>", "HTML page")
+
+
+@pytest.mark.parametrize("directory", ["/proc", "/sys"])
+def test_directory_where_no_file_can_be_made_is_refused(directory):
+    """os.access says yes to root for /proc and /sys; a real test file says no."""
+    if not Path(directory).is_dir():
+        pytest.skip(f"no {directory} here")
+    with pytest.raises(UserError, match=rf"^cannot write in {directory} \(.+\); write the "
+                                        r"plot p.png elsewhere$"):
+        reporting.check_output_path(Path(directory) / "p.png", "plot")
+
+
+def test_unwritable_plot_directory_is_refused_before_reading_the_store(tmp_path):
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    result = CliRunner().invoke(app, ["report", "--reports", str(tmp_path / "none"),
+                                      "--plot", "/proc/latency.png"])
+    assert isinstance(result.exception, UserError), result.output
+    assert str(result.exception).startswith("cannot write in /proc (")  # not "no reports yet"
+    assert not (tmp_path / "none").exists()
 
 
 def test_report_path_does_not_import_matplotlib():

@@ -8,11 +8,11 @@ import sqlite3
 
 import pytest
 
-from qdeploy.reports import store
+from qdeploy.reports import naming, schema, store
 from qrun import manifest as qmanifest
 from qrun.errors import UserError
 from qrun.preprocess import Preprocess
-from tests.fixtures.reports import bench, coral_int8, int8_report, scaled  # noqa: F401
+from tests.fixtures.reports import bench, old_store, scaled
 
 
 def _store(tmp_path):
@@ -24,7 +24,7 @@ def test_open_store_creates_versioned_schema_and_reopens(tmp_path):
         assert s.path == tmp_path / "reports" / store.STORE_NAME
         assert s.count() == 0
     con = sqlite3.connect(tmp_path / "reports" / store.STORE_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     con.close()
     assert {"reports", "model_facts"} <= tables
@@ -42,10 +42,10 @@ def test_newer_store_schema_and_foreign_file_refused(tmp_path):
     _store(tmp_path).close()
     path = tmp_path / "reports" / store.STORE_NAME
     con = sqlite3.connect(path)
-    con.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    con.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     con.commit()
     con.close()
-    with pytest.raises(UserError, match=rf"store schema version {store.SCHEMA_VERSION + 1}, "
+    with pytest.raises(UserError, match=rf"store schema version {schema.SCHEMA_VERSION + 1}, "
                                         r"newer .*upgrade qdeploy"):
         store.open_store(tmp_path / "reports")
     other = tmp_path / "other"
@@ -209,7 +209,7 @@ def test_model_facts_from_a_real_manifest(tmp_path, coral_int8, int8_report):
 
 
 def test_accuracy_carried_in_the_report(tmp_path, int8_report):
-    carried = {**int8_report, "evaluation": {"accuracy": 0.5}}
+    carried = {**int8_report, "evaluation": {"float_accuracy": 0.7, "int8_accuracy": 0.5}}
     with _store(tmp_path) as s:
         s.add_report(carried, "local", tmp_path / "r.json")
         assert s.latest()[0].accuracy == 0.5
@@ -227,15 +227,33 @@ def test_accuracy_carried_by_a_compare_document(tmp_path, int8_report):
 
 @pytest.mark.parametrize("evaluation, variant, expected", [
     ({"float_accuracy": 0.91, "int8_accuracy": 0.9}, "float", 0.91),
+    ({"float_accuracy": 0.91, "int8_accuracy": 0.9}, "int8", 0.9),
     ({"float_accuracy": 0.91, "int8_accuracy": 0.9}, "edgetpu", 0.9),
-    ({"int8": 0.8}, "int8", 0.8),
-    ({"accuracy": {"float": {"accuracy": 0.7}}}, "float", 0.7),
-    ({"accuracy": 0.6}, "int8", 0.6),
+    ({"float_accuracy": 0.91}, "int8", None),
     ({"int8_accuracy": 90.0}, "int8", None),  # a percentage, not a fraction: not guessed
+    ({"int8_accuracy": True}, "int8", None),
+    # Forms no qdeploy writes are not read: per variant, nested, one figure for all.
+    ({"int8": 0.8}, "int8", None),
+    ({"accuracy": {"float": {"accuracy": 0.7}}}, "float", None),
+    ({"accuracy": 0.6}, "int8", None),
     (None, "int8", None),
 ])
 def test_accuracy_for(evaluation, variant, expected):
     assert store.accuracy_for(evaluation, variant) == expected
+
+
+def test_accuracy_for_reads_what_qdeploy_evaluate_records():
+    """The record evaluate stores in the manifest, made by evaluate's own scoring."""
+    import numpy as np
+
+    from qdeploy.quantize.evaluate import score
+
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    record = score(labels, np.array([0, 1, 2, 3, 4, 5, 0, 0]), labels, 4000, 1000,
+                   "held-out").to_dict()
+    assert store.accuracy_for(record, "float") == 1.0
+    assert store.accuracy_for(record, "int8") == 0.75
+    assert store.accuracy_for(record, "edgetpu") == 0.75
 
 
 @pytest.mark.parametrize("path, name", [("mnist_int8.tflite", "mnist"),
@@ -246,7 +264,7 @@ def test_accuracy_for(evaluation, variant, expected):
                                         ("plain.tflite", "plain"),
                                         ("_int8.tflite", "_int8")])
 def test_model_name_of(path, name):
-    assert store.model_name_of(path) == name
+    assert naming.model_name_of(path) == name
 
 
 def test_parallel_writers_each_get_their_row(tmp_path, int8_report):
@@ -277,12 +295,7 @@ def _verification(report: dict, **kw) -> store.Verification:
 def test_version_1_store_is_migrated_keeping_its_reports(tmp_path, int8_report):
     """A store written before verify existed (schema 1) gains the verifications table."""
     reports = tmp_path / "reports"
-    reports.mkdir()
-    con = sqlite3.connect(reports / store.STORE_NAME)
-    con.executescript(store._MIGRATIONS[1])
-    con.execute("PRAGMA user_version = 1")
-    con.commit()
-    con.close()
+    old_store(reports, 1)
     with store.open_store(reports) as s:
         s.add_report(int8_report, "local", tmp_path / "r.json")
     # What the old qdeploy wrote stays readable; the new version and table are there.
@@ -295,7 +308,7 @@ def test_version_1_store_is_migrated_keeping_its_reports(tmp_path, int8_report):
         [row] = s.latest()
         assert (row.agreement, row.max_abs_diff) == (2 / 3, 0.2305)
     con = sqlite3.connect(reports / store.STORE_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
     con.close()
 
 
@@ -365,7 +378,7 @@ def test_convert_deployments_are_series_of_their_source_model(tmp_path, int8_rep
                                           ("exported_sm", "exported_sm"),
                                           ("mnist_int8.tflite", "mnist"), ("", None)])
 def test_deployment_name(source, name):
-    assert store.deployment_name(_deployment(source, {})) == name
+    assert naming.deployment_name(_deployment(source, {})) == name
 
 
 def test_an_explicit_model_name_is_kept(tmp_path, int8_report):
