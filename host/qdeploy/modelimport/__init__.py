@@ -1,0 +1,1 @@
+"""Bringing models made elsewhere: read what a .tflite says about itself."""

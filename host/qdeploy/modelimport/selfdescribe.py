@@ -1,0 +1,298 @@
+"""What a `.tflite` file says about itself, and which task its tensors point to.
+
+Read from the bytes, without an interpreter: the SignatureDef, Model Maker's
+`TFLITE_METADATA` (labels, input normalization) and Ultralytics' appended
+`temp_meta.txt`; `describe` adds tensor shapes, op names and a guess at the task.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qdeploy.edgetpu import tflite_graph
+from qdeploy.errors import UserError
+
+METADATA_NAME = "TFLITE_METADATA"
+ULTRALYTICS_MEMBER = "temp_meta.txt"
+MAX_MEMBER_BYTES = 1 << 20  # a label file or temp_meta.txt is kilobytes; refuse zip bombs
+KEYPOINTS = [1, 1, 17, 3]  # MoveNet single pose: 17 COCO keypoints of (y, x, score)
+TENSOR_AXIS_LABELS = 2  # AssociatedFileType in tflite-support's metadata_schema.fbs
+NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
+_PARSE_ERRORS = (IndexError, ValueError, TypeError, AttributeError, OverflowError,
+                 struct.error)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A SignatureDef: its key and the tensor index each input/output name stands for."""
+
+    key: str
+    inputs: dict
+    outputs: dict
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What Model Maker's `TFLITE_METADATA` says, plus the files packed in its zip."""
+
+    name: str = ""
+    description: str = ""
+    associated_files: tuple = ()  # names, from the model, its subgraph and its tensors
+    label_file: str | None = None  # the first TENSOR_AXIS_LABELS file
+    mean: tuple = ()  # input normalization: (x - mean) / std, per channel
+    std: tuple = ()
+    packed_files: tuple = ()  # member names of the appended zip
+    labels: tuple = ()  # label_file's lines, when it is packed
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple
+    dtype: str  # TFLite TensorType name: "UINT8", "INT8", "FLOAT32", ...
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything a model file says about itself, and the task that follows from it."""
+
+    path: Path
+    inputs: tuple
+    outputs: tuple
+    op_names: frozenset
+    task: str
+    reason: str
+    signature: Signature | None = None
+    metadata: Metadata | None = None
+    ultralytics: dict | None = None
+
+
+# --- the SignatureDef ---------------------------------------------------------------
+
+def signature(model_bytes: bytes) -> Signature | None:
+    """The `serving_default` SignatureDef (else the first one), or None without one."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(model_bytes, 0)
+    defs = [model.SignatureDefs(i) for i in range(model.SignatureDefsLength())]
+    if not defs:
+        return None
+    chosen = next((d for d in defs if _text(d.SignatureKey()) == "serving_default"), defs[0])
+    return Signature(key=_text(chosen.SignatureKey()),
+                     inputs=_tensor_map(chosen.Inputs, chosen.InputsLength()),
+                     outputs=_tensor_map(chosen.Outputs, chosen.OutputsLength()))
+
+
+def _tensor_map(get, length: int) -> dict:
+    return {_text(get(i).Name()): int(get(i).TensorIndex()) for i in range(length)}
+
+
+def _text(raw) -> str:
+    return (raw or b"").decode("utf-8", "replace")
+
+
+# --- Model Maker's TFLITE_METADATA (tflite-support's metadata_schema.fbs) -------------
+# tflite-support is not installed and the `tflite` package has no metadata schema, so
+# the few tables needed are read with flatbuffers' Table at their schema field slots.
+
+def metadata(model_bytes: bytes) -> Metadata | None:
+    """The `TFLITE_METADATA` buffer decoded, or None when the model has none."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if _text(entry.Name()) == METADATA_NAME:
+            buffer = model.Buffers(entry.Buffer())
+            if buffer.DataLength() < 8:
+                raise ValueError(f"the {METADATA_NAME} buffer is empty")
+            return _model_metadata(buffer.DataAsNumpy().tobytes(), model_bytes)
+    return None
+
+
+def _model_metadata(raw: bytes, model_bytes: bytes) -> Metadata:
+    root = _root(raw)
+    files = _files(root, 6)
+    mean = std = ()
+    for subgraph in _tables(root, 3)[:1]:
+        files += _files(subgraph, 4)
+        for tensor in _tables(subgraph, 2) + _tables(subgraph, 3):
+            files += _files(tensor, 6)
+        for tensor in _tables(subgraph, 2)[:1]:
+            mean, std = _normalization(tensor)
+    label_file = next((name for name, kind in files if kind == TENSOR_AXIS_LABELS), None)
+    packed = _packed(model_bytes)
+    if files and packed is None:
+        raise ValueError("its metadata names packed files but the appended zip is cut short")
+    labels = ()
+    if label_file and label_file in packed.namelist():
+        labels = tuple(_member(packed, label_file).decode("utf-8", "replace").splitlines())
+    return Metadata(name=_string(root, 0), description=_string(root, 1),
+                    associated_files=tuple(dict.fromkeys(name for name, _ in files)),
+                    label_file=label_file, mean=mean, std=std,
+                    packed_files=tuple(packed.namelist() if packed else ()), labels=labels)
+
+
+def _normalization(tensor) -> tuple:
+    """(mean, std) of the first NormalizationOptions among a tensor's process units."""
+    from flatbuffers.number_types import Uint8Flags
+    from flatbuffers.table import Table
+
+    for unit in _tables(tensor, 4):
+        slot = unit.Offset(4)  # options_type, the union's type byte
+        kind = unit.Get(Uint8Flags, slot + unit.Pos) if slot else 0
+        if kind == NORMALIZATION_OPTIONS and unit.Offset(6):
+            options = Table(bytearray(), 0)
+            unit.Union(options, unit.Offset(6))
+            return _floats(options, 0), _floats(options, 1)
+    return (), ()
+
+
+def _root(raw: bytes):
+    from flatbuffers.table import Table
+
+    buf = bytearray(raw)
+    return Table(buf, int.from_bytes(buf[0:4], "little"))
+
+
+def _string(table, slot: int) -> str:
+    offset = table.Offset(4 + 2 * slot)  # a field's vtable entry: 4 + 2 * its slot
+    return _text(table.String(offset + table.Pos)) if offset else ""
+
+
+def _vector(table, slot: int) -> tuple:
+    """(start, length) of a vector field; (0, 0) when it is absent."""
+    offset = table.Offset(4 + 2 * slot)
+    return (table.Vector(offset), table.VectorLen(offset)) if offset else (0, 0)
+
+
+def _tables(table, slot: int) -> list:
+    """The tables of a vector-of-tables field."""
+    from flatbuffers.table import Table
+
+    start, length = _vector(table, slot)
+    return [Table(table.Bytes, table.Indirect(start + 4 * i)) for i in range(length)]
+
+
+def _files(table, slot: int) -> list:
+    """(name, AssociatedFileType) of each AssociatedFile in a field."""
+    from flatbuffers.number_types import Int8Flags
+
+    return [(_string(f, 0), f.Get(Int8Flags, f.Offset(8) + f.Pos) if f.Offset(8) else 0)
+            for f in _tables(table, slot)]
+
+
+def _floats(table, slot: int) -> tuple:
+    from flatbuffers.number_types import Float32Flags
+
+    start, length = _vector(table, slot)
+    return tuple(float(table.Get(Float32Flags, start + 4 * i)) for i in range(length))
+
+
+# --- the appended zip (Model Maker's labels, Ultralytics' temp_meta.txt) ---------------
+
+def _packed(model_bytes: bytes) -> zipfile.ZipFile | None:
+    try:
+        return zipfile.ZipFile(io.BytesIO(model_bytes))
+    except zipfile.BadZipFile:  # no zip appended (is_zipfile says the same), or a broken one
+        return None
+
+
+def _member(packed: zipfile.ZipFile, name: str) -> bytes:
+    if packed.getinfo(name).file_size > MAX_MEMBER_BYTES:
+        raise UserError(f"{name} in the model's appended zip is over 1 MB; refused")
+    return packed.read(name)
+
+
+def ultralytics_meta(model_bytes: bytes) -> dict | None:
+    """The dict in Ultralytics' `temp_meta.txt`, read as a Python literal, never run."""
+    packed = _packed(model_bytes)
+    if packed is None or ULTRALYTICS_MEMBER not in packed.namelist():
+        return None
+    where = f"{ULTRALYTICS_MEMBER} in the model's appended zip"
+    try:
+        value = ast.literal_eval(_member(packed, ULTRALYTICS_MEMBER).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not UTF-8 text") from None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        raise UserError(f"{where} is not a Python literal dict "
+                        f"({type(exc).__name__}); it is refused, not run") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where} holds a {type(value).__name__}, not a dict")
+    return value
+
+
+# --- the task, from shapes ------------------------------------------------------------
+
+def infer_task(inputs: list, outputs: list, op_names) -> tuple:
+    """(kind, reason): "detect", "segment", "pose", "classify" or "raw", from the
+    input/output shapes (lists of ints) and the names of the ops in the graph."""
+    outputs = [list(s) for s in outputs]
+    if "TFLite_Detection_PostProcess" in op_names:
+        return "detect", "SSD: the graph ends in TFLite_Detection_PostProcess"
+    if KEYPOINTS in outputs:
+        return "pose", "a [1, 1, 17, 3] keypoint tensor (MoveNet single pose)"
+    image = next((list(s)[1:3] for s in inputs if len(s) == 4 and s[0] == 1), None)
+    for shape in outputs:
+        if image and _is_mask(shape, image):
+            return "segment", f"a {shape} per-pixel map for a {image[0]}x{image[1]} input"
+    for shape in outputs:
+        layout = _yolo_layout(shape)
+        if layout:
+            return "detect", f"a raw {shape} detection head ({layout})"
+    if len(outputs) == 1 and len(outputs[0]) == 2 and outputs[0][0] == 1:
+        return "classify", f"one {outputs[0]} score vector"
+    return "raw", f"no known head among outputs {outputs}"
+
+
+def _is_mask(shape: list, image: list) -> bool:
+    if len(shape) not in (3, 4) or shape[0] != 1:
+        return False
+    return all(size / 2 <= side <= size * 2 for side, size in zip(shape[1:3], image))
+
+
+def _yolo_layout(shape: list) -> str | None:
+    if len(shape) != 3 or shape[0] != 1:
+        return None
+    _, a, b = shape
+    if 5 <= a < b:
+        return f"YOLOv8/v11 layout [1, 4+C, N]: {a - 4} classes, {b} anchors"
+    if 6 <= b < a:
+        return f"YOLOv5 layout [1, N, 5+C]: {b - 5} classes, {a} anchors"
+    return None
+
+
+# --- all of it, for one file ----------------------------------------------------------
+
+def describe(path) -> Description:
+    """Read `path` and everything it says about itself; a UserError names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is not a file; pass the .tflite model to import")
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != tflite_graph.FILE_IDENTIFIER:
+        raise UserError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier "
+                        "at bytes 4-8); pass a .tflite file")
+    graph = tflite_graph.load(path)
+    try:
+        sig, meta = signature(data), metadata(data)
+    except _PARSE_ERRORS as exc:
+        raise UserError(f"{path} is truncated or corrupt: its signature or metadata cannot "
+                        f"be read ({type(exc).__name__}: {exc})") from None
+    try:
+        ultra = ultralytics_meta(data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    inputs, outputs = (tuple(TensorInfo(t.name, t.shape, t.dtype)
+                             for t in map(graph.tensor, ends))
+                       for ends in (graph.inputs, graph.outputs))
+    op_names = frozenset(op.name for op in graph.ops)
+    task, reason = infer_task([t.shape for t in inputs], [t.shape for t in outputs], op_names)
+    return Description(path=path, inputs=inputs, outputs=outputs, op_names=op_names,
+                       task=task, reason=reason, signature=sig, metadata=meta,
+                       ultralytics=ultra)
