@@ -22,10 +22,11 @@ import numpy as np
 import qrun
 from qrun import deployment, hostinfo, report_contract, runtime
 from qrun.errors import UserError
+from qrun.layout import EDGETPU, FLOAT, INT8, MODEL_ROLES
 from qrun.report_contract import BENCH_KIND, COMPARE_KIND, SCHEMA_VERSION
 
 INPUT_SEED = 0
-VARIANT_ORDER = ("float", "int8", "edgetpu")
+VARIANT_ORDER = MODEL_ROLES
 
 
 @dataclass
@@ -208,25 +209,25 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
     if dep.model is not None and dep.model not in found.values():
         role = dep.role_of(dep.model) or deployment.variant_hint(dep, dep.model) or "model"
         found.setdefault(role, dep.model)
-    if "edgetpu" in found and "int8" not in found:
+    if EDGETPU in found and INT8 not in found:
         twin = deployment.cpu_model(dep)
-        if twin is not None and twin != found.get("float"):
-            found["int8"] = twin
+        if twin is not None and twin != found.get(FLOAT):
+            found[INT8] = twin
     choices, skipped = [], []
     for role in sorted(found, key=lambda r: VARIANT_ORDER.index(r) if r in VARIANT_ORDER else -1):
         path = found[role]
         variant = role if role in VARIANT_ORDER else None
-        if role != "edgetpu":
+        if role != EDGETPU:
             choices.append(deployment.Choice(path, variant, "cpu", "cpu", "--compare: CPU variant"))
             continue
         if probe is None:
             from qrun.delegate_probe import probe_delegate as probe
         result = probe(runtime.edgetpu_library(), runtime.check_device(tpu), path)
         if result.ok:
-            choices.append(deployment.Choice(path, "edgetpu", "edgetpu", "edgetpu",
+            choices.append(deployment.Choice(path, EDGETPU, "edgetpu", "edgetpu",
                                              result.reason, tpu=tpu))
         else:
-            skipped.append({"variant": "edgetpu", "path": str(path), "reason": result.reason})
+            skipped.append({"variant": EDGETPU, "path": str(path), "reason": result.reason})
     return choices, skipped
 
 

@@ -21,10 +21,11 @@ from qdeploy.reports.schema import ReportRow
 from qdeploy.reports.store import Store, unreadable
 from qrun import atomic
 from qrun.errors import UserError
+from qrun.layout import FLOAT
 from qrun.report_contract import normalize_timestamp
 
 REGRESSION_THRESHOLD = 0.10  # a median more than 10% slower than the previous one
-BASELINE_VARIANT = "float"
+BASELINE_VARIANT = FLOAT
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # an age beyond the calendar means "all"

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-VARIANTS = ("float", "int8", "edgetpu")  # in the order tables and plots show them
+from qrun.layout import MODEL_ROLES
+
+VARIANTS = MODEL_ROLES  # in the order tables and plots show them
 # File-name endings that name a variant rather than the model, longest first.
 VARIANT_SUFFIXES = ("_quant_edgetpu", "_int8_edgetpu", "_edgetpu", "_quant", "_int8",
                     "_float32", "_float16", "_float")

@@ -13,11 +13,12 @@ from typing import Sequence
 
 from qdeploy.reports.schema import ReportRow
 from qrun.errors import UserError
+from qrun.layout import EDGETPU, FLOAT, INT8
 
 WIDTH_PX = 1400
 HEIGHT_PX = 600
 DPI = 100
-VARIANT_COLOURS = {"float": "#4c72b0", "int8": "#dd8452", "edgetpu": "#55a868"}
+VARIANT_COLOURS = {FLOAT: "#4c72b0", INT8: "#dd8452", EDGETPU: "#55a868"}
 OTHER_COLOURS = ("#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 

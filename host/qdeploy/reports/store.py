@@ -36,6 +36,7 @@ from qdeploy.reports import schema
 from qdeploy.reports.naming import VARIANTS, deployment_name, model_name_of, series_order
 from qdeploy.reports.schema import ModelFacts, ReportRow, Verification
 from qrun.errors import UserError
+from qrun.layout import EDGETPU, INT8
 from qrun.report_contract import NUMBER, normalize_timestamp, reports_in
 
 STORE_NAME = "qdeploy.sqlite"
@@ -66,7 +67,7 @@ def accuracy_for(evaluation, variant: str) -> Optional[float]:
     """
     if not isinstance(evaluation, dict):
         return None
-    value = evaluation.get(f"{'int8' if variant == 'edgetpu' else variant}_accuracy")
+    value = evaluation.get(f"{INT8 if variant == EDGETPU else variant}_accuracy")
     if isinstance(value, NUMBER) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
         return float(value)
     return None
