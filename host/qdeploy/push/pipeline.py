@@ -55,7 +55,7 @@ class TargetPush:
         self.progress(self.result.target, stage, detail, done, total)
 
 
-def push_target(target: targets.Target, deployment: transfer.Deployment,
+def push_target(target: targets.Target, deployment: transfer.Shipment,
                 options: PushOptions, progress: ProgressFn = no_progress) -> PushResult:
     """Push to one target; failures come back in the result, never as an exception."""
     options = for_target(target, options)
@@ -86,7 +86,7 @@ def push_target(target: targets.Target, deployment: transfer.Deployment,
 
 # -- the steps, in order ----------------------------------------------------------------------
 
-def send_release(push: TargetPush, deployment: transfer.Deployment, state) -> None:
+def send_release(push: TargetPush, deployment: transfer.Shipment, state) -> None:
     """Plan against the device's `state` by sha256, send what changed, switch `current`."""
     xfer = transfer.Transfer(push.conn, push.options.remote_dir,
                              device_python(push.conn, push.options))
@@ -174,7 +174,7 @@ def undo_switch(conn, result: PushResult, options: PushOptions) -> str:
 
 # -- the device's commands and what comes back --------------------------------------------------
 
-def host_side(deployment: transfer.Deployment,
+def host_side(deployment: transfer.Shipment,
               options: PushOptions) -> Optional[crosscheck.HostSide]:
     """The host's half of verify for this push; None when the deployment has no reference
     inputs (an error with `--verify`)."""

@@ -39,8 +39,9 @@ class LocalFile:
 
 
 @dataclass
-class Deployment:
-    """A checked deployment directory: its manifest and the files a push ships."""
+class Shipment:
+    """What one push ships: a checked deployment directory, its manifest and its files
+    (qrun.deployment.Deployment is the same directory as the device resolves it)."""
 
     directory: Path
     manifest: qmanifest.Manifest
@@ -107,7 +108,7 @@ def _safe_name(name: str, directory: Path) -> str:
     return str(p)
 
 
-def load_deployment(directory: Path, cache: Optional[HashCache] = None) -> Deployment:
+def load_deployment(directory: Path, cache: Optional[HashCache] = None) -> Shipment:
     """Read and verify a deployment directory; refuse one changed since its manifest."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -137,17 +138,17 @@ def load_deployment(directory: Path, cache: Optional[HashCache] = None) -> Deplo
     data = manifest_path.read_bytes()
     files.append(LocalFile(qmanifest.MANIFEST_NAME, manifest_path, len(data),
                            hashlib.sha256(data).hexdigest()))
-    return Deployment(directory, manifest, data, files)
+    return Shipment(directory, manifest, data, files)
 
 
-def new_release_id(deployment: Deployment) -> str:
+def new_release_id(deployment: Shipment) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{stamp}-{deployment.manifest_sha256[:8]}"
 
 
 @dataclass
 class Plan:
-    deployment: Deployment
+    deployment: Shipment
     unchanged: bool
     release_id: Optional[str]
     send: list = field(default_factory=list)  # LocalFile
@@ -198,7 +199,7 @@ class Transfer:
         self.remote_dir = remote_dir
         self.python = python
 
-    def plan(self, deployment: Deployment, state: release.RemoteState) -> Plan:
+    def plan(self, deployment: Shipment, state: release.RemoteState) -> Plan:
         if state.current_manifest is not None and \
                 hashlib.sha256(state.current_manifest).hexdigest() == deployment.manifest_sha256:
             return Plan(deployment, unchanged=True, release_id=state.current)
