@@ -1,10 +1,14 @@
-"""`manifest.json`: what a deployment directory holds and how to feed its models.
+"""`manifest.json`: what a deployment directory holds, how to feed its models, what they do.
 
-Written by `qdeploy convert` (and updated by `compile` and `evaluate`), read by
-every later step on the host and by `qrun` on the device. Artifacts are listed
-by role (qrun.layout: "float", "int8", "edgetpu", "labels", "reference") with their
-sha256 and size, so a push can tell what changed and a device can verify what it
-received. How the models were made is recorded as typed records (`Converter`,
+Written by `qdeploy convert` and `qdeploy import` (and updated by `compile` and
+`evaluate`), read by every later step on the host and by `qrun` on the device.
+Artifacts are listed by role (qrun.layout: "float", "int8", "edgetpu", "labels",
+"reference") with their sha256 and size, so a push can tell what changed and a device
+can verify what it received. Schema 2 lists every input and output (`inputs`,
+`outputs`: TensorSpec objects in the interpreter's order) and the `task` (`Task`:
+classify, detect, segment, pose or raw, which output is what, the decoder); a schema-1
+manifest (one `input`, one `output`, always a classifier) is read and migrated in
+memory. How the models were made is recorded as typed records (`Converter`,
 `Compiled`); keys this version does not know are kept as read.
 """
 
@@ -21,9 +25,16 @@ from qrun.errors import UserError
 from qrun.layout import (CONVERT_FILES, EDGETPU, FLOAT, INT8, LABELS, MANIFEST_NAME,  # noqa: F401
                          MODEL_ROLES, REFERENCE)
 from qrun.preprocess import Preprocess
-from qrun.tensors import TensorSpec
+from qrun.tensors import PerAxis, TensorSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # the schema versions this module reads
+
+# Task kinds, and the roles an output can play in one (the keys of Task.outputs).
+CLASSIFY, DETECT, SEGMENT, POSE, RAW = "classify", "detect", "segment", "pose", "raw"
+TASK_KINDS = (CLASSIFY, DETECT, SEGMENT, POSE, RAW)
+SCORES, BOXES, CLASSES, COUNT = "scores", "boxes", "classes", "count"
+MASK, KEYPOINTS, HEAD = "mask", "keypoints", "head"
 HASH_CHUNK = 1 << 20
 
 
@@ -105,10 +116,65 @@ class Compiled:
 
 
 @dataclass
+class Task:
+    """What the model does: the manifest's `task` object.
+
+    `outputs` names the output each role reads (SCORES, BOXES, CLASSES, COUNT, MASK,
+    KEYPOINTS, HEAD) by its position in `Manifest.outputs`; `decoder` and `params` are
+    what turns those outputs into objects, masks or keypoints (e.g. "ssd_postprocess",
+    "yolov8" with {"classes": 80}); `source` and `reason` say how the task was chosen.
+    """
+
+    kind: str = CLASSIFY
+    labels: Optional[str] = None  # the artifact role of the labels file, when it has one
+    outputs: dict = field(default_factory=dict)  # output role -> position in outputs
+    decoder: Optional[str] = None
+    params: dict = field(default_factory=dict)
+    source: Optional[str] = None  # "convert", "metadata", "ultralytics", "option", "graph", ...
+    reason: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    KINDS: ClassVar[dict] = {
+        "kind": "a string", "labels": "a string", "outputs": "an object",
+        "decoder": "a string", "params": "an object", "source": "a string",
+        "reason": "a string",
+    }
+
+    def to_dict(self) -> dict:
+        recorded = {key: getattr(self, key) for key in self.KINDS}
+        return {**{k: v for k, v in recorded.items() if v not in (None, {})}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, value, outputs: int) -> "Task":
+        """Read the `task` object for a model with `outputs` outputs; ValueError naming
+        the wrong field."""
+        task = cls(**record_fields(value, "task", cls.KINDS))
+        if task.kind not in TASK_KINDS:
+            raise ValueError(f"field task.kind is {task.kind!r}, not one of "
+                             f"{', '.join(TASK_KINDS)}")
+        for role, position in task.outputs.items():
+            if not (isinstance(position, int) and not isinstance(position, bool)
+                    and 0 <= position < outputs):
+                raise ValueError(f"field task.outputs.{role} is {position!r}, not the position "
+                                 f"of one of the model's {outputs} output(s) (0-{outputs - 1})")
+        return task
+
+    def output(self, role: str) -> Optional[int]:
+        """The position of the output playing `role`, or None."""
+        return self.outputs.get(role)
+
+
+def classifier_task(labels: bool) -> Task:
+    """The task of a single-output classifier (what every schema-1 manifest described)."""
+    return Task(CLASSIFY, labels=LABELS if labels else None, outputs={SCORES: 0})
+
+
+@dataclass
 class Manifest:
-    input: TensorSpec
-    output: TensorSpec
+    inputs: list  # TensorSpec, in the interpreter's order
+    outputs: list  # TensorSpec, in the interpreter's order
     preprocess: Preprocess
+    task: Task = field(default_factory=Task)
     artifacts: dict = field(default_factory=dict)  # role -> Artifact
     labels: Optional[str] = None  # role "labels" file name, for convenience
     converter: Converter = field(default_factory=Converter)
@@ -125,6 +191,19 @@ class Manifest:
             self.converter = Converter.from_dict(self.converter)
         if isinstance(self.compiled, dict):
             self.compiled = Compiled.from_dict(self.compiled)
+        if isinstance(self.task, dict):
+            self.task = Task.from_dict(self.task, len(self.outputs))
+
+    @property
+    def input(self) -> TensorSpec:
+        """The first input: the image of a single-input model."""
+        return self.inputs[0]
+
+    @property
+    def output(self) -> TensorSpec:
+        """The output the task reads first (a classifier's scores), else the first one."""
+        roles = list(self.task.outputs.values())
+        return self.outputs[roles[0] if roles else 0]
 
     def path_of(self, root: Path, role: str) -> Optional[Path]:
         """Absolute path of the artifact with `role`, or None if the manifest has none."""
@@ -132,12 +211,22 @@ class Manifest:
         return Path(root) / art.file if art else None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["preprocess"] = self.preprocess.to_dict()
-        d["artifacts"] = {role: asdict(a) for role, a in self.artifacts.items()}
-        d["converter"] = self.converter.to_dict()
-        d["compiled"] = self.compiled.to_dict() if self.compiled is not None else None
-        return d
+        """The schema-2 JSON object (whatever schema the manifest was read from)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "task": self.task.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "artifacts": {role: asdict(a) for role, a in self.artifacts.items()},
+            "labels": self.labels,
+            "converter": self.converter.to_dict(),
+            "calibration": self.calibration,
+            "compiled": self.compiled.to_dict() if self.compiled is not None else None,
+            "evaluation": self.evaluation,
+            "created": self.created,
+            "qdeploy_version": self.qdeploy_version,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
@@ -151,14 +240,18 @@ class Manifest:
         if version > SCHEMA_VERSION:
             raise UserError(f"manifest.json has schema version {version}, newer than this "
                             f"qdeploy/qrun understands ({SCHEMA_VERSION}); upgrade qdeploy")
+        if version not in READS:
+            raise bad(f"has schema_version {version}; qdeploy wrote versions "
+                      f"{', '.join(map(str, READS))}")
         try:
-            inp = tensor_spec(d.get("input"), "input")
+            inputs, outputs, task = (tensors_v1(d) if version == 1 else tensors_v2(d))
             pre = Preprocess.from_dict(d.get("preprocess") or {})
-            check_channels(pre, inp)
+            check_channels(pre, inputs[0])
             compiled = typed(d, "compiled", dict, None)
             return cls(
-                input=inp,
-                output=tensor_spec(d.get("output"), "output"),
+                inputs=inputs,
+                outputs=outputs,
+                task=task,
                 preprocess=pre,
                 artifacts=artifacts(d.get("artifacts", {})),
                 labels=typed(d, "labels", str, None),
@@ -172,6 +265,25 @@ class Manifest:
             )
         except ValueError as exc:
             raise bad(str(exc)) from None
+
+
+def tensors_v1(d: dict) -> tuple:
+    """inputs, outputs and task of a schema-1 manifest: one input, one output, a classifier."""
+    inputs = [tensor_spec(d.get("input"), "input")]
+    outputs = [tensor_spec(d.get("output"), "output")]
+    return inputs, outputs, classifier_task(bool(d.get("labels")))
+
+
+def tensors_v2(d: dict) -> tuple:
+    """inputs, outputs and task of a schema-2 manifest."""
+    ends = []
+    for key in ("inputs", "outputs"):
+        value = d.get(key)
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"field {key} is {value!r}, not a list of tensor objects")
+        ends.append([tensor_spec(t, f"{key}[{i}]") for i, t in enumerate(value)])
+    inputs, outputs = ends
+    return inputs, outputs, Task.from_dict(typed(d, "task", dict, None) or {}, len(outputs))
 
 
 def bad(problem: str) -> UserError:
@@ -198,6 +310,7 @@ CHECKS = {
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "a list of integers and nulls": lambda v: isinstance(v, list) and all(
         x is None or (isinstance(x, int) and not isinstance(x, bool)) for x in v),
+    "an object": lambda v: isinstance(v, dict),
 }
 
 
@@ -214,15 +327,18 @@ def record_fields(value, name: str, kinds: dict) -> dict:
     return {**known, "extra": {k: v for k, v in value.items() if k not in kinds}}
 
 
+TENSOR_FIELDS = ("shape", "dtype", "scale", "zero_point", "name", "index", "per_axis")
+
+
 def tensor_spec(value, name: str) -> TensorSpec:
-    """A TensorSpec from the manifest's `input` or `output` object."""
+    """A TensorSpec from one of the manifest's tensor objects (`input`, `outputs[1]`, ...)."""
     if not isinstance(value, dict):
         raise ValueError(f"field {name} is {value!r}, not an object with shape and dtype")
-    try:
-        spec = TensorSpec(**value)
-    except TypeError:
+    unknown = sorted(set(value) - set(TENSOR_FIELDS))
+    if unknown or not {"shape", "dtype"} <= set(value):
         raise ValueError(f"field {name} has fields {sorted(value)}; it needs shape, dtype, "
-                         "scale and zero_point") from None
+                         "scale and zero_point (and may have name, index, per_axis)")
+    spec = TensorSpec(**{**value, "per_axis": per_axis(value.get("per_axis"), name)})
     if not (isinstance(spec.shape, list) and all(isinstance(n, int) for n in spec.shape)):
         raise ValueError(f"{name}.shape is {spec.shape!r}, not a list of integers")
     if not isinstance(spec.dtype, str):
@@ -230,7 +346,27 @@ def tensor_spec(value, name: str) -> TensorSpec:
     if not isinstance(spec.scale, (int, float)) or not isinstance(spec.zero_point, int):
         raise ValueError(f"{name} has scale {spec.scale!r} and zero_point "
                          f"{spec.zero_point!r}; they must be numbers")
+    if not isinstance(spec.name, str):
+        raise ValueError(f"{name}.name is {spec.name!r}, not a string")
+    if spec.index is not None and not CHECKS["an integer"](spec.index):
+        raise ValueError(f"{name}.index is {spec.index!r}, not an integer")
     return spec
+
+
+def per_axis(value, name: str) -> Optional[PerAxis]:
+    """The PerAxis of a tensor object's `per_axis` field (None when absent)."""
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and set(value) == {"axis", "scales", "zero_points"}
+          and isinstance(value["axis"], int) and isinstance(value["scales"], list)
+          and isinstance(value["zero_points"], list)
+          and all(isinstance(s, (int, float)) for s in value["scales"])
+          and all(isinstance(z, int) for z in value["zero_points"])
+          and len(value["scales"]) == len(value["zero_points"]))
+    if not ok:
+        raise ValueError(f"{name}.per_axis is {value!r}; it needs axis (an integer) and "
+                         "scales and zero_points (lists of numbers of one length)")
+    return PerAxis(value["axis"], tuple(value["scales"]), tuple(value["zero_points"]))
 
 
 def check_channels(pre: Preprocess, inp: TensorSpec) -> None:

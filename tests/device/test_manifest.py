@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.fixtures.deployments import V1_025, make_deployment
+from tests.fixtures.deployments import V1_025, make_deployment, schema_1
 from tests.paths import CORAL
 from tests.fixtures.runner import one_error
 
@@ -41,7 +41,25 @@ CASES = {
     "labels file a number": (lambda d: d["artifacts"]["labels"].__setitem__("file", 5),
                              "artifact labels has file 5"),
     "labels a number": (lambda d: d.__setitem__("labels", 5), "field labels is 5"),
-    "input a list": (lambda d: d.__setitem__("input", [1, 2]), "field input is [1, 2]"),
+    "inputs of numbers": (lambda d: d.__setitem__("inputs", [1, 2]), "field inputs[0] is 1"),
+    "no outputs": (lambda d: d.__setitem__("outputs", []), "field outputs is []"),
+    "output without dtype": (lambda d: d["outputs"][0].pop("dtype"),
+                             "field outputs[0] has fields"),
+    "output with an unknown key": (lambda d: d["outputs"][0].__setitem__("layout", "NHWC"),
+                                   "field outputs[0] has fields"),
+    "index a string": (lambda d: d["inputs"][0].__setitem__("index", "0"),
+                       "inputs[0].index is '0', not an integer"),
+    "per_axis without scales": (lambda d: d["outputs"][0].__setitem__("per_axis", {"axis": 0}),
+                                "outputs[0].per_axis is {'axis': 0}"),
+    "task a list": (lambda d: d.__setitem__("task", ["classify"]), "field task is ['classify']"),
+    "task kind unknown": (lambda d: d["task"].__setitem__("kind", "classifier"),
+                          "field task.kind is 'classifier', not one of classify, detect"),
+    "task output out of range": (lambda d: d["task"]["outputs"].__setitem__("scores", 1),
+                                 "field task.outputs.scores is 1, not the position"),
+    "task params a list": (lambda d: d["task"].__setitem__("params", [1]),
+                           "field task.params is [1], not an object"),
+    "schema 1 input a list": (lambda d: d.update(schema_1(d), input=[1, 2]),
+                              "field input is [1, 2]"),
     "schema_version a string": (lambda d: d.__setitem__("schema_version", "1"),
                                 "schema_version '1', not a number"),
     "converter a list": (lambda d: d.__setitem__("converter", [1]), "field converter is [1]"),
@@ -166,3 +184,83 @@ def test_tensor_spec_from_runtime_details():
     assert type(spec.scale) is float
     plain = TensorSpec.from_details({"shape": np.array([1, 10]), "dtype": np.float32})
     assert plain == TensorSpec([1, 10], "float32", 0.0, 0)
+
+
+def test_tensor_spec_records_name_index_and_per_axis_quantization():
+    import numpy as np
+    from qrun import runtime
+    from qrun.tensors import PerAxis, TensorSpec
+
+    interpreter = runtime.make_interpreter(CORAL / f"{V1_025}.tflite")
+    details = interpreter.get_input_details()[0]
+    spec = TensorSpec.from_details(details)
+    assert spec.name == details["name"] and spec.name
+    assert spec.index == details["index"]
+    assert spec.per_axis is None and "per_axis" not in spec.to_dict()
+    channels = {"shape": np.array([1, 3]), "dtype": np.int8, "index": 7, "name": "w",
+                "quantization": (0.0, 0),
+                "quantization_parameters": {"scales": np.array([0.5, 0.25, 0.125]),
+                                            "zero_points": np.array([0, 0, 0]),
+                                            "quantized_dimension": 1}}
+    per = TensorSpec.from_details(channels)
+    assert per.per_axis == PerAxis(1, (0.5, 0.25, 0.125), (0, 0, 0)) and per.quantized
+    assert per.to_dict()["per_axis"] == {"axis": 1, "scales": [0.5, 0.25, 0.125],
+                                         "zero_points": [0, 0, 0]}
+
+
+def test_schema_1_manifest_is_migrated_in_memory(tmp_path):
+    from qrun import manifest as mf
+
+    deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
+    new = mf.load(deploy)
+    old_json = schema_1(json.loads((deploy / "manifest.json").read_text()))
+    assert "inputs" not in old_json and old_json["schema_version"] == 1
+    old = mf.Manifest.from_dict(old_json)
+    assert old.inputs == new.inputs and old.outputs == new.outputs
+    assert old.task == mf.Task(mf.CLASSIFY, labels=mf.LABELS, outputs={mf.SCORES: 0})
+    assert old.input == new.input and old.output == new.output
+    assert old.artifacts == new.artifacts and old.preprocess == new.preprocess
+    written = old.to_dict()  # migrated: written back as schema 2
+    assert written["schema_version"] == 2 and written["task"]["kind"] == "classify"
+    assert mf.Manifest.from_dict(written).outputs == new.outputs
+
+
+def test_schema_2_round_trip_keeps_every_tensor_and_the_task():
+    from qrun import manifest as mf
+    from qrun.preprocess import Preprocess
+    from qrun.tensors import PerAxis, TensorSpec
+
+    outputs = [TensorSpec([1, 10, 4], "float32", name="boxes", index=5),
+               TensorSpec([1, 10], "float32", name="classes", index=6),
+               TensorSpec([1, 10], "float32", name="scores", index=7),
+               TensorSpec([1], "float32", name="count", index=8),
+               TensorSpec([1, 3], "int8", 0.0, 0, name="w", index=9,
+                          per_axis=PerAxis(1, (0.5, 0.25, 0.125), (0, 1, 2)))]
+    task = mf.Task(mf.DETECT, labels=mf.LABELS, decoder="ssd_postprocess",
+                   outputs={mf.BOXES: 0, mf.CLASSES: 1, mf.SCORES: 2, mf.COUNT: 3},
+                   params={"max_detections": 10}, source="graph", reason="SSD")
+    m = mf.Manifest(inputs=[TensorSpec([1, 64, 64, 3], "uint8", 0.0078125, 128, "image", 0),
+                            TensorSpec([1, 2], "float32", name="anchors", index=1)],
+                    outputs=outputs, task=task, preprocess=Preprocess())
+    back = mf.Manifest.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert back.task == task and back.outputs == outputs
+    assert [t.name for t in back.outputs] == ["boxes", "classes", "scores", "count", "w"]
+    assert [t.index for t in back.inputs] == [0, 1]
+    assert back.output is back.outputs[0]  # the first role the task names
+
+
+def test_qrun_reads_a_schema_1_deployment_as_it_reads_schema_2(run_qrun, tmp_path):
+    from tests.fixtures.deployments import write_schema_1
+
+    new = make_deployment(tmp_path / "new", {"int8": f"{V1_025}.tflite"}, reference=True)
+    old = make_deployment(tmp_path / "old", {"int8": f"{V1_025}.tflite"}, reference=True)
+    write_schema_1(old)
+    assert json.loads((old / "manifest.json").read_text())["schema_version"] == 1
+    for command in (("classify", CAT, "--json"), ("verify", "--json", "-")):
+        a, b = run_qrun(*command, "--model", new), run_qrun(*command, "--model", old)
+        assert a.code == 0 and b.code == 0, (a.err, b.err)
+        key = "results" if command[0] == "classify" else "variants"
+        got_a, got_b = json.loads(a.out)[key], json.loads(b.out)[key]
+        if key == "variants":
+            got_a, got_b = ([v["outputs"] for v in got] for got in (got_a, got_b))
+        assert got_a == got_b

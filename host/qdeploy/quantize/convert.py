@@ -350,8 +350,9 @@ def build_manifest(stage: Path, source: SourceModel, samples: datasets.Samples,
     roles = {name: role for role, name in mf.CONVERT_FILES.items()}
     artifacts = {roles[n]: mf.artifact_for(stage / n) for n in names}
     return mf.Manifest(
-        input=mf.TensorSpec.from_details(interpreter.get_input_details()[0]),
-        output=mf.TensorSpec.from_details(interpreter.get_output_details()[0]),
+        inputs=[mf.TensorSpec.from_details(d) for d in interpreter.get_input_details()],
+        outputs=[mf.TensorSpec.from_details(d) for d in interpreter.get_output_details()],
+        task=mf.classifier_task(LABELS_NAME in names),
         preprocess=pre,
         artifacts=artifacts,
         labels=LABELS_NAME if LABELS_NAME in names else None,

@@ -32,8 +32,8 @@ def make_dir(root: Path, model: str = MOBILENET) -> Path:
     d = root / "deploy"
     d.mkdir()
     (d / "model_int8.tflite").write_bytes((CORAL / f"{model}.tflite").read_bytes())
-    m = Manifest(input=TensorSpec([1, 128, 128, 3], "uint8", 0.0078125, 128),
-                 output=TensorSpec([1, 1001], "uint8", 0.00390625, 0),
+    m = Manifest(inputs=[TensorSpec([1, 128, 128, 3], "uint8", 0.0078125, 128)],
+                 outputs=[TensorSpec([1, 1001], "uint8", 0.00390625, 0)],
                  preprocess=Preprocess(128.0, 128.0, "RGB"),
                  artifacts={"int8": manifest.artifact_for(d / "model_int8.tflite")})
     manifest.save(m, d)

@@ -188,8 +188,8 @@ def test_model_facts_from_a_real_manifest(tmp_path, coral_int8, int8_report):
     model.parent.mkdir()
     model.write_bytes(coral_int8.read_bytes())
     art = qmanifest.artifact_for(model)
-    m = qmanifest.Manifest(input=qmanifest.TensorSpec([1, 128, 128, 3], "uint8"),
-                           output=qmanifest.TensorSpec([1, 1001], "uint8"),
+    m = qmanifest.Manifest(inputs=[qmanifest.TensorSpec([1, 128, 128, 3], "uint8")],
+                           outputs=[qmanifest.TensorSpec([1, 1001], "uint8")],
                            preprocess=Preprocess(), artifacts={"int8": art},
                            evaluation={"samples": 200, "float_accuracy": 0.9,
                                        "int8_accuracy": 0.875, "delta_pp": -2.5})
@@ -330,8 +330,8 @@ def test_latest_verification_of_the_same_model_file_and_target_wins(tmp_path, in
 def _deployment(source: str, shas: dict):
     """The manifest `qdeploy convert` writes for `source`: files named model_<variant>."""
     return qmanifest.Manifest(
-        input=qmanifest.TensorSpec([1, 128, 128, 3], "uint8"),
-        output=qmanifest.TensorSpec([1, 1001], "uint8"), preprocess=Preprocess(),
+        inputs=[qmanifest.TensorSpec([1, 128, 128, 3], "uint8")],
+        outputs=[qmanifest.TensorSpec([1, 1001], "uint8")], preprocess=Preprocess(),
         artifacts={v: qmanifest.Artifact(f"model_{v}.tflite", sha, 1000)
                    for v, sha in shas.items()},
         converter={"source_model": source, "source_kind": "keras"})
