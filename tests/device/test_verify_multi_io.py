@@ -51,7 +51,7 @@ def test_verify_feeds_every_input_and_records_every_output(run_qrun, multi_io_de
     assert document["reference"]["samples"] == SAMPLES and document["reference"]["inputs"] == 2
     [int8] = document["variants"]
     model = multi_io_deployment / "model_int8.tflite"
-    inputs, outputs = tensor_specs(model)
+    _, outputs = tensor_specs(model)
     # Every output, in the interpreter's order, with its spec.
     assert [(o["name"], o["index"], o["dtype"], o["shape"], o["scale"], o["zero_point"])
             for o in int8["outputs"]] == \
@@ -98,18 +98,18 @@ def _bad_npz(arrays: list) -> dict:
 BAD_REFERENCES = {
     # name: (how to make the file from the good arrays, what the error says)
     "a missing input": (lambda a: _bad_npz(a[:1]),
-                        "holds 1 input array(s), the model has 2 inputs; it needs input_0, "
-                        "input_1"),
+                        ("holds 1 input array(s), the model has 2 inputs; it needs input_0, "
+                         "input_1")),
     "one input too many": (lambda a: _bad_npz([*a, a[0]]),
                            "holds 3 input array(s), the model has 2 inputs"),
     "a wrong dtype": (lambda a: _bad_npz([a[0].astype(np.float32), a[1]]),
-                      "input_0 is float32 [8, 8], model input 0 ('serving_default_extra:0') "
-                      "takes uint8 [N, 8]"),
+                      ("input_0 is float32 [8, 8], model input 0 ('serving_default_extra:0') "
+                       "takes uint8 [N, 8]")),
     "a wrong shape": (lambda a: _bad_npz([a[0], a[1].transpose(0, 3, 1, 2)]),
                       "input_1 is uint8 [8, 3, 16, 16], model input 1"),
     "an input named otherwise": (lambda a: {"input_0": a[0], "image": a[1]},
-                                 "holds arrays ['image', 'input_0']; it needs input_0, "
-                                 "input_1"),
+                                 ("holds arrays ['image', 'input_0']; it needs input_0, "
+                                  "input_1")),
 }
 
 
