@@ -1,17 +1,21 @@
 """`qrun verify`: the deployment's reference inputs through each variant, outputs as JSON.
 
-`qdeploy convert` stores a few calibration samples in every deployment
-(`reference_inputs.npy`, manifest role "reference": uint8 pixels or float model
-inputs). This module feeds them, one at a time and exactly as classify would (the
-manifest's preprocessing, then the input tensor's quantization), through the CPU
-int8 model and, when its delegate loads, the Edge TPU model, and returns the raw
-outputs. `qdeploy push --verify` runs the same inputs through the same int8 model
-on the host and compares (see qdeploy.push.crosscheck), which catches a device that
-computes something else: other preprocessing, another runtime, a bad delegate.
+`qdeploy convert` and `qdeploy import` store reference inputs in every deployment
+(manifest role "reference", read by qrun.reference: an .npy of uint8 pixels or float
+model inputs for a single-input model, an .npz of raw values, one array per input).
+This module feeds them, one sample at a time and exactly as classify would (an .npy
+through the manifest's preprocessing, then the input tensor's quantization; an .npz
+as it is), through the CPU int8 model and, when its delegate loads, the Edge TPU
+model, and returns every output. `qdeploy push --verify` runs the same inputs through
+the same int8 model on the host and compares (see qdeploy.push.crosscheck), which
+catches a device that computes something else: other preprocessing, another runtime,
+a bad delegate.
 
-Outputs travel as the output tensor's raw little-endian bytes in base64 (exact,
-and compact for large outputs), with dtype, shape, scale and zero point, plus each
-sample's top-1 class and dequantized score for a human reader.
+Each output travels, in the interpreter's order, as its raw little-endian bytes in
+base64 (exact, and compact for large outputs), with name, tensor index, dtype, shape,
+scale and zero point; a score vector (the output the manifest's task names as
+scores, see `scored_outputs`) also carries each sample's top-1 class and
+dequantized score for a human reader.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from typing import Callable, Optional
 import numpy as np
 
 import qrun
-from qrun import deployment, preprocess, runtime
+from qrun import deployment, preprocess, reference, runtime
 from qrun.errors import UserError
 from qrun.layout import FLOAT, REFERENCE
 from qrun.tensors import TensorSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every input fed and every output recorded ("outputs" per variant)
 KIND = "qrun-verify"
 RERUN_CONVERT = "re-run qdeploy convert (it stores reference_inputs.npy) and push again"
 
@@ -40,24 +44,25 @@ def reference_path(dep: deployment.Deployment) -> Path:
         where = dep.root or dep.model
         missing = dep.manifest is not None and REFERENCE in dep.manifest.artifacts
         what = "its reference inputs file is missing" if missing else "it has no reference inputs"
-        raise UserError(f"cannot verify {where}: {what}; {RERUN_CONVERT}, or pass --inputs FILE.npy")
+        raise UserError(f"cannot verify {where}: {what}; {RERUN_CONVERT}, or pass --inputs "
+                        "FILE (.npy or .npz)")
     return path
 
 
-def load_reference(path: Path) -> np.ndarray:
-    """Read a reference inputs `.npy` ([N, *input shape without batch], N >= 1)."""
-    try:
-        data = np.load(Path(path), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path} is not a readable .npy array ({exc.__class__.__name__}); "
-                        f"{RERUN_CONVERT}") from None
-    if not isinstance(data, np.ndarray) or data.ndim < 1 or len(data) == 0:
-        raise UserError(f"{path} holds no samples; {RERUN_CONVERT}")
-    return data
+def load_reference(path: Path) -> reference.Reference:
+    """Read a reference inputs file, .npy or .npz (see qrun.reference)."""
+    return reference.load(path)
+
+
+def as_reference(samples) -> reference.Reference:
+    """A Reference, given one or an array of samples of input 0 (the .npy form)."""
+    if isinstance(samples, reference.Reference):
+        return samples
+    return reference.Reference([np.asarray(samples)], raw=False)
 
 
 def model_input(sample: np.ndarray, details: dict, pre: preprocess.Preprocess) -> np.ndarray:
-    """One sample as input 0 wants it (batch of one): pixels preprocessed, floats quantized.
+    """One .npy sample as input 0 wants it (batch of one): pixels preprocessed, floats quantized.
 
     Args:
       sample: uint8 pixels or float model inputs, the input's shape without its batch axis.
@@ -80,27 +85,92 @@ def model_input(sample: np.ndarray, details: dict, pre: preprocess.Preprocess) -
     return np.asarray(data).reshape(spec.shape)
 
 
-def run_outputs(interpreter, samples: np.ndarray, pre: preprocess.Preprocess,
-                model_path: Path) -> np.ndarray:
-    """Output 0 of every sample, raw (the tensor's dtype), as [N, outputs] flattened."""
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    rows = []
+def feed(interpreter, inputs: list, sample: list, raw: bool,
+         pre: preprocess.Preprocess) -> None:
+    """Set every input tensor to one sample: `sample[i]` for input i (`inputs`: details)."""
+    for details, value in zip(inputs, sample):
+        data = (np.asarray(value).reshape(details["shape"]) if raw
+                else model_input(value, details, pre))
+        interpreter.set_tensor(details["index"], data)
+
+
+def run_samples(interpreter, samples, pre: preprocess.Preprocess,
+                model_path: Path) -> list:
+    """Every output of every sample, raw: one [N, values] array per output, in order.
+
+    `samples` is a qrun.reference.Reference (or an array of input-0 samples); a
+    UserError when it does not fit the model's inputs.
+    """
+    ref = as_reference(samples)
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    reference.check(ref, [TensorSpec.from_details(d) for d in inputs])
+    rows: list = [[] for _ in outputs]
     try:
-        for sample in samples:
-            interpreter.set_tensor(inp["index"], model_input(sample, inp, pre))
+        for n in range(ref.count):
+            feed(interpreter, inputs, ref.sample(n), ref.raw, pre)
             interpreter.invoke()
-            rows.append(interpreter.get_tensor(out["index"]).reshape(-1).copy())
+            for row, details in zip(rows, outputs):
+                row.append(interpreter.get_tensor(details["index"]).reshape(-1).copy())
     except (RuntimeError, ValueError) as exc:
         raise UserError(runtime.runtime_error_message(model_path, str(exc))) from None
-    return np.stack(rows)
+    return [np.stack(row) for row in rows]
 
 
-def output_spec(interpreter) -> dict:
-    """dtype, shape, scale and zero point of output 0."""
-    spec = TensorSpec.from_details(interpreter.get_output_details()[0])
+def run_outputs(interpreter, samples, pre: preprocess.Preprocess, model_path: Path,
+                position: int = 0) -> np.ndarray:
+    """One output (output 0: a single-output model's) of every sample, raw, [N, values]."""
+    return run_samples(interpreter, samples, pre, model_path)[position]
+
+
+def output_specs(interpreter) -> list:
+    """The TensorSpec of every output, in the interpreter's order."""
+    return [TensorSpec.from_details(d) for d in interpreter.get_output_details()]
+
+
+def output_spec(interpreter, position: int = 0) -> dict:
+    """dtype, shape, scale and zero point of one output (output 0 by default)."""
+    spec = output_specs(interpreter)[position]
     return {"dtype": spec.dtype, "shape": spec.shape, "scale": spec.scale,
             "zero_point": spec.zero_point}
+
+
+def is_score_vector(spec: TensorSpec) -> bool:
+    """[1, N] with N > 1: one score per class."""
+    return len(spec.shape) == 2 and spec.shape[0] == 1 and spec.shape[1] > 1
+
+
+def scored_outputs(specs: list, task=None) -> list:
+    """Positions of the outputs whose top-1 verify reports and push compares.
+
+    With a task naming a scores output: that output, when the task classifies and the
+    output is a score vector (a detector's scores are per box, not per class). A task
+    without one: none, unless it is "raw" or a classifier; then, as without a
+    manifest, every score vector.
+    """
+    from qrun.manifest import CLASSIFY, RAW, SCORES
+
+    if task is not None and task.output(SCORES) is not None:
+        position = task.output(SCORES)
+        fits = task.kind == CLASSIFY and position < len(specs)
+        return [position] if fits and is_score_vector(specs[position]) else []
+    if task is not None and task.kind not in (CLASSIFY, RAW):
+        return []
+    return [i for i, spec in enumerate(specs) if is_score_vector(spec)]
+
+
+def output_record(spec: TensorSpec, raw: np.ndarray, scored: bool) -> dict:
+    """One output of a variant record: the tensor's spec, its raw values per sample, and
+    for a score vector the top-1 class and score of each sample."""
+    record = {"name": spec.name, "index": spec.index, "dtype": spec.dtype,
+              "shape": spec.shape, "scale": spec.scale, "zero_point": spec.zero_point,
+              "values": [encode(row) for row in raw]}
+    if scored:
+        scores = preprocess.dequantize(raw, spec.scale, spec.zero_point)
+        top1 = [int(np.argmax(row)) for row in scores]
+        record["top1"] = top1
+        record["top1_score"] = [float(scores[i, t]) for i, t in enumerate(top1)]
+    return record
 
 
 def encode(raw: np.ndarray) -> str:
@@ -135,24 +205,24 @@ def variant_choices(dep: deployment.Deployment, device: str = "auto", tpu: str =
     return [c for c in choices if c.variant != FLOAT], skipped
 
 
-def verify_choice(choice: deployment.Choice, samples: np.ndarray,
-                  pre: preprocess.Preprocess, threads: Optional[int] = None) -> dict:
-    """Run `samples` through the model `choice` names; the variant's JSON record."""
+def verify_choice(choice: deployment.Choice, samples, pre: preprocess.Preprocess,
+                  threads: Optional[int] = None, task=None) -> dict:
+    """Run `samples` (a Reference) through the model `choice` names; the variant's record.
+
+    `task` is the manifest's (None without one): it says which outputs get a top-1.
+    """
     from qrun.manifest import sha256_file
 
     loaded = deployment.load(choice, threads)
-    raw = run_outputs(loaded.interpreter, samples, pre, choice.path)
-    spec = output_spec(loaded.interpreter)
-    scores = preprocess.dequantize(raw, spec["scale"], spec["zero_point"])
-    top1 = [int(np.argmax(row)) for row in scores]
+    raw = run_samples(loaded.interpreter, samples, pre, choice.path)
+    specs = output_specs(loaded.interpreter)
+    scored = scored_outputs(specs, task)
     return {
         "variant": loaded.variant,
         "model": {"path": str(Path(choice.path).resolve()), "sha256": sha256_file(choice.path)},
         "device": {"requested": choice.requested, "used": choice.used, "reason": choice.reason},
-        "output": spec,
-        "top1": top1,
-        "top1_score": [float(scores[i, t]) for i, t in enumerate(top1)],
-        "outputs": [encode(row) for row in raw],
+        "outputs": [output_record(spec, values, i in scored)
+                    for i, (spec, values) in enumerate(zip(specs, raw))],
     }
 
 
@@ -165,12 +235,13 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
       model: model file or deployment directory; the current deployment when None.
       device: "auto", "cpu" or "edgetpu" (see `variant_choices`).
       tpu: the Edge TPU device option.
-      inputs: a `.npy` of inputs instead of the deployment's reference inputs.
+      inputs: a `.npy` or `.npz` of inputs instead of the deployment's reference inputs.
       threads: CPU threads for the interpreter.
       progress: called with one-line status messages.
     Returns:
-      {"schema_version": 1, "kind": "qrun-verify", "reference": {...}, "variants": [...],
-       "skipped": [...]}; one variant record per model run (see `verify_choice`).
+      {"schema_version": 2, "kind": "qrun-verify", "reference": {...}, "variants": [...],
+       "skipped": [...]}; one variant record per model run (see `verify_choice`), each
+      with every output (see `output_record`).
     """
     from qrun.bench import utc_now
     from qrun.manifest import sha256_file
@@ -179,8 +250,9 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
     dep = deployment.resolve(model)
     path = Path(inputs) if inputs is not None else reference_path(dep)
     if not path.is_file():
-        raise UserError(f"--inputs {path} does not exist; give a .npy file")
+        raise UserError(f"--inputs {path} does not exist; give a .npy or .npz file")
     samples = load_reference(path)
+    task = dep.manifest.task if dep.manifest is not None else None
     pre = deployment.preprocess_of(dep)
     choices, skipped = variant_choices(dep, device, tpu)
     for s in skipped:
@@ -190,23 +262,37 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
                         "push a deployment with an int8 model")
     variants = []
     for choice in choices:
-        progress(f"{len(samples)} reference inputs through {choice.path.name} on {choice.used}")
-        variants.append(verify_choice(choice, samples, pre, threads))
+        progress(f"{samples.count} reference inputs through {choice.path.name} on {choice.used}")
+        variants.append(verify_choice(choice, samples, pre, threads, task))
     info = runtime.runtime_info()
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "timestamp": utc_now(),
             "qrun_version": qrun.__version__,
             "runtime": {"name": info.name, "version": info.version},
             "reference": {"path": str(path), "sha256": sha256_file(path),
-                          "samples": int(len(samples))},
+                          "samples": samples.count, "inputs": len(samples.arrays),
+                          "form": "npz" if samples.raw else "npy"},
             "preprocess": pre.to_dict(), "variants": variants, "skipped": skipped}
 
 
 def summary(document: dict) -> str:
-    """One line per variant: top-1 of each reference input (what `qrun verify` prints)."""
+    """What `qrun verify` prints: per variant the top-1 of each reference input where an
+    output is a score vector, and for a model with several outputs (or no score vector)
+    the outputs compared."""
     lines = []
+    samples = (document.get("reference") or {}).get("samples")
     for v in document["variants"]:
-        tops = " ".join(str(t) for t in v["top1"])
-        lines.append(f"{v['variant']} on {v['device']['used']}: top-1 {tops}")
+        head = f"{v['variant']} on {v['device']['used']}"
+        outputs = v["outputs"]
+        several = len(outputs) > 1
+        for i, out in enumerate(outputs):
+            if "top1" in out:
+                tops = " ".join(str(t) for t in out["top1"])
+                lines.append(f"{head}: top-1 {tops}" + (f" (output {i} '{out['name']}')"
+                                                         if several else ""))
+        if several or not any("top1" in out for out in outputs):
+            listed = ", ".join(f"{i} '{out['name']}' {out['dtype']} {out['shape']}"
+                               for i, out in enumerate(outputs))
+            lines.append(f"{head}: {samples} samples through output(s) {listed}")
     for s in document.get("skipped", []):
         lines.append(f"{s['variant']}: skipped ({s['reason']})")
     return "\n".join(lines)

@@ -3,14 +3,16 @@
 The device runs the deployment's reference inputs through its models (`qrun verify
 --json -`, see qrun.verify); the host runs the same inputs through the same int8
 model with the same runtime code (`qrun.runtime.make_interpreter`, the manifest's
-preprocessing; `host_side` gathers them) and `compare_outputs`, per variant: top-1
-agreement and the largest difference of dequantized outputs, also counted in output
-quantization steps.
+preprocessing; `host_side` gathers them) and compares, per variant and per output
+(`compare_output`): the largest difference of dequantized outputs, counted in that
+output's quantization steps (a float output's step is FLOAT_STEP, an integer output
+that is not quantized steps by 1), and top-1 agreement where the output is a score
+vector (qrun.verify.scored_outputs).
 
-A variant fails when its largest difference exceeds the tolerance (`DEFAULT_STEPS`
-output steps), or when a top-1 class differs on a sample where the host's top-1
-leads the device's by more than the tolerance (a closer flip is a near-tie: counted,
-reported, not a failure). Different CPU kernels differ by a few steps
+A variant fails when any output's largest difference exceeds the tolerance
+(`DEFAULT_STEPS` steps), or when a top-1 class differs on a sample where the host's
+top-1 leads the device's by more than the tolerance (a closer flip is a near-tie:
+counted, reported, not a failure). Different CPU kernels differ by a few steps
 (x86 XNNPACK vs TFLite's reference kernels: up to 5 on Coral's MobileNets; arm64
 vs x86: about 8 on the iNat birds model's top score); mismatched preprocessing or
 a wrong model moves outputs by tens to hundreds of steps and flips classes.
@@ -27,42 +29,76 @@ import numpy as np
 
 from qrun import deployment
 from qrun import manifest as qmanifest
+from qrun import reference as qreference
 from qrun import verify as device_verify
 from qrun.errors import UserError
 from qrun.preprocess import Preprocess, dequantize
 
 DEFAULT_STEPS = 16.0  # output quantization steps: 16/256 = 0.0625 of a uint8 softmax's range
 FLOAT_STEP = 1.0 / 256  # the "step" of an output that is not quantized
+INTEGER_STEP = 1.0  # the step of an integer output that is not quantized (class ids, counts)
 KIND = device_verify.KIND
 
 
 @dataclass
+class OutputComparison:
+    """One output of one variant, device against host, over the reference inputs."""
+
+    position: int  # in the interpreter's order
+    name: str
+    step: float  # one quantization step, in output units
+    max_abs_diff: float  # largest |device - host| of dequantized values
+    max_steps: float  # the same in steps
+    worst_sample: int
+    samples: int
+    scored: bool  # a score vector: top-1 compared
+    agree: Optional[int]  # samples whose top-1 is the same; None when not scored
+    near_ties: int
+    flipped: list  # samples whose top-1 differs (near-ties included)
+    ok: bool
+
+
+@dataclass
 class Comparison:
-    """One variant on the device against the host's int8 model, on the reference inputs."""
+    """One variant on the device against the host's int8 model, on the reference inputs.
+
+    The figures are the variant's: top-1 over the scored outputs (every sample agrees
+    when none is scored), the largest difference that of the worst output; `outputs`
+    holds each output's.
+    """
 
     variant: str
     device_used: str
     model_sha256: str
     samples: int
-    agree: int  # samples whose top-1 is the same
+    agree: int  # samples whose top-1 is the same (in every scored output)
     near_ties: int  # top-1 flips between classes the host scores within the tolerance
-    max_abs_diff: float  # largest |device - host| of dequantized outputs
-    max_steps: float  # the same in output quantization steps
+    max_abs_diff: float  # largest |device - host| of dequantized outputs (worst output)
+    max_steps: float  # the same in that output's quantization steps
     worst_sample: int  # index of the sample holding max_abs_diff
     tolerance_steps: float
     ok: bool
+    worst_output: int = 0  # position of the output holding max_steps
+    scored: bool = True  # some output is a score vector (top-1 compared)
+    outputs: list = field(default_factory=list)  # OutputComparison, in the output order
 
     @property
     def agreement(self) -> float:
         return self.agree / self.samples if self.samples else 0.0
 
     def text(self) -> str:
-        """One line: `int8 on cpu: top-1 8/8, max |Δ| 0.0039 (1 step, sample 3)`."""
+        """One line: `int8 on cpu: top-1 8/8, max |Δ| 0.0039 (1 step, sample 3)`; with
+        several outputs the worst is named: `(1 step, output 0 'scores', sample 3)`."""
         steps = "step" if self.max_steps == 1 else "steps"
         ties = f" ({self.near_ties} near-tie)" if self.near_ties else ""
-        return (f"{self.variant} on {self.device_used}: top-1 {self.agree}/{self.samples}{ties}, "
+        top1 = (f"top-1 {self.agree}/{self.samples}{ties}" if self.scored
+                else f"{self.samples} samples, no score vector")
+        where = ""
+        if len(self.outputs) > 1:
+            where = f"output {self.worst_output} '{self.outputs[self.worst_output].name}', "
+        return (f"{self.variant} on {self.device_used}: {top1}, "
                 f"max |Δ| {self.max_abs_diff:.4g} ({self.max_steps:g} {steps}, "
-                f"sample {self.worst_sample})")
+                f"{where}sample {self.worst_sample})")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "agreement": self.agreement}
@@ -90,40 +126,70 @@ class VerifyResult:
             c.text() for c in bad) + f" (tolerance {tolerance_steps:g} steps)")
 
 
-def compare_outputs(host: np.ndarray, device: np.ndarray, step: float,
-                    tolerance_steps: float = DEFAULT_STEPS, variant: str = qmanifest.INT8,
-                    device_used: str = "cpu", model_sha256: str = "") -> Comparison:
-    """Compare dequantized outputs, [samples, outputs] each, of the host and the device.
+def compare_output(host: np.ndarray, device: np.ndarray, step: float,
+                   tolerance_steps: float = DEFAULT_STEPS, scored: bool = True,
+                   position: int = 0, name: str = "") -> OutputComparison:
+    """Compare one output's dequantized values, [samples, values] each, host and device.
 
     Args:
-      host, device: dequantized outputs, one row per reference input.
-      step: the output's quantization scale (one step in output units).
+      host, device: dequantized values, one row per reference input.
+      step: the output's quantization scale (one step in output units); 0: FLOAT_STEP.
       tolerance_steps: largest difference allowed, in steps.
-    Returns:
-      A Comparison; `ok` as the module docstring says.
+      scored: the output is a score vector: compare top-1 too.
     """
     host = np.asarray(host, dtype=np.float64)
     device = np.asarray(device, dtype=np.float64)
     if host.shape != device.shape or host.ndim != 2 or host.shape[0] == 0:
-        raise UserError(f"the device returned outputs of shape {list(device.shape)}, the host "
+        what = f"output {position}" + (f" '{name}'" if name else "")
+        raise UserError(f"the device returned {what} of shape {list(device.shape)}, the host "
                         f"computed {list(host.shape)}: the device runs another model; push again")
     step = float(step) if step and step > 0 else FLOAT_STEP
-    diff = np.abs(device - host)
-    per_sample = diff.max(axis=1)
+    per_sample = np.abs(device - host).max(axis=1)
     worst = int(np.argmax(per_sample))
     max_abs = float(per_sample[worst])
-    host_top = np.argmax(host, axis=1)
-    device_top = np.argmax(device, axis=1)
-    rows = np.arange(len(host))
-    margin = host[rows, host_top] - host[rows, device_top]  # >= 0; 0 where the top-1 agrees
-    flips = host_top != device_top
-    ties = flips & (margin <= tolerance_steps * step + 1e-12)
     max_steps = round(max_abs / step, 3)
+    flips = ties = np.zeros(len(host), dtype=bool)
+    if scored:
+        host_top = np.argmax(host, axis=1)
+        device_top = np.argmax(device, axis=1)
+        rows = np.arange(len(host))
+        margin = host[rows, host_top] - host[rows, device_top]  # >= 0; 0 where top-1 agrees
+        flips = host_top != device_top
+        ties = flips & (margin <= tolerance_steps * step + 1e-12)
     ok = bool(max_steps <= tolerance_steps and not np.any(flips & ~ties))
+    return OutputComparison(position=position, name=name, step=step, max_abs_diff=max_abs,
+                            max_steps=max_steps, worst_sample=worst, samples=len(host),
+                            scored=scored,
+                            agree=int(np.sum(~flips)) if scored else None,
+                            near_ties=int(np.sum(ties)),
+                            flipped=[int(i) for i in np.flatnonzero(flips)], ok=ok)
+
+
+def combine(outputs: list, tolerance_steps: float = DEFAULT_STEPS,
+            variant: str = qmanifest.INT8, device_used: str = "cpu",
+            model_sha256: str = "") -> Comparison:
+    """A variant's Comparison from its outputs' (OutputComparison, in order): it fails
+    when one fails; the worst output is the failing (else any) one with the most steps."""
+    failing = [o for o in outputs if not o.ok]
+    worst = max(failing or outputs, key=lambda o: o.max_steps)
+    flipped = set().union(*(o.flipped for o in outputs))
+    samples = outputs[0].samples
     return Comparison(variant=variant, device_used=device_used, model_sha256=model_sha256,
-                      samples=int(len(host)), agree=int(np.sum(~flips)),
-                      near_ties=int(np.sum(ties)), max_abs_diff=max_abs, max_steps=max_steps,
-                      worst_sample=worst, tolerance_steps=float(tolerance_steps), ok=ok)
+                      samples=samples, agree=samples - len(flipped),
+                      near_ties=sum(o.near_ties for o in outputs),
+                      max_abs_diff=worst.max_abs_diff, max_steps=worst.max_steps,
+                      worst_sample=worst.worst_sample, tolerance_steps=float(tolerance_steps),
+                      ok=not failing, worst_output=worst.position,
+                      scored=any(o.scored for o in outputs), outputs=list(outputs))
+
+
+def compare_outputs(host: np.ndarray, device: np.ndarray, step: float,
+                    tolerance_steps: float = DEFAULT_STEPS, variant: str = qmanifest.INT8,
+                    device_used: str = "cpu", model_sha256: str = "") -> Comparison:
+    """Compare a single-output model's dequantized outputs ([samples, outputs] each, a
+    score vector) of the host and the device: a Comparison, `ok` as the module says."""
+    return combine([compare_output(host, device, step, tolerance_steps)], tolerance_steps,
+                   variant, device_used, model_sha256)
 
 
 def reference_file(directory: Path, manifest: qmanifest.Manifest) -> Optional[Path]:
@@ -132,26 +198,62 @@ def reference_file(directory: Path, manifest: qmanifest.Manifest) -> Optional[Pa
     return path if path is not None and path.is_file() else None
 
 
-def host_outputs(model: Path, samples: np.ndarray, pre: Preprocess) -> tuple[np.ndarray, float]:
-    """Dequantized outputs of `model` on the host for `samples`, and the output's scale."""
+def step_of(spec) -> float:
+    """One quantization step of an output (a TensorSpec), in its dequantized units."""
+    if spec.scale and spec.scale > 0:
+        return float(spec.scale)
+    return FLOAT_STEP if np.issubdtype(np.dtype(spec.dtype), np.floating) else INTEGER_STEP
+
+
+def host_run(model: Path, samples, pre: Preprocess) -> tuple[list, list]:
+    """`model` run on the host for `samples` (a Reference): every output's TensorSpec and
+    its dequantized values, [N, values], in the interpreter's order."""
     from qrun.runtime import make_interpreter
 
     interpreter = make_interpreter(model)
-    raw = device_verify.run_outputs(interpreter, samples, pre, Path(model))
-    spec = device_verify.output_spec(interpreter)
-    return dequantize(raw, spec["scale"], spec["zero_point"]), spec["scale"]
+    raw = device_verify.run_samples(interpreter, samples, pre, Path(model))
+    specs = device_verify.output_specs(interpreter)
+    return specs, [dequantize(r, s.scale, s.zero_point) for s, r in zip(specs, raw)]
 
 
-def device_outputs(record: dict) -> np.ndarray:
-    """Dequantized outputs of one variant record of a `qrun verify` document."""
-    spec = record["output"]
-    count = int(np.prod(spec["shape"]))
+def host_outputs(model: Path, samples, pre: Preprocess) -> tuple[np.ndarray, float]:
+    """Dequantized output 0 of `model` on the host for `samples`, and that output's scale."""
+    specs, values = host_run(model, samples, pre)
+    return values[0], specs[0].scale
+
+
+def device_outputs(record: dict) -> list:
+    """(TensorSpec, dequantized [N, values]) of each output of one variant record of a
+    `qrun verify` document."""
+    got = []
     try:
-        rows = [device_verify.decode(text, spec["dtype"], count) for text in record["outputs"]]
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"qrun verify sent outputs that cannot be read ({exc}); "
+        for out in record["outputs"]:
+            spec = qmanifest.TensorSpec(list(out["shape"]), str(out["dtype"]),
+                                        float(out["scale"]), int(out["zero_point"]),
+                                        name=str(out.get("name") or ""), index=out.get("index"))
+            count = int(np.prod(spec.shape))
+            rows = np.stack([device_verify.decode(text, spec.dtype, count)
+                             for text in out["values"]])
+            got.append((spec, dequantize(rows, spec.scale, spec.zero_point)))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"qrun verify sent outputs that cannot be read ({exc!r}); "
                         "check `qrun verify` on the device") from None
-    return dequantize(np.stack(rows), spec["scale"], spec["zero_point"])
+    return got
+
+
+def compare_variant(record: dict, specs: list, expected: list, scored: list,
+                    tolerance_steps: float = DEFAULT_STEPS) -> Comparison:
+    """One variant record of the device against the host's outputs (`specs`, `expected`,
+    in order; `scored`: positions of the score vectors), output by output."""
+    device = device_outputs(record)
+    if len(device) != len(expected):
+        raise UserError(f"the device's model has {len(device)} output(s), the host's "
+                        f"{len(expected)}: the device runs another model; push again")
+    outputs = [compare_output(host, values, step_of(spec), tolerance_steps, i in scored, i,
+                              spec.name)
+               for i, (spec, host, (_, values)) in enumerate(zip(specs, expected, device))]
+    return combine(outputs, tolerance_steps, variant=record["variant"],
+                   device_used=record["device"]["used"], model_sha256=record["model"]["sha256"])
 
 
 def int8_model(directory: Path, manifest: qmanifest.Manifest) -> Path:
@@ -165,12 +267,14 @@ def int8_model(directory: Path, manifest: qmanifest.Manifest) -> Path:
 
 @dataclass
 class HostSide:
-    """What the host compares the device with: reference inputs, int8 model, preprocessing."""
+    """What the host compares the device with: reference inputs, int8 model, preprocessing,
+    and the task that says which outputs are score vectors."""
 
-    samples: np.ndarray
+    samples: qreference.Reference
     reference_sha256: str
     model: Path
     preprocess: Preprocess
+    task: Optional[qmanifest.Task] = None
 
 
 def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[Path] = None,
@@ -178,52 +282,75 @@ def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[P
     """The host's half of verify for the deployment in `directory`, or None when it has no
     reference inputs.
 
-    `required` (`--verify` given explicitly) makes missing reference inputs an error. With
-    `against`, the host runs that deployment's int8 model and preprocessing on the pushed
-    deployment's reference inputs.
+    `required` (`--verify` given explicitly) makes missing reference inputs an error, as
+    are reference inputs that do not fit the model's inputs (before anything is sent). With
+    `against`, the host runs that deployment's int8 model, preprocessing and task on the
+    pushed deployment's reference inputs.
     """
     reference = reference_file(directory, manifest)
     if reference is None:
         if required:
             raise UserError(f"--verify: {directory} has no reference inputs "
-                            f"(reference_inputs.npy); {device_verify.RERUN_CONVERT}")
+                            f"(reference_inputs.npy or .npz); {device_verify.RERUN_CONVERT}")
         return None
     source_dir, source = Path(directory), manifest
     if against is not None:
         source_dir = Path(against)
         source = qmanifest.load(source_dir)
-    return HostSide(samples=device_verify.load_reference(reference),
+    samples = device_verify.load_reference(reference)
+    qreference.check(samples, manifest.inputs)
+    return HostSide(samples=samples,
                     reference_sha256=manifest.artifacts[qmanifest.REFERENCE].sha256,
-                    model=int8_model(source_dir, source), preprocess=source.preprocess)
+                    model=int8_model(source_dir, source), preprocess=source.preprocess,
+                    task=source.task)
 
 
-def check(document: dict, samples: np.ndarray, model: Path, pre: Preprocess,
-          tolerance_steps: float = DEFAULT_STEPS,
-          reference_sha256: Optional[str] = None) -> VerifyResult:
+def check_schema(document: dict) -> None:
+    """Refuse a `qrun verify` document this qdeploy cannot compare: not one, or another
+    schema (an older runner records output 0 only)."""
+    if not isinstance(document, dict) or document.get("kind") != KIND:
+        raise UserError("qrun verify printed JSON that is not a qrun-verify document")
+    version = document.get("schema_version")
+    if version == device_verify.SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and version < device_verify.SCHEMA_VERSION:
+        raise UserError(f"the runner on the device is older than this qdeploy (its qrun verify "
+                        f"writes schema {version}, this qdeploy compares schema "
+                        f"{device_verify.SCHEMA_VERSION}); remove ~/qdeploy/venv on the device "
+                        "so the push reinstalls it, or pass --no-verify")
+    raise UserError(f"qrun verify on the device wrote schema {version!r}, which this qdeploy "
+                    f"does not know (it compares schema {device_verify.SCHEMA_VERSION}); "
+                    "upgrade qdeploy, or pass --no-verify")
+
+
+def check(document: dict, samples, model: Path, pre: Preprocess,
+          tolerance_steps: float = DEFAULT_STEPS, reference_sha256: Optional[str] = None,
+          task: Optional[qmanifest.Task] = None) -> VerifyResult:
     """Compare a device's `qrun verify` document with the host's run of `model`.
 
     Args:
       document: what `qrun verify --json -` printed on the device.
-      samples: the reference inputs the device used (the host's copy).
+      samples: the reference inputs the device used (the host's copy: a Reference, or an
+        array of input-0 samples).
       model, pre: the host's int8 model and the preprocessing to feed it with.
-      tolerance_steps: see `compare_outputs`.
+      tolerance_steps: see `compare_output`.
       reference_sha256: when given, the device must have used inputs with this sha256.
+      task: the manifest's task: which outputs are score vectors (see
+        qrun.verify.scored_outputs); None: every [1, N] output.
     """
-    if not isinstance(document, dict) or document.get("kind") != KIND:
-        raise UserError("qrun verify printed JSON that is not a qrun-verify document")
+    check_schema(document)
     used = str((document.get("reference") or {}).get("sha256") or "")
     if reference_sha256 is not None and used != reference_sha256:
         raise UserError(f"the device verified with other reference inputs (sha256 {used[:12]}, "
                         f"the deployment's are {reference_sha256[:12]}); push again")
-    expected, step = host_outputs(model, samples, pre)
+    specs, expected = host_run(model, samples, pre)
+    scored = device_verify.scored_outputs(specs, task)
     result = VerifyResult(skipped=list(document.get("skipped") or []),
                           timestamp=str(document.get("timestamp") or ""),
                           reference_sha256=used)
     for record in document.get("variants") or []:
-        result.comparisons.append(compare_outputs(
-            expected, device_outputs(record), step, tolerance_steps,
-            variant=record["variant"], device_used=record["device"]["used"],
-            model_sha256=record["model"]["sha256"]))
+        result.comparisons.append(compare_variant(record, specs, expected, scored,
+                                                  tolerance_steps))
     return result
 
 

@@ -50,7 +50,8 @@ def test_same_model_same_runtime_agrees_exactly(reference_deployment):
     assert document["kind"] == "qrun-verify" and document["reference"]["samples"] == 3
     [int8] = document["variants"]
     assert int8["variant"] == "int8" and int8["device"]["used"] == "cpu"
-    assert int8["top1"] == [283, 401, 89]  # Persian cat, military uniform, macaw
+    [scores] = int8["outputs"]  # verify schema 2: one record per output
+    assert scores["top1"] == [283, 401, 89]  # Persian cat, military uniform, macaw
     # No libedgetpu on this machine: the Edge TPU model is skipped, saying why.
     assert [s["variant"] for s in document["skipped"]] == ["edgetpu"]
     assert "libedgetpu" in document["skipped"][0]["reason"]
@@ -122,11 +123,11 @@ def test_qrun_verify_json_is_exact_and_without_reference_one_error(run_qrun, ref
     assert out.code == 0, out.err
     document = json.loads(out.out)
     [int8] = document["variants"]
-    raw = [device_verify.decode(t, int8["output"]["dtype"], 1001) for t in int8["outputs"]]
+    [output] = int8["outputs"]  # verify schema 2: one record per output
+    raw = [device_verify.decode(t, output["dtype"], 1001) for t in output["values"]]
     samples, model, pre = _host(reference_deployment)
     expected, _ = crosscheck.host_outputs(model, samples, pre)
-    got = (np.stack(raw).astype(np.float32) - int8["output"]["zero_point"]) \
-        * int8["output"]["scale"]
+    got = (np.stack(raw).astype(np.float32) - output["zero_point"]) * output["scale"]
     assert np.array_equal(got, expected)
     text = run_qrun("verify", "--model", reference_deployment)
     assert text.code == 0 and text.out.startswith("int8 on cpu: top-1 283 401 89")
