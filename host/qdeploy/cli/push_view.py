@@ -62,10 +62,12 @@ def _latency(median, p99) -> str:
 
 
 def verify_cell(comparison) -> str:
-    """`3/3 Δ0`: top-1 agreements / reference inputs and max |Δ| in output steps."""
+    """`3/3 Δ0`: top-1 agreements / reference inputs and max |Δ| in output steps (`— Δ0`
+    for a model with no score vector, where there is no top-1 to agree on)."""
     if comparison is None:
         return "-"
-    text = f"{comparison.agree}/{comparison.samples} Δ{comparison.max_steps:g}"
+    agreed = f"{comparison.agree}/{comparison.samples}" if comparison.scored else "—"
+    text = f"{agreed} Δ{comparison.max_steps:g}"
     return text if comparison.ok else f"[red]{text}[/red]"
 
 
