@@ -27,7 +27,8 @@ from qrun import reference as qref
 from qrun import runtime
 from qrun.deployment import EDGETPU_SUFFIX
 from qrun.labels import Labels, check_fit, parse_labels, read_labels
-from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, load_image, parse_preprocess
+from qrun.preprocess import (CORAL_MEAN, CORAL_STD, Preprocess, is_identity, load_image,
+                             parse_preprocess)
 from qrun.tensors import TensorSpec
 
 from qdeploy.edgetpu import ops as ops_table
@@ -98,7 +99,7 @@ def find_models(model: Path, edgetpu: Optional[Path] = None,
     notes = []
     if role == mf.FLOAT:
         notes.append(f"{model.name} is a float model: imported as a float-only deployment "
-                     "(runs on the CPU). Full-integer quantization for the Edge TPU needs the "
+                     "(runs on the CPU); full-integer quantization for the Edge TPU needs the "
                      "source model: qdeploy convert SOURCE --calib DATA")
     if edgetpu is not None:
         if not runtime.is_edgetpu_model(edgetpu):
@@ -250,19 +251,45 @@ def _one(values: tuple):
     return float(values[0]) if len(values) == 1 else tuple(float(v) for v in values)
 
 
+def input_identity(spec: TensorSpec) -> Optional[Preprocess]:
+    """For a quantized uint8 input: the preprocessing that feeds pixels unchanged
+    (mean = zero point, std = 1 / scale), as Coral's examples and the TFLite Support
+    library feed such models (its metadata normalization applies to float inputs only)."""
+    if spec.dtype != "uint8" or not spec.scale:
+        return None
+    return Preprocess(float(spec.zero_point), round(1.0 / spec.scale, 4))
+
+
 def choose_preprocess(given: Optional[str], description: selfdescribe.Description,
-                      notes: list) -> Preprocess:
-    """--preprocess beats the file's normalization; neither: Coral's mean 128, std 128
-    (what qrun feeds a bare model file)."""
+                      first_input: TensorSpec, notes: list) -> Preprocess:
+    """--preprocess; else for a uint8 input its pixels unchanged; else the file's
+    normalization; else Coral's mean 128, std 128 (what qrun feeds a bare model file)."""
     found, where = file_preprocess(description)
     if given is not None:
         pre = parse_preprocess(given)
-        if found is not None and (found.to_dict()["mean"], found.to_dict()["std"]) != (
-                pre.to_dict()["mean"], pre.to_dict()["std"]):
+        if found is not None and _differs(found, pre):
             notes.append(f"--preprocess {given} replaces the normalization in {where} "
                          f"(mean {found.to_dict()['mean']}, std {found.to_dict()['std']})")
         return pre
-    return found if found is not None else Preprocess(CORAL_MEAN, CORAL_STD)
+    identity = input_identity(first_input)
+    if identity is not None:
+        if found is not None and not is_identity(found, first_input.scale,
+                                                 first_input.zero_point):
+            notes.append(f"the normalization in {where} (mean {found.to_dict()['mean']}, std "
+                         f"{found.to_dict()['std']}) is for a float input; the uint8 input "
+                         f"takes pixels unchanged (mean {identity.mean:g} = its zero point, "
+                         f"std {identity.std:g} = 1 / its scale); pass --preprocess to change")
+        return identity
+    if found is not None:
+        return found
+    notes.append(f"the model states no input normalization: mean {CORAL_MEAN:g}, std "
+                 f"{CORAL_STD:g} assumed (Coral's); pass --preprocess if it was trained "
+                 "otherwise")
+    return Preprocess(CORAL_MEAN, CORAL_STD)
+
+
+def _differs(a: Preprocess, b: Preprocess) -> bool:
+    return (a.to_dict()["mean"], a.to_dict()["std"]) != (b.to_dict()["mean"], b.to_dict()["std"])
 
 
 def choose_task(kind: str, description: selfdescribe.Description, graph, labels: bool,
@@ -439,7 +466,7 @@ def import_model(model: Path, edgetpu: Optional[Path] = None, cpu: Optional[Path
     description = selfdescribe.describe(described)
     graph = tflite_graph.load(described)
     found_labels, text = choose_labels(labels, description, notes)
-    pre = choose_preprocess(preprocess, description, notes)
+    pre = choose_preprocess(preprocess, description, inputs[0], notes)
     chosen = choose_task(task, description, graph, found_labels is not None, notes)
     if found_labels is not None and chosen.kind != mf.RAW:
         classes = classes_of(chosen, outputs)
