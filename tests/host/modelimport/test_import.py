@@ -304,3 +304,25 @@ def test_default_out_is_named_after_the_model(tmp_path, monkeypatch, run_cli):
     assert code == 0, err
     assert (tmp_path / "qdeploy-out" / V1 / "manifest.json").is_file()
     assert f"next: qdeploy push qdeploy-out/{V1} --target HOST" in out
+
+
+def test_ultralytics_names_and_task_are_read_as_literals(tmp_path):
+    path = tmp_path / "cls_full_integer_quant.tflite"
+    path.write_bytes((CORAL / f"{V1}.tflite").read_bytes())
+    names = {i: f"class {i}" for i in range(1001)}
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("temp_meta.txt", repr({"names": names, "task": "classify",
+                                                "imgsz": [128, 128], "stride": 32}))
+    result = import_model(path, out=tmp_path / "dep")
+    m = result.manifest
+    assert (m.task.kind, m.task.source) == (mf.CLASSIFY, "ultralytics")
+    assert "temp_meta.txt says task 'classify'" in result.task_line
+    # The metadata's label file comes first; Ultralytics' names stand in without one.
+    assert (tmp_path / "dep" / "labels.txt").read_text().splitlines()[0] == "background"
+    detect = tmp_path / "det.tflite"
+    detect.write_bytes((CORAL / f"{V1}.tflite").read_bytes())
+    with zipfile.ZipFile(detect, "a") as archive:
+        archive.writestr("temp_meta.txt", repr({"names": {0: "person"}, "task": "detect"}))
+    result = import_model(detect, out=tmp_path / "dep2")
+    assert result.manifest.task.kind == mf.CLASSIFY  # the graph's, with a note saying why
+    assert any("Ultralytics' task 'detect' does not fit the outputs" in n for n in result.notes)
