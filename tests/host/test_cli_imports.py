@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 HEAVY = ("numpy", "tensorflow", "keras", "tflite", "paramiko", "matplotlib")
-COMMANDS = ["convert", "evaluate", "quickstart", "compile", "preflight", "push", "rollback",
-            "report"]
+COMMANDS = ["convert", "evaluate", "import", "quickstart", "compile", "preflight", "push",
+            "rollback", "report"]
 
 
 def loaded_after(imports: str, modules) -> list:

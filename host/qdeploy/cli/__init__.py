@@ -4,11 +4,12 @@ Each sibling module holds the commands of one step in its own `commands` Typer. 
 added to the app here in pipeline order, which is the order `qdeploy --help` lists them in.
 """
 
-from qdeploy.cli import compile, convert, push, quickstart, report
+from qdeploy.cli import compile, convert, import_cmd, push, quickstart, report
 from qdeploy.cli.app import app, main
 
 STEPS = (
     convert,  # convert, evaluate
+    import_cmd,  # import
     quickstart,  # quickstart
     compile,  # compile, preflight
     push,  # push, rollback

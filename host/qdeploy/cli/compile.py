@@ -22,6 +22,8 @@ COMPILE_HELP = (
     "records them in manifest.json. Prints the verdict first (ops on the Edge TPU, "
     "subgraphs, on-chip memory, first op left on the CPU); a failure is explained in one "
     "line with a fix and exits non-zero.\n\n"
+    "A bare quantized .tflite is first imported into a cache directory (as qdeploy import "
+    "would; the line 'imported X into DIR' says where) and compiled there.\n\n"
     "Without the compiler (it runs only on x86-64 Linux) the preflight predicts its "
     "verdict, and the exit status is non-zero because nothing was compiled.")
 
@@ -37,8 +39,9 @@ PREFLIGHT_HELP = (
 
 @commands.command("compile", help=COMPILE_HELP)
 def compile_command(
-    target: Path = typer.Argument(..., help="Directory made by `qdeploy convert` (its "
-                                  "model_int8.tflite is compiled) or a .tflite model."),
+    target: Path = typer.Argument(..., help="Directory made by `qdeploy convert` or "
+                                  "`qdeploy import` (its model_int8.tflite is compiled) or a "
+                                  ".tflite model."),
     compiler_path: Optional[Path] = typer.Option(
         None, "--compiler", help="Path of edgetpu_compiler (default: found on PATH)."),
     min_runtime: Optional[int] = typer.Option(
@@ -68,6 +71,7 @@ def compile_command(
                                       segments=segments)
     if timeout is not None:
         options.timeout = timeout
+    target = bare_file_import(target)
     outcome = compiler.compile_or_preflight(target, options, compiler_path)
     if as_json:
         document = outcome.to_dict()
@@ -87,6 +91,23 @@ def compile_command(
                         "preflight above predicts its verdict")
     if not outcome.ok:
         raise UserError(outcome.result.failure.message())
+
+
+def bare_file_import(path: Path) -> Path:
+    """A bare quantized CPU model's cached import (said in one line on stderr, so --json
+    stays one object); a directory, an _edgetpu or a float model unchanged (compile
+    refuses those itself, with the reason)."""
+    if not path.is_file():
+        return path
+    from qdeploy.edgetpu import preflight, tflite_graph
+    from qdeploy.modelimport import cache
+    from qrun.runtime import is_edgetpu_model
+
+    if is_edgetpu_model(path) or preflight.not_quantized(tflite_graph.load(path)):
+        return path
+    cached = cache.imported(path)
+    typer.echo(cached.line(path), err=True)
+    return cached.directory
 
 
 @commands.command("preflight", help=PREFLIGHT_HELP)

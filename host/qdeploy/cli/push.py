@@ -39,7 +39,9 @@ def _options(**kw):
 @commands.command()
 def push(
     directory: Path = typer.Argument(Path("qdeploy-out"),
-                                     help="A qdeploy convert/compile output directory."),
+                                     help="A qdeploy convert/import/compile output directory, "
+                                     "or a bare .tflite model (imported into a cache "
+                                     "directory first, as qdeploy import would)."),
     target: List[str] = typer.Option([], "--target", "-t", help=TARGET_HELP),
     inventory: Optional[Path] = typer.Option(
         None, "--inventory", "-i",
@@ -96,6 +98,7 @@ def push(
     from qdeploy.push.fleet import push_many
 
     found = _targets(target, inventory)
+    directory = bare_file_import(directory)
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
                        bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
@@ -120,6 +123,19 @@ def push(
         print(f"error: {r.error}", file=sys.stderr)
     if failed:
         raise typer.Exit(1)
+
+
+def bare_file_import(path: Path) -> Path:
+    """A bare model file's cached import (saying so in one line); a directory unchanged."""
+    if not path.is_file():
+        return path
+    from qdeploy.modelimport import cache
+
+    cached = cache.imported(path)
+    typer.echo(cached.line(path), err=True)
+    for note in cached.result.notes if cached.result else []:
+        typer.echo(f"note: {note}", err=True)
+    return cached.directory
 
 
 @commands.command()

@@ -3,10 +3,12 @@
 `task_from_graph` turns what a file says about itself (qdeploy.modelimport.selfdescribe)
 into a qrun.manifest.Task: the kind `infer_task` found from the graph, and each role's
 output position. The four outputs of `TFLite_Detection_PostProcess` are found by the
-SignatureDef's names first (Model Maker / TF2: output_0 count, output_1 scores,
-output_2 classes, output_3 boxes), then by the op's own output order (boxes, classes,
-scores, count), never by a fixed output index: TF1 and TF2 exports order the model's
-outputs differently. `task_of_kind` builds the task a user named with `--task`.
+op's own output order (boxes, classes, scores, count: the kernel defines it), never by a
+fixed output index: TF1 and TF2 exports order the model's outputs differently, and a TF2
+SavedModel's signature names (output_0, ...) follow whatever its function returned
+(Model Maker: count, scores, classes, boxes; a function returning the op's tuple:
+boxes, classes, scores, count). The signature names are used only when the op's outputs
+are not the model's own. `task_of_kind` builds the task a user named with `--task`.
 """
 
 from __future__ import annotations
@@ -73,18 +75,18 @@ def detect_roles(description, graph, shapes) -> tuple:
 def postprocess_roles(description, graph) -> dict:
     """boxes/classes/scores/count -> output position for a model ending in the SSD op."""
     positions = {index: i for i, index in enumerate(graph.outputs)}
+    op = next(op for op in graph.ops if op.name == POSTPROCESS)
+    found = {role: positions.get(index) for role, index in zip(POSTPROCESS_ROLES, op.outputs)}
+    if None not in found.values():
+        return found
     signature = description.signature
     if signature and set(SIGNATURE_ROLES) <= set(signature.outputs):
         found = {SIGNATURE_ROLES[name]: positions.get(index)
                  for name, index in signature.outputs.items() if name in SIGNATURE_ROLES}
         if None not in found.values():
             return found
-    op = next(op for op in graph.ops if op.name == POSTPROCESS)
-    found = {role: positions.get(index) for role, index in zip(POSTPROCESS_ROLES, op.outputs)}
-    if None in found.values():
-        raise UserError(f"the {POSTPROCESS} op's outputs are not all model outputs; "
-                        "pass --task raw")
-    return found
+    raise UserError(f"the {POSTPROCESS} op's outputs are not all model outputs; "
+                    "pass --task raw")
 
 
 def segment_roles(description, graph, shapes) -> tuple:

@@ -1,0 +1,82 @@
+"""Bare model files: imported once into the sha256-keyed cache, then reused."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from qdeploy.modelimport import cache
+from qrun import manifest as mf
+
+from tests.fixtures.compile import MOBILENET, SUCCESS
+from tests.fixtures.convert import files_in
+from tests.paths import COMPILER_LOGS, CORAL, FAKE_COMPILER
+
+V1 = "mobilenet_v1_0.25_128_quant"
+
+
+@pytest.fixture
+def xdg_cache(tmp_path, monkeypatch):
+    root = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    return root
+
+
+def test_bare_file_is_imported_once_then_reused(tmp_path, xdg_cache):
+    model = tmp_path / "zoo" / f"{V1}.tflite"
+    model.parent.mkdir()
+    shutil.copyfile(CORAL / model.name, model)
+    first = cache.imported(model)
+    assert first.imported and first.directory.parent == xdg_cache / "qdeploy" / "imports"
+    assert first.directory.name == mf.sha256_file(model)[:16]
+    assert first.line(model) == f"imported {model} into {first.directory}"
+    m = mf.load(first.directory)
+    assert m.converter.tool == "qdeploy import" and m.artifacts[mf.INT8].sha256 == \
+        mf.sha256_file(model)
+    made = files_in(first.directory)
+    again = cache.imported(model)
+    assert not again.imported and again.directory == first.directory
+    assert again.line(model).startswith("reusing the import of")
+    assert files_in(first.directory) == made
+    # A cached import whose files changed is made again, not trusted.
+    (first.directory / "labels.txt").write_text("tampered\n")
+    third = cache.imported(model)
+    assert third.imported and files_in(third.directory) == made
+
+
+def test_an_edgetpu_models_key_covers_its_twin(tmp_path, xdg_cache):
+    alone = tmp_path / "alone" / f"{V1}_edgetpu.tflite"
+    paired = tmp_path / "paired" / f"{V1}_edgetpu.tflite"
+    for path in (alone, paired):
+        path.parent.mkdir()
+        shutil.copyfile(CORAL / path.name, path)
+    shutil.copyfile(CORAL / f"{V1}.tflite", paired.parent / f"{V1}.tflite")
+    lone, twin = cache.imported(alone), cache.imported(paired)
+    assert lone.directory != twin.directory
+    assert mf.INT8 not in mf.load(lone.directory).artifacts
+    assert mf.INT8 in mf.load(twin.directory).artifacts
+
+
+def test_compile_on_a_bare_file_compiles_its_cached_import(tmp_path, xdg_cache, monkeypatch,
+                                                           run_cli):
+    model = tmp_path / "zoo" / f"{MOBILENET}.tflite"
+    model.parent.mkdir()
+    shutil.copyfile(CORAL / model.name, model)
+    monkeypatch.setenv("FAKE_EDGETPU_TRANSCRIPT", str(COMPILER_LOGS / SUCCESS))
+    monkeypatch.setenv("FAKE_EDGETPU_TWIN", str(CORAL / f"{MOBILENET}_edgetpu.tflite"))
+    code, out, err = run_cli("compile", model, "--compiler", FAKE_COMPILER)
+    assert code == 0, err
+    directory = xdg_cache / "qdeploy" / "imports" / mf.sha256_file(model)[:16]
+    assert err.splitlines()[0] == f"imported {model} into {directory}"
+    assert "manifest.json updated" in out
+    assert mf.EDGETPU in mf.load(directory).artifacts
+    assert sorted(p.name for p in model.parent.iterdir()) == [model.name]  # nothing beside it
+    # The second call reuses the import (and compiles again).
+    code, _, err = run_cli("compile", model, "--compiler", FAKE_COMPILER)
+    assert code == 0 and err.splitlines()[0].startswith("reusing the import of")
+
+
+def test_compile_on_a_bare_edgetpu_model_still_refuses_it(tmp_path, xdg_cache, run_cli):
+    code, _, err = run_cli("compile", CORAL / f"{V1}_edgetpu.tflite")
+    assert code == 1 and "already compiled for the Edge TPU" in err
+    assert not xdg_cache.exists()
