@@ -157,8 +157,8 @@ def _load_named(path: Path, inputs, limit, labelled) -> list[Samples]:
                for name, shape in inputs]
     counts = {len(s) for s in samples}
     if len(counts) != 1:
-        raise UserError(f"{path} holds {', '.join(f'{len(s)} {n}' for s, (n, _) in zip(samples, inputs))} "
-                        "samples; give the same number for every input")
+        held = ", ".join(f"{len(s)} {name}" for s, (name, _) in zip(samples, inputs))
+        raise UserError(f"{path} holds {held} samples; give the same number for every input")
     if counts == {0}:
         raise UserError(f"data {path} holds no samples")
     for s in samples:

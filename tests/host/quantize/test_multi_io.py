@@ -308,3 +308,61 @@ def test_manifest_json_is_schema_2_with_both_inputs(two_io_converted):
 def test_convert_api_refuses_an_unknown_output_io(two_io, tmp_path):
     with pytest.raises(UserError, match="--output-io"):
         convert(two_io.path, two_io.calib, tmp_path / "o", output_io="int4")
+
+
+def test_labels_are_checked_against_the_scores_output(run_cli, two_io, tmp_path):
+    (tmp_path / "four.txt").write_text("a\nb\nc\nd\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli("convert", two_io.path, "--calib", two_io.calib, "--out", out,
+                           "--num-calib", "4", "--labels", tmp_path / "four.txt")
+    assert_one_line_error(code, err, "four.txt has 4 labels but the model outputs 5 scores")
+    assert files_in(out) == {}
+    (tmp_path / "five.txt").write_text("a\nb\nc\nd\ne\n")
+    code, _, err = run_cli("convert", two_io.path, "--calib", two_io.calib, "--out", out,
+                           "--num-calib", "4", "--labels", tmp_path / "five.txt")
+    assert code == 0, err
+    manifest = mf.load(out)
+    assert manifest.task.labels == mf.LABELS and manifest.labels == "labels.txt"
+
+
+def test_npz_inputs_of_different_counts_are_refused(tmp_path):
+    from qdeploy.quantize import datasets
+    from qrun.preprocess import Preprocess
+
+    data = two_io_data(4, 0)
+    np.savez(tmp_path / "c.npz", image=data["image"], side=data["side"][:3])
+    with pytest.raises(UserError, match="holds 4 image, 3 side samples"):
+        datasets.load_calibration_inputs(tmp_path / "c.npz", [("image", [1, 8, 8, 1]),
+                                                              ("side", [1, 3])], Preprocess())
+
+
+def test_savedmodel_with_two_inputs_and_outputs_keeps_its_signature_names(tmp_path):
+    from qdeploy.quantize.tfquiet import tensorflow as import_tf
+
+    tf = import_tf()
+
+    class TwoByTwo(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.random.stateless_normal([67, 4], seed=[3, 4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32),
+                                      tf.TensorSpec([None, 3], tf.float32)])
+        def __call__(self, pixels, extra):
+            joined = tf.concat([tf.reshape(pixels, [-1, 64]), extra], axis=1) @ self.w
+            return {"probabilities": tf.nn.softmax(joined), "total": tf.reduce_sum(
+                joined, axis=1, keepdims=True)}
+
+    module = TwoByTwo()
+    tf.saved_model.save(module, str(tmp_path / "sm"),
+                        signatures={"serving_default": module.__call__})
+    data = two_io_data(8, 2)
+    np.savez(tmp_path / "c.npz", pixels=data["image"], extra=data["side"])
+    result = convert(tmp_path / "sm", tmp_path / "c.npz", tmp_path / "out", num_calib=8)
+    manifest = result.manifest
+    assert {s.name: s.shape for s in manifest.inputs} == {"pixels": [1, 8, 8, 1],
+                                                          "extra": [1, 3]}
+    assert {s.name: s.shape for s in manifest.outputs} == {"probabilities": [1, 4],
+                                                           "total": [1, 1]}
+    assert manifest.task.kind == mf.CLASSIFY
+    assert manifest.outputs[manifest.task.output(mf.SCORES)].name == "probabilities"
+    assert manifest.converter.source_kind == "saved_model"
