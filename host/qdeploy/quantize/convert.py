@@ -282,9 +282,18 @@ def _load_keras(path: Path) -> SourceModel:
     inputs = [SourceInput(name, tuple(t.shape), str(t.dtype))
               for name, t in zip(unique_names([t.name for t in model.inputs], "input"),
                                  model.inputs)]
-    outputs = unique_names(list(getattr(model, "output_names", None) or
-                                [t.name for t in model.outputs]), "output")
-    return SourceModel(path, "keras", model, inputs, outputs)
+    return SourceModel(path, "keras", model, inputs, keras_output_names(model))
+
+
+def keras_output_names(model) -> list:
+    """The names of a Keras model's outputs: the layer that makes each one (a Sequential
+    model has no `output_names`), as signature keys."""
+    def layer_name(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return getattr(getattr(history, "operation", None), "name", None) or tensor.name
+
+    names = getattr(model, "output_names", None) or [layer_name(t) for t in model.outputs]
+    return unique_names(list(names), "output")
 
 
 def unique_names(names: list, stem: str) -> list:
