@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.reports",
     "tests.fixtures.runner",
     "tests.fixtures.sshd",
+    "tests.fixtures.two_io",
 ]
 
 

@@ -17,15 +17,22 @@ commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
 @commands.command()
 def convert(
     model: Path = typer.Argument(..., help="Float source model: a .keras/.h5 file or a "
-                                 "SavedModel directory."),
+                                 "SavedModel directory, with one or several inputs and "
+                                 "outputs."),
     calib: Path = typer.Option(..., "--calib", help="Representative dataset: a folder of "
                                "images (searched recursively), an .npy/.npz array, or MNIST "
                                "idx files. uint8 arrays are pixels; float arrays are model "
-                               "inputs."),
+                               "inputs. A model with several inputs takes an .npz with one "
+                               "array per input, named as the model names its inputs."),
     out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Output directory."),
     num_calib: int = typer.Option(100, "--num-calib", help="Calibration samples to use."),
-    io: str = typer.Option("uint8", "--io", help="Integer type of the model's input and "
-                           "output: uint8 or int8."),
+    io: str = typer.Option("uint8", "--io", help="Integer type of every input and (unless "
+                           "--output-io says otherwise) every output: uint8 or int8."),
+    output_io: Optional[str] = typer.Option(None, "--output-io", help="Type of every "
+                                            "output: uint8, int8, or float32 for heads that "
+                                            "must stay float (post-processing outputs, "
+                                            "regression values); the ops stay int8 and a "
+                                            "DEQUANTIZE ends each output. Default: --io."),
     preprocess: str = typer.Option("unit", "--preprocess", help="Pixels to float input: "
                                    "unit ([0,1], /255), symmetric ([-1,1]), raw, or "
                                    "mean=M,std=S[,color=L|RGB]. Stored in the manifest and "
@@ -35,8 +42,11 @@ def convert(
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
-    Writes model_float.tflite, model_int8.tflite and manifest.json into --out. The batch
-    is fixed to 1 and every op must have an int8 kernel, as the Edge TPU needs.
+    Writes model_float.tflite, model_int8.tflite, reference inputs and manifest.json
+    into --out. The batch is fixed to 1 and every op must have an int8 kernel, as the
+    Edge TPU needs. The manifest lists every input and output in the interpreter's
+    order and the task: classify when one output is a [1, N] score vector, else what
+    the graph shows (detect, segment, pose or raw).
     """
     from qdeploy.quantize.convert import convert as run_convert
     from qrun.preprocess import parse_preprocess
@@ -44,7 +54,8 @@ def convert(
     pre = parse_preprocess(preprocess)
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
-                             preprocess=pre, labels=labels, progress=tick)
+                             preprocess=pre, labels=labels, progress=tick,
+                             output_io=output_io)
     print_conversion(result)
 
 
@@ -58,18 +69,33 @@ def print_conversion(result) -> None:
     if result.batch_fixed:
         batch = (m.converter.source_input_shape or [None])[0]
         was = "dynamic" if batch in (None, -1) else str(batch)
-        out.print(f"  batch fixed to 1: input {m.input.shape} (the source model's batch was "
+        fixed = (f"input {m.input.shape}" if len(m.inputs) == 1
+                 else f"all {len(m.inputs)} inputs")
+        out.print(f"  batch fixed to 1: {fixed} (the source model's batch was "
                   f"{was}); no dynamic-shape ops")
     else:
-        out.print(f"  input {m.input.shape}, static shapes, no dynamic-shape ops")
+        shapes = " ".join(str(spec.shape) for spec in m.inputs)
+        out.print(f"  input {shapes}, static shapes, no dynamic-shape ops")
     out.print(f"  model_float.tflite  {float_size:>10,} bytes")
     out.print(f"  model_int8.tflite   {int8_size:>10,} bytes  ({float_size / int8_size:.2f}x "
               f"smaller), {len(result.int8_ops)} ops: {' '.join(result.int8_ops)}")
-    for name, spec in (("input ", m.input), ("output", m.output)):
-        out.print(f"  {name} {spec.dtype} {spec.shape}  scale {spec.scale:.6g}  "
-                  f"zero point {spec.zero_point}")
+    for end, specs in (("input ", m.inputs), ("output", m.outputs)):
+        for k, spec in enumerate(specs):
+            which = f"{end} {k} {spec.name}" if len(specs) > 1 else end
+            quant = (f"scale {spec.scale:.6g}  zero point {spec.zero_point}" if spec.quantized
+                     else "not quantized")
+            out.print(f"  {which} {spec.dtype} {spec.shape}  {quant}")
+    out.print(f"  task {describe_task(m)}")
     out.print(f"  calibrated on {result.calibration_samples} samples from "
               f"{m.calibration['source']}")
+
+
+def describe_task(m) -> str:
+    """The task and its output roles, e.g. "classify (scores: output 0 scores)"."""
+    roles = ", ".join(f"{role}: output {k} {m.outputs[k].name}"
+                      for role, k in m.task.outputs.items())
+    reason = f" - {m.task.reason}" if m.task.reason else ""
+    return f"{m.task.kind}" + (f" ({roles})" if roles else "") + reason
 
 
 @commands.command()
@@ -77,7 +103,9 @@ def evaluate(
     directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert output directory."),
     data: Path = typer.Option(..., "--data", help="Labelled data: a folder with one "
                               "sub-folder per class, an .npz with arrays x and y, or an idx "
-                              "image file (or a folder holding an idx image/label pair)."),
+                              "image file (or a folder holding an idx image/label pair). A "
+                              "model with several inputs takes an .npz with one array per "
+                              "input name and y."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="The idx label file, when "
                                           "--data is an idx image file whose label file is "
                                           "not beside it."),
@@ -86,8 +114,10 @@ def evaluate(
 ):
     """Accuracy of the float and the int8 model on labelled data, and what int8 saved.
 
-    Both run through the device runtime with the manifest's preprocessing. The figures
-    are stored in manifest.json for later reports.
+    Both run through the device runtime with the manifest's preprocessing. A model with
+    several outputs is scored on the output its task names as the scores; a model whose
+    task has none (detect, segment, pose, raw) is refused. The figures are stored in
+    manifest.json for later reports.
     """
     from qdeploy.quantize.evaluate import evaluate as run_evaluate
 

@@ -1,9 +1,11 @@
 """Full-integer post-training quantization with TensorFlow's TFLiteConverter.
 
-The steps, top to bottom: load the source model (Keras file or SavedModel), re-export
-it with the batch fixed to 1 (the Edge TPU needs static shapes), read the
-representative dataset, convert to a float and an int8 `.tflite`, check the int8
-model really is integer-only, and publish both with `manifest.json`. All files are
+The steps, top to bottom: load the source model (Keras file or SavedModel, one or
+several inputs and outputs), re-export it with the batch fixed to 1 (the Edge TPU
+needs static shapes) and its inputs and outputs named as the source names them,
+read the representative dataset (one array per input), convert to a float and an
+int8 `.tflite`, check the int8 model really is integer-only with the I/O types asked
+for, choose its task, and publish both with `manifest.json`. All files are
 staged in a temporary directory inside the output directory and renamed into place
 only when every step succeeded, so a failed run never clobbers a good result.
 """
@@ -19,12 +21,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from qdeploy.quantize import datasets
+from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelimport import selfdescribe, tasks
+from qdeploy.quantize import datasets, signature
 from qdeploy.quantize.tfquiet import keras as import_keras
 from qdeploy.quantize.tfquiet import quiet
 from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun import __version__, atomic
 from qrun import manifest as mf
+from qrun import reference
 from qrun.errors import UserError
 from qrun.preprocess import Preprocess
 from qrun.runtime import make_interpreter
@@ -32,37 +37,64 @@ from qrun.runtime import make_interpreter
 FLOAT_NAME = mf.CONVERT_FILES[mf.FLOAT]  # model_float.tflite
 INT8_NAME = mf.CONVERT_FILES[mf.INT8]  # model_int8.tflite
 LABELS_NAME = mf.CONVERT_FILES[mf.LABELS]  # labels.txt
-REFERENCE_NAME = mf.CONVERT_FILES[mf.REFERENCE]  # reference_inputs.npy
+REFERENCE_NAME = mf.CONVERT_FILES[mf.REFERENCE]  # reference_inputs.npy: one input
+REFERENCE_NPZ_NAME = reference.NPZ_NAME  # reference_inputs.npz: several inputs
 REFERENCE_COUNT = 8
-IO_TYPES = ("uint8", "int8")  # --io: the int8 model's input/output dtype
+IO_TYPES = ("uint8", "int8")  # --io: the int8 model's input (and output) dtype
+OUTPUT_IO_TYPES = IO_TYPES + ("float32",)  # --output-io: float32 leaves a DEQUANTIZE
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 INTEGER_DTYPES = {"int8", "int32", "uint8", "int16", "int64"}
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE"}
 
 
 @dataclass
+class SourceInput:
+    """One input of the source model: its name, declared shape (batch may be None), dtype."""
+
+    name: str  # the Keras input name / SavedModel signature argument: the manifest's name
+    shape: tuple
+    dtype: str
+
+    @property
+    def fixed_shape(self) -> list:
+        return [1, *[int(d) for d in self.shape[1:]]]
+
+
+@dataclass
 class SourceModel:
-    """The float model to convert and the input shape it declares (batch may be None)."""
+    """The float model to convert: its inputs and the names of its outputs, in its order."""
 
     path: Path
     kind: str  # "keras" or "saved_model"
     obj: object
-    input_shape: tuple
-    input_dtype: str
-    input_name: Optional[str] = None  # a SavedModel signature's argument name
+    inputs: list  # SourceInput
+    outputs: list  # output names (Keras output layer names, signature output keys)
+
+    @property
+    def input_shape(self) -> tuple:
+        """The first input's shape as the source declares it."""
+        return self.inputs[0].shape
 
     @property
     def batch_was_dynamic(self) -> bool:
-        return self.input_shape[0] is None or self.input_shape[0] == -1
+        return any(i.shape[0] is None or i.shape[0] == -1 for i in self.inputs)
 
     @property
     def batch_changed(self) -> bool:
         """Whether the re-export changes the batch (dynamic, or fixed to more than 1)."""
-        return self.input_shape[0] != 1
+        return any(i.shape[0] != 1 for i in self.inputs)
 
     @property
     def fixed_shape(self) -> list:
-        return [1, *[int(d) for d in self.input_shape[1:]]]
+        return self.inputs[0].fixed_shape
+
+
+@dataclass(frozen=True)
+class IOTypes:
+    """The int8 model's input and output dtypes (--io, --output-io)."""
+
+    inputs: str = "uint8"
+    outputs: str = "uint8"
 
 
 @dataclass
@@ -80,43 +112,88 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             io_type: str = "uint8", preprocess: Optional[Preprocess] = None,
             labels: Optional[Path] = None,
             progress: Optional[Callable[[int, int], None]] = None,
-            calib_label: Optional[str] = None) -> ConvertResult:
+            calib_label: Optional[str] = None,
+            output_io: Optional[str] = None) -> ConvertResult:
     """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`.
 
+    `io_type` is the dtype of every input (and of every output unless `output_io` says
+    otherwise: "float32" keeps float outputs behind a DEQUANTIZE, as Coral's SSDs do).
     `calib_label` names the representative dataset in the manifest when its path means
     nothing to a reader (a temporary file, say).
     """
-    if io_type not in IO_TYPES:
-        raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got '{io_type}'")
+    io = io_types(io_type, output_io)
     if num_calib < 1:
         raise UserError("--num-calib must be at least 1")
     pre = preprocess or Preprocess()
     label_names = read_labels(Path(labels)) if labels is not None else None
     out_dir = prepare_out_dir(Path(out_dir))
     source = load_source_model(Path(model_path))
-    samples = datasets.load_calibration(calib, source.fixed_shape, pre, limit=num_calib)
+    samples = load_calibration(calib, source, pre, num_calib)
     if calib_label:
-        samples.source = calib_label
-    inputs = datasets.float_inputs(samples, pre)
+        for s in samples:
+            s.source = calib_label
+    inputs = {i.name: datasets.float_inputs(s, pre) for i, s in zip(source.inputs, samples)}
 
     with atomic.staging_dir(out_dir) as stage:
         saved = export_fixed_batch(source, stage / "fixed_batch_savedmodel")
         (stage / FLOAT_NAME).write_bytes(convert_float(saved))
+        (stage / INT8_NAME).write_bytes(convert_int8(saved, inputs, io, progress))
+        int8_ops = check_integer_only(stage / INT8_NAME, io)
+        task = choose_task(stage / INT8_NAME, labels is not None)
         if label_names is not None:
-            check_labels(label_names, labels, stage / FLOAT_NAME)
-        (stage / INT8_NAME).write_bytes(convert_int8(saved, inputs, io_type, progress))
-        int8_ops = check_integer_only(stage / INT8_NAME, io_type)
+            check_labels(label_names, labels, stage / INT8_NAME, task)
         names = [FLOAT_NAME, INT8_NAME]
         if labels is not None:
             shutil.copyfile(labels, stage / LABELS_NAME)
             names.append(LABELS_NAME)
-        np.save(stage / REFERENCE_NAME, samples.data[:REFERENCE_COUNT])
-        names.append(REFERENCE_NAME)
-        manifest = build_manifest(stage, source, samples, pre, io_type, names)
+        names.append(write_reference(stage, source, samples, pre))
+        manifest = build_manifest(stage, source, samples, pre, io, names, task)
         mf.save(manifest, stage)
         atomic.publish(stage, out_dir, names + [mf.MANIFEST_NAME])
     return ConvertResult(out_dir, manifest, out_dir / FLOAT_NAME, out_dir / INT8_NAME,
-                         source.batch_changed, len(samples), int8_ops)
+                         source.batch_changed, len(samples[0]), int8_ops)
+
+
+def io_types(io_type: str, output_io: Optional[str]) -> IOTypes:
+    """--io and --output-io checked; outputs default to the inputs' type."""
+    if io_type not in IO_TYPES:
+        raise UserError(f"--io must be one of {', '.join(IO_TYPES)}, got '{io_type}'")
+    if output_io is not None and output_io not in OUTPUT_IO_TYPES:
+        raise UserError(f"--output-io must be one of {', '.join(OUTPUT_IO_TYPES)}, got "
+                        f"'{output_io}'")
+    return IOTypes(io_type, output_io or io_type)
+
+
+def load_calibration(calib: Path, source: SourceModel, pre: Preprocess,
+                     limit: int) -> list:
+    """One `Samples` per source input: images/npy/idx for one input, an .npz with one
+    array per input name for several."""
+    if len(source.inputs) == 1:
+        return [datasets.load_calibration(calib, source.fixed_shape, pre, limit=limit)]
+    return datasets.load_calibration_inputs(
+        calib, [(i.name, i.fixed_shape) for i in source.inputs], pre, limit=limit)
+
+
+def write_reference(stage: Path, source: SourceModel, samples: list, pre: Preprocess) -> str:
+    """Reference inputs for verify; returns the file name.
+
+    One input: `reference_inputs.npy`, the samples as read (pixels or floats), as
+    before. Several: `reference_inputs.npz` (qrun.reference), one array per input in
+    the int8 interpreter's order, in that input's dtype, fed as they are.
+    """
+    if len(samples) == 1:
+        np.save(stage / REFERENCE_NAME, samples[0].data[:REFERENCE_COUNT])
+        return REFERENCE_NAME
+    by_name = {i.name: s for i, s in zip(source.inputs, samples)}
+    interpreter = make_interpreter(stage / INT8_NAME)
+    specs, _ = signature.specs(interpreter, stage / INT8_NAME)
+    arrays = []
+    for spec in specs:
+        data = by_name[spec.name].data[:REFERENCE_COUNT]
+        arrays.append(np.stack([datasets.model_input(x, spec.dtype, spec.scale,
+                                                     spec.zero_point, pre) for x in data]))
+    reference.save_npz(stage / REFERENCE_NPZ_NAME, arrays)
+    return REFERENCE_NPZ_NAME
 
 
 def read_labels(path: Path):
@@ -131,15 +208,17 @@ def read_labels(path: Path):
     return names
 
 
-def check_labels(names, path: Path, model: Path) -> None:
-    """Refuse a labels file that does not fit the model's scores, as the device would."""
-    from qrun import adapters
+def check_labels(names, path: Path, model: Path, task: mf.Task) -> None:
+    """Refuse a labels file that does not fit the scores output, as the device would."""
     from qrun.labels import check_fit
 
+    position = task.output(mf.SCORES)
+    if position is None:
+        return  # nothing to count the labels against
     with quiet():  # the XNNPACK delegate announces itself on stderr
-        classes = adapters.num_classes(make_interpreter(model))
+        shape = make_interpreter(model).get_output_details()[position]["shape"]
     try:
-        check_fit(names, classes, path)
+        check_fit(names, int(np.prod(shape)), path)
     except UserError as exc:
         raise UserError(f"--labels {str(exc).split('; ')[0]}; give the labels file made for "
                         "this model (one label per output score)") from None
@@ -177,15 +256,18 @@ def load_source_model(path: Path) -> SourceModel:
 
 def check_input(source: SourceModel) -> SourceModel:
     """Refuse, before reading any data, an input the fixed-batch int8 model cannot have."""
-    shape = list(source.input_shape)
-    if not shape or any(d is None or d == -1 for d in shape[1:]):
-        raise UserError(f"{source.path.name} has input shape {shape}; the Edge TPU needs every "
-                        "dimension but the batch fixed: rebuild it with a fixed input size "
-                        "(e.g. Input((224, 224, 3)))")
-    if "float" not in str(source.input_dtype):
-        raise UserError(f"{source.path.name} takes {source.input_dtype} input; qdeploy converts "
-                        "models with float input (the int8 model gets uint8 I/O itself): "
-                        "export it with a float32 input and do the cast inside")
+    many = len(source.inputs) > 1
+    for i in source.inputs:
+        shape = list(i.shape)
+        which = f"input {i.name} of {source.path.name}" if many else source.path.name
+        if not shape or any(d is None or d == -1 for d in shape[1:]):
+            raise UserError(f"{which} has input shape {shape}; the Edge TPU needs every "
+                            "dimension but the batch fixed: rebuild it with a fixed input "
+                            "size (e.g. Input((224, 224, 3)))")
+        if "float" not in str(i.dtype):
+            raise UserError(f"{which} takes {i.dtype} input; qdeploy converts models with "
+                            "float input (the int8 model gets uint8 I/O itself): export it "
+                            "with a float32 input and do the cast inside")
     return source
 
 
@@ -197,14 +279,35 @@ def _load_keras(path: Path) -> SourceModel:
     except Exception as exc:  # keras raises many types for a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} could not be loaded as a Keras model ({first[:200]})") from None
-    if len(model.inputs) != 1:
-        raise UserError(f"{path} has {len(model.inputs)} inputs; qdeploy converts "
-                        "single-input models")
-    if len(model.outputs) != 1:
-        raise UserError(f"{path} has {len(model.outputs)} outputs; qdeploy converts "
-                        "single-output models (build a model with the one head to deploy)")
-    tensor = model.inputs[0]
-    return SourceModel(path, "keras", model, tuple(tensor.shape), str(tensor.dtype))
+    inputs = [SourceInput(name, tuple(t.shape), str(t.dtype))
+              for name, t in zip(unique_names([t.name for t in model.inputs], "input"),
+                                 model.inputs)]
+    return SourceModel(path, "keras", model, inputs, keras_output_names(model))
+
+
+def keras_output_names(model) -> list:
+    """The names of a Keras model's outputs: the layer that makes each one (a Sequential
+    model has no `output_names`), as signature keys."""
+    def layer_name(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return getattr(getattr(history, "operation", None), "name", None) or tensor.name
+
+    names = getattr(model, "output_names", None) or [layer_name(t) for t in model.outputs]
+    return unique_names(list(names), "output")
+
+
+def unique_names(names: list, stem: str) -> list:
+    """Names usable as signature keys ([A-Za-z0-9_], not empty, distinct), in order."""
+    out = []
+    for k, name in enumerate(names):
+        clean = "".join(c if c.isalnum() or c == "_" else "_" for c in str(name)) or \
+            f"{stem}_{k}"
+        if clean[0].isdigit():
+            clean = f"{stem}_{clean}"
+        while clean in out:
+            clean = f"{clean}_{k}"
+        out.append(clean)
+    return out
 
 
 def _load_saved_model(path: Path) -> SourceModel:
@@ -216,49 +319,59 @@ def _load_saved_model(path: Path) -> SourceModel:
     except Exception as exc:
         raise UserError(f"{path} could not be loaded as a SavedModel "
                         f"({type(exc).__name__})") from None
-    signature = loaded.signatures.get("serving_default")
-    if signature is None:
+    serving = loaded.signatures.get("serving_default")
+    if serving is None:
         raise UserError(f"{path} has no serving_default signature")
-    specs = signature.structured_input_signature[1]
-    if len(specs) != 1:
-        raise UserError(f"{path} has {len(specs)} inputs; qdeploy converts single-input models")
-    outputs = signature.structured_outputs
-    if isinstance(outputs, dict) and len(outputs) != 1:
-        raise UserError(f"{path} has {len(outputs)} outputs; qdeploy converts single-output "
-                        "models (export a serving_default signature with the one output)")
-    (name, spec), = specs.items()
-    return SourceModel(path, "saved_model", loaded, tuple(spec.shape.as_list()),
-                       spec.dtype.name, name)
+    specs = serving.structured_input_signature[1]
+    if not specs:
+        raise UserError(f"{path}'s serving_default signature takes no inputs")
+    outputs = serving.structured_outputs
+    names = list(outputs) if isinstance(outputs, dict) else ["output_0"]
+    inputs = [SourceInput(name, tuple(spec.shape.as_list()), spec.dtype.name)
+              for name, spec in sorted(specs.items())]
+    return SourceModel(path, "saved_model", loaded, inputs, names)
 
 
 def export_fixed_batch(source: SourceModel, target: Path) -> Path:
-    """A SavedModel of the same weights whose only signature takes a batch of exactly 1."""
+    """A SavedModel of the same weights whose only signature takes a batch of exactly 1,
+    its arguments and outputs named as the source names its inputs and outputs."""
     tf = import_tf()
 
     check_input(source)
-    spec = tf.TensorSpec(source.fixed_shape, tf.float32)
+    specs = [tf.TensorSpec(i.fixed_shape, tf.float32, name=i.name) for i in source.inputs]
     try:
-        _export(tf, source, spec, target)
+        _export(tf, source, specs, target)
     except Exception as exc:  # tracing errors of many types: keep the meaningful line
         raise UserError(f"cannot re-export {source.path.name} with batch 1: "
                         f"{converter_message(str(exc))}") from None
     return target
 
 
-def _export(tf, source: SourceModel, spec, target: Path) -> None:
+def _export(tf, source: SourceModel, specs: list, target: Path) -> None:
     with quiet():
         if source.kind == "keras":
-            source.obj.export(str(target), format="tf_saved_model", input_signature=[spec],
-                              verbose=False)
+            keras = import_keras()
+            model, names = source.obj, source.outputs
+
+            def serve(*args):
+                outputs = model(args[0] if len(args) == 1 else list(args))
+                if not isinstance(outputs, (list, tuple)):
+                    outputs = [outputs]
+                return dict(zip(names, outputs))
+
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("serving_default", serve, input_signature=specs)
+            archive.write_out(str(target), verbose=False)
         else:
-            signature = source.obj.signatures["serving_default"]
-            name = source.input_name
+            serving = source.obj.signatures["serving_default"]
+            names = [i.name for i in source.inputs]
             module = tf.Module()
             module.source = source.obj
 
-            @tf.function(input_signature=[spec])
-            def serve(x):
-                return signature(**{name: x})
+            @tf.function(input_signature=specs)
+            def serve(*args):
+                return serving(**dict(zip(names, args)))
 
             tf.saved_model.save(module, str(target), signatures={"serving_default": serve})
 
@@ -276,23 +389,25 @@ def convert_float(saved_model: Path) -> bytes:
                         "only)") from None
 
 
-def convert_int8(saved_model: Path, inputs: np.ndarray, io_type: str,
+def convert_int8(saved_model: Path, inputs: dict, io: IOTypes,
                  progress: Optional[Callable[[int, int], None]] = None) -> bytes:
-    """Full-integer conversion as the TFLite docs teach, calibrated on `inputs`."""
+    """Full-integer conversion as the TFLite docs teach, calibrated on `inputs` (input
+    name -> [N, ...] float array: one dict per sample, keyed by signature name)."""
     tf = import_tf()
+    count = len(next(iter(inputs.values())))
 
     def representative_dataset():
-        for i, sample in enumerate(inputs):
+        for i in range(count):
             if progress:
-                progress(i + 1, len(inputs))
-            yield [sample[None].astype(np.float32)]
+                progress(i + 1, count)
+            yield {name: x[i][None].astype(np.float32) for name, x in inputs.items()}
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = getattr(tf, io_type)
-    converter.inference_output_type = getattr(tf, io_type)
+    converter.inference_input_type = getattr(tf, io.inputs)
+    converter.inference_output_type = getattr(tf, io.outputs)
     try:
         with quiet():
             return converter.convert()
@@ -314,12 +429,14 @@ def converter_message(text: str) -> str:
     return (lines[0] if lines else "unknown error")[:300]
 
 
-def check_integer_only(int8_path: Path, io_type: str) -> list:
-    """The op names of the int8 model, after proving it has no float op or dynamic shape.
+def check_integer_only(int8_path: Path, io: IOTypes) -> list:
+    """The op names of the int8 model, after proving it has no float op or dynamic shape
+    and every input and output has the dtype asked for.
 
     TFLiteConverter keeps an op that has no int8 kernel in float, wrapped in
     DEQUANTIZE/QUANTIZE, even with TFLITE_BUILTINS_INT8; the Edge TPU cannot run that,
-    so it is refused here, naming the op.
+    so it is refused here, naming the op and its float tensor. Float outputs asked for
+    with --output-io float32 are fed by a DEQUANTIZE only, which is allowed.
     """
     interpreter = make_interpreter(int8_path)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
@@ -328,31 +445,75 @@ def check_integer_only(int8_path: Path, io_type: str) -> list:
         if op["op_name"] in EDGE_OPS:
             continue
         used = [i for i in list(op["inputs"]) + list(op["outputs"]) if i in tensors]
-        if any(np.dtype(tensors[i]["dtype"]).name not in INTEGER_DTYPES for i in used):
+        floats = [tensors[i] for i in used
+                  if np.dtype(tensors[i]["dtype"]).name not in INTEGER_DTYPES]
+        if floats:
             raise UserError(f"op {op['op_name']} has no int8 kernel: the converter left it in "
-                            "float, which the Edge TPU cannot run; replace it in the model")
+                            f"float (tensor {floats[0]['name']} is "
+                            f"{np.dtype(floats[0]['dtype']).name}), which the Edge TPU cannot "
+                            "run; replace it in the model")
     for t in tensors.values():
         if -1 in list(t.get("shape_signature", [])):
             raise UserError(f"tensor {t['name']} has a dynamic shape after conversion; the Edge "
                             "TPU needs static shapes")
-    for detail in interpreter.get_input_details() + interpreter.get_output_details():
-        if np.dtype(detail["dtype"]).name != io_type:
-            raise UserError(f"model I/O is {np.dtype(detail['dtype']).name}, expected {io_type}")
+    inputs, outputs = signature.specs(interpreter, int8_path)
+    for end, specs, wanted, option in (("input", inputs, io.inputs, "--io"),
+                                       ("output", outputs, io.outputs, "--output-io")):
+        for spec in specs:
+            if spec.dtype != wanted:
+                raise UserError(f"{end} {spec.name} is {spec.dtype} after conversion, not "
+                                f"{wanted} ({option}): the converter sets the type of float "
+                                f"{end}s only; make the model's {end} float (drop a final "
+                                "cast or argmax: qrun takes the argmax itself)")
     return [op["op_name"] for op in ops]
 
 
-def build_manifest(stage: Path, source: SourceModel, samples: datasets.Samples,
-                   pre: Preprocess, io_type: str, names: list) -> mf.Manifest:
-    """The manifest of the staged artifacts."""
+def choose_task(int8_path: Path, labels: bool) -> mf.Task:
+    """The model's task: a classifier when exactly one output is a [1, N] score vector
+    (N > 1; a [1, 1] output is one value), else what the graph says (tasks.task_from_graph)."""
+    interpreter = make_interpreter(int8_path)
+    _, outputs = signature.specs(interpreter, int8_path)
+    if len(outputs) == 1 and len(outputs[0].shape) == 2 and outputs[0].shape[0] == 1:
+        return mf.classifier_task(labels)
+    vectors = [k for k, o in enumerate(outputs)
+               if len(o.shape) == 2 and o.shape[0] == 1 and o.shape[1] > 1]
+    if len(vectors) == 1:
+        k = vectors[0]
+        return mf.Task(mf.CLASSIFY, labels=mf.LABELS if labels else None,
+                       outputs={mf.SCORES: k}, source="convert",
+                       reason=f"output {k} ({outputs[k].name}) is the one [1, N] score vector "
+                              f"among {[o.shape for o in outputs]}")
+    return tasks.task_from_graph(selfdescribe.describe(int8_path),
+                                 tflite_graph.load(int8_path), labels)
+
+
+def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preprocess,
+                   io: IOTypes, names: list, task: mf.Task) -> mf.Manifest:
+    """The manifest of the staged artifacts: every input and output in the int8
+    interpreter's order, named as the source model names them."""
     tf = import_tf()
 
     interpreter = make_interpreter(stage / INT8_NAME)
-    roles = {name: role for role, name in mf.CONVERT_FILES.items()}
-    artifacts = {roles[n]: mf.artifact_for(stage / n) for n in names}
+    files = {**{name: role for role, name in mf.CONVERT_FILES.items()},
+             REFERENCE_NPZ_NAME: mf.REFERENCE}
+    artifacts = {files[n]: mf.artifact_for(stage / n) for n in names}
+    inputs, outputs = signature.specs(interpreter, stage / INT8_NAME)
+    extra = {}
+    if io.outputs != io.inputs:
+        extra["inference_output_type"] = io.outputs
+    if len(source.inputs) > 1:
+        extra["source_inputs"] = [{"name": i.name, "shape": [None if d is None else int(d)
+                                                            for d in i.shape]}
+                                  for i in source.inputs]
+    calibration = {"samples": len(samples[0]), "source": samples[0].source,
+                   "kind": samples[0].kind, "pixels": all(s.are_pixels for s in samples)}
+    if len(samples) > 1:
+        calibration["pixel_inputs"] = [i.name for i, s in zip(source.inputs, samples)
+                                       if s.are_pixels]
     return mf.Manifest(
-        inputs=[mf.TensorSpec.from_details(d) for d in interpreter.get_input_details()],
-        outputs=[mf.TensorSpec.from_details(d) for d in interpreter.get_output_details()],
-        task=mf.classifier_task(LABELS_NAME in names),
+        inputs=inputs,
+        outputs=outputs,
+        task=task,
         preprocess=pre,
         artifacts=artifacts,
         labels=LABELS_NAME if LABELS_NAME in names else None,
@@ -361,14 +522,14 @@ def build_manifest(stage: Path, source: SourceModel, samples: datasets.Samples,
             tensorflow=tf.__version__,
             optimizations=["DEFAULT"],
             supported_ops=["TFLITE_BUILTINS_INT8"],
-            inference_io_type=io_type,
+            inference_io_type=io.inputs,
             batch_fixed_to_1=source.batch_changed,
             source_input_shape=[None if d is None else int(d) for d in source.input_shape],
             source_model=source.path.name,
             source_kind=source.kind,
+            extra=extra,
         ),
-        calibration={"samples": len(samples), "source": samples.source, "kind": samples.kind,
-                     "pixels": samples.are_pixels},
+        calibration=calibration,
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         qdeploy_version=__version__,
     )

@@ -4,6 +4,11 @@ Everything comes back as a `Samples` batch shaped like the model input without i
 batch axis. uint8 data is *pixels*: it goes through the manifest's preprocessing,
 exactly as the device will do it. Float data is taken as already in the float
 model's input range and fed unchanged.
+
+A model with several inputs takes an `.npz` holding one array per input, named as
+the model names its inputs (the Keras input names, a SavedModel signature's argument
+names: what `manifest.json` lists under `inputs`), each [N, *that input's shape
+without batch]; labelled data adds `y`. The rule for uint8 and float is per array.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess, load_image, to_float
+from qrun.preprocess import Preprocess, load_image, quantize, to_float, to_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -114,6 +119,61 @@ def load_labelled(path: Path, input_shape: Sequence[int], pre: Preprocess,
     if len(samples) == 0:
         raise UserError(f"evaluation data {path} holds no samples")
     return samples
+
+
+def load_calibration_inputs(path: Path, inputs: Sequence[tuple], pre: Preprocess,
+                            limit: Optional[int] = None) -> list[Samples]:
+    """Representative samples of a model with several inputs: one `Samples` per
+    (name, shape) in `inputs`, from an .npz with one array per input name."""
+    return _load_named(Path(path), inputs, limit, labelled=False)
+
+
+def load_labelled_inputs(path: Path, inputs: Sequence[tuple], limit: Optional[int] = None
+                         ) -> list[Samples]:
+    """Labelled samples of a model with several inputs: an .npz with one array per input
+    name and `y`; every `Samples` carries the labels."""
+    return _load_named(Path(path), inputs, limit, labelled=True)
+
+
+def _load_named(path: Path, inputs, limit, labelled) -> list[Samples]:
+    names = [name for name, _ in inputs]
+    want = f"an .npz with one array per model input named {', '.join(names)}" + \
+        (" and the labels y" if labelled else "")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if not path.exists():
+        raise UserError(f"data not found: {path}")
+    if path.suffix != ".npz":
+        raise UserError(f"{path}: the model has {len(names)} inputs, so its data must be "
+                        f"{want}")
+    with unreadable_array(path), np.load(path, allow_pickle=False) as z:
+        missing = [n for n in names + (["y"] if labelled else []) if n not in z.files]
+        if missing:
+            raise UserError(f"{path} has no array {', '.join(missing)} (it holds "
+                            f"{sorted(z.files)}); give {want}")
+        arrays = {n: z[n] for n in names}
+        y = z["y"] if labelled else None
+    samples = [_fit(arrays[name], y, shape, f"{path}[{name}]", "npz", limit)
+               for name, shape in inputs]
+    counts = {len(s) for s in samples}
+    if len(counts) != 1:
+        held = ", ".join(f"{len(s)} {name}" for s, (name, _) in zip(samples, inputs))
+        raise UserError(f"{path} holds {held} samples; give the same number for every input")
+    if counts == {0}:
+        raise UserError(f"data {path} holds no samples")
+    for s in samples:
+        s.source = str(path)
+    return samples
+
+
+def model_input(sample: np.ndarray, dtype, scale: float, zero_point: int,
+                pre: Preprocess) -> np.ndarray:
+    """One sample as the input tensor wants it: pixels preprocessed, floats quantized."""
+    if sample.dtype == np.uint8:
+        return to_input(sample, pre, dtype, scale, zero_point)
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return sample.astype(dtype)
+    return quantize(sample, scale, zero_point, dtype)
 
 
 def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:

@@ -3,8 +3,12 @@
 Both `.tflite` models of a convert output run through the device runtime (qrun),
 one sample at a time with batch 1, fed exactly as the device feeds them: pixels go
 through the manifest's preprocessing and are quantized with the input tensor's
-scale and zero point. The figures are stored in `manifest.json` so later reports
-can show size, accuracy and latency side by side.
+scale and zero point. A model with several inputs reads an .npz with one array per
+input name and `y`; a model with several outputs is scored on the output its task
+names as the scores (`task.outputs.scores`), and a model whose task has no scores
+output (detect, segment, pose, raw) is refused: evaluate measures top-1 accuracy.
+The figures are stored in `manifest.json` so later reports can show size, accuracy
+and latency side by side.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from qdeploy.quantize import datasets
+from qdeploy.quantize import datasets, signature
 from qrun import adapters, atomic
 from qrun import manifest as mf
 from qrun.deployment import int8_model
 from qrun.errors import UserError
-from qrun.preprocess import quantize, to_input
+from qrun.preprocess import dequantize
 from qrun.runtime import make_interpreter
 
 
@@ -46,17 +50,17 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     """Accuracy of the float and int8 models in `directory` on labelled `data`."""
     directory = Path(directory)
     manifest = mf.load(directory)
+    scores_output(manifest)
     float_path = _present(manifest.path_of(directory, mf.FLOAT), directory, mf.FLOAT)
     int8_path = _present(int8_model(directory, manifest), directory, mf.INT8)
     if save:
         atomic.check_writable(directory, "evaluate stores its figures in manifest.json there: "
                               "make it writable or copy the directory")
-    samples = datasets.load_labelled(data, manifest.input.shape, manifest.preprocess,
-                                     labels=labels, limit=limit)
+    samples = load_samples(data, manifest, labels, limit)
     float_top1 = predict(float_path, samples, manifest, progress)
     int8_top1 = predict(int8_path, samples, manifest, progress)
-    result = score(float_top1, int8_top1, samples.labels, float_path.stat().st_size,
-                   int8_path.stat().st_size, samples.source)
+    result = score(float_top1, int8_top1, samples[0].labels, float_path.stat().st_size,
+                   int8_path.stat().st_size, samples[0].source)
     if save:
         manifest.evaluation = result.to_dict()
         try:
@@ -69,30 +73,57 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     return result
 
 
-def predict(model_path: Path, samples: datasets.Samples, manifest: mf.Manifest,
+def scores_output(manifest: mf.Manifest) -> int:
+    """The position of the output evaluate scores; a UserError when the task has none."""
+    position = manifest.task.output(mf.SCORES)
+    if position is None:
+        raise UserError(f"evaluate measures classification accuracy (top-1 on a scores "
+                        f"output), but this model's task is {manifest.task.kind} with no "
+                        "scores output; use qrun verify to compare the float and int8 "
+                        "outputs instead")
+    return position
+
+
+def load_samples(data: Path, manifest: mf.Manifest, labels: Optional[Path],
+                 limit: Optional[int]) -> list:
+    """One labelled `Samples` per model input, in the manifest's order."""
+    if len(manifest.inputs) == 1:
+        return [datasets.load_labelled(data, manifest.input.shape, manifest.preprocess,
+                                       labels=labels, limit=limit)]
+    return datasets.load_labelled_inputs(
+        data, [(spec.name, spec.shape) for spec in manifest.inputs], limit=limit)
+
+
+def predict(model_path: Path, samples, manifest: mf.Manifest,
             progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    """Top-1 class of every sample, one invoke per sample."""
+    """Top-1 class of every sample on the task's scores output, one invoke per sample.
+
+    `samples` is one `Samples` per manifest input (or one `Samples` for a single
+    input); the model's tensors are matched to the manifest's by signature name, so a
+    float model that orders its inputs or outputs otherwise is still fed right.
+    """
+    if isinstance(samples, datasets.Samples):
+        samples = [samples]
     interpreter = make_interpreter(model_path)
-    inp = mf.TensorSpec.from_details(adapters.input_details(interpreter))
-    top1 = np.empty(len(samples), dtype=np.int64)
-    for i, sample in enumerate(samples.data):
-        adapters.set_input(interpreter, model_input(sample, inp.dtype, inp.scale, inp.zero_point,
-                                                    manifest)[None])
+    inputs = signature.matching(interpreter, model_path, manifest.inputs, outputs=False)
+    scores = signature.matching(interpreter, model_path, manifest.outputs,
+                                outputs=True)[scores_output(manifest)]
+    out = mf.TensorSpec.from_details(scores)
+    count = len(samples[0])
+    top1 = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        for details, batch in zip(inputs, samples):
+            spec = mf.TensorSpec.from_details(details)
+            interpreter.set_tensor(details["index"], datasets.model_input(
+                batch.data[i], spec.dtype, spec.scale, spec.zero_point,
+                manifest.preprocess)[None])
         interpreter.invoke()
-        top1[i] = int(np.argmax(adapters.output_scores(interpreter)))
+        raw = interpreter.get_tensor(scores["index"])
+        adapters.check_scores_shape(raw.shape)
+        top1[i] = int(np.argmax(dequantize(raw.reshape(-1), out.scale, out.zero_point)))
         if progress:
-            progress(i + 1, len(samples))
+            progress(i + 1, count)
     return top1
-
-
-def model_input(sample: np.ndarray, dtype, scale: float, zero_point: int,
-                manifest: mf.Manifest) -> np.ndarray:
-    """One sample as the input tensor wants it: pixels preprocessed, floats quantized."""
-    if sample.dtype == np.uint8:
-        return to_input(sample, manifest.preprocess, dtype, scale, zero_point)
-    if np.issubdtype(np.dtype(dtype), np.floating):
-        return sample.astype(dtype)
-    return quantize(sample, scale, zero_point, dtype)
 
 
 def score(float_top1: np.ndarray, int8_top1: np.ndarray, labels: np.ndarray,

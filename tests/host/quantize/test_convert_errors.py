@@ -137,16 +137,6 @@ def test_dynamic_height_and_width_are_refused_before_any_work(run_cli, keras, tm
                           "fixed input size")
 
 
-def test_multi_output_model_is_refused(run_cli, keras, tmp_path):
-    inputs = keras.Input((8, 8, 1))
-    flat = keras.layers.Flatten()(inputs)
-    model = keras.Model(inputs, [keras.layers.Dense(3)(flat), keras.layers.Dense(2)(flat)])
-    model.save(tmp_path / "two.keras")
-    code, _, err = run_cli("convert", tmp_path / "two.keras", "--calib",
-                           tiny_calib(tmp_path / "c.npy"), "--out", tmp_path / "out")
-    assert_one_line_error(code, err, "two.keras has 2 outputs", "single-output")
-
-
 def test_savedmodel_without_builtin_ops_or_float_input_is_one_line(run_cli, tmp_path):
     from qdeploy.quantize.tfquiet import tensorflow as import_tf
 
