@@ -10,6 +10,7 @@ from tests.paths import CORAL, MNIST
 pytest_plugins = [
     "tests.fixtures.compile",
     "tests.fixtures.convert",
+    "tests.fixtures.multi_io_models",
     "tests.fixtures.pibox",
     "tests.fixtures.reports",
     "tests.fixtures.runner",
