@@ -193,8 +193,8 @@ def summary(report: dict) -> str:
     m = report["model"]
     return "\n".join([
         f"model:   {m['path']} ({m['variant']}, {m['size']} bytes)",
-        f"task:    {m['task'] or 'not recorded (a bare model file)'}, "
-        f"{plural(m['input_count'], 'input')}, {plural(m['output_count'], 'output')}",
+        (f"task:    {m['task'] or 'not recorded (a bare model file)'}, "
+         f"{plural(m['input_count'], 'input')}, {plural(m['output_count'], 'output')}"),
         f"device:  {dev['used']} (asked {dev['requested']}: {dev['reason']})",
         f"runtime: {report['runtime']['name']} {report['runtime']['version']}",
         f"init {report['init_ms']:.1f} ms, first inference {report['first_inference_ms']:.2f} ms, "

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-
 from qrun import manifest as mf
 from qrun import report_contract
 from qrun.runtime import make_interpreter

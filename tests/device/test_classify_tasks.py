@@ -6,7 +6,6 @@ import json
 
 import pytest
 from PIL import Image
-
 from qrun import manifest as mf
 
 from tests.fixtures.deployments import make_deployment
@@ -73,13 +72,13 @@ def task_deployment(directory, task: mf.Task):
 
 @pytest.mark.parametrize("task, message", [
     (mf.Task(mf.SEGMENT, outputs={mf.MASK: 0}),
-     "error: this model's task is segment (manifest.json), not classify; run it with "
-     "qrun segment"),
+     ("error: this model's task is segment (manifest.json), not classify; run it with "
+      "qrun segment")),
     (mf.Task(mf.POSE, outputs={mf.KEYPOINTS: 0}),
      "error: this model's task is pose (manifest.json), not classify; run it with qrun pose"),
     (mf.Task(mf.DETECT, outputs={mf.BOXES: 0}),
-     "error: this model's task is detect (manifest.json), not classify; run it with "
-     "qrun detect (coming)"),
+     ("error: this model's task is detect (manifest.json), not classify; run it with "
+      "qrun detect (coming)")),
     (mf.Task(mf.RAW), "error: this model's task is raw: qrun bench and qrun verify run it"),
 ])
 def test_other_tasks_are_refused_naming_the_command(run_qrun, tmp_path, task, message):
