@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.convert",
     "tests.fixtures.detectors",
     "tests.fixtures.multi_io",
+    "tests.fixtures.multi_io_models",
     "tests.fixtures.pibox",
     "tests.fixtures.reports",
     "tests.fixtures.runner",

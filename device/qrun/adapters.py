@@ -3,7 +3,9 @@
 Modelled on pycoral's `adapters/common.py` and `adapters/classify.py`, without
 pycoral: each function takes the interpreter (from qrun.runtime) and does one thing.
 Ties between equal scores are broken by the lower class id, so results never
-depend on sort stability or the runtime's kernels.
+depend on sort stability or the runtime's kernels. An output is named by its
+position in the interpreter's outputs (what the manifest's `task.outputs` records),
+0 by default: a single-output classifier's scores.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def input_details(interpreter, index: int = 0) -> dict:
     return interpreter.get_input_details()[index]
 
 
-def output_details(interpreter, index: int = 0) -> dict:
-    """The runtime's details dict of output tensor `index`."""
-    return interpreter.get_output_details()[index]
+def output_details(interpreter, position: int = 0) -> dict:
+    """The runtime's details dict of the output at `position` (0: the first)."""
+    return interpreter.get_output_details()[position]
 
 
 def input_size(interpreter) -> tuple[int, int]:
@@ -53,9 +55,9 @@ def set_input(interpreter, data: np.ndarray) -> None:
     interpreter.set_tensor(input_details(interpreter)["index"], data)
 
 
-def output_scores(interpreter) -> np.ndarray:
-    """Output 0 as a flat float vector, dequantized ``scale * (q - zero_point)``."""
-    details = output_details(interpreter)
+def output_scores(interpreter, position: int = 0) -> np.ndarray:
+    """The output at `position` as a flat float vector, dequantized ``scale * (q - zero_point)``."""
+    details = output_details(interpreter, position)
     raw = interpreter.get_tensor(details["index"])
     check_scores_shape(raw.shape)
     spec = TensorSpec.from_details(details)
@@ -69,9 +71,9 @@ def check_scores_shape(shape) -> None:
                         "score per class; classify needs a classification model (output [1, N])")
 
 
-def num_classes(interpreter) -> int:
-    """How many scores output 0 holds."""
-    return int(np.prod(output_details(interpreter)["shape"]))
+def num_classes(interpreter, position: int = 0) -> int:
+    """How many scores the output at `position` holds."""
+    return int(np.prod(output_details(interpreter, position)["shape"]))
 
 
 def get_classes_from_scores(scores: np.ndarray, top_k: int = 1, threshold: float = -np.inf,
@@ -95,6 +97,8 @@ def get_classes_from_scores(scores: np.ndarray, top_k: int = 1, threshold: float
 
 
 def get_classes(interpreter, top_k: int = 1, threshold: float = -np.inf,
-                labels: Optional[dict] = None) -> list[Class]:
-    """The classes of the last invoke, as `get_classes_from_scores` orders them."""
-    return get_classes_from_scores(output_scores(interpreter), top_k, threshold, labels)
+                labels: Optional[dict] = None, position: int = 0) -> list[Class]:
+    """The classes of the last invoke, read from the output at `position`, as
+    `get_classes_from_scores` orders them."""
+    return get_classes_from_scores(output_scores(interpreter, position), top_k, threshold,
+                                   labels)

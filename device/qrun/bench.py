@@ -5,7 +5,9 @@ mean, steady-state statistics, memory) plus what a fleet report needs: model
 sha256, runtime, device used and why, host facts, schema version. The fields,
 kinds and version are the report contract's (qrun.report_contract). The
 steady-state loop times nothing but ``interpreter.invoke()`` on fixed random
-input (seed 0), so its median stays within a few percent of a bare loop.
+input (seed 0), so its median stays within a few percent of a bare loop. Every
+input is fed (`fill_inputs`); the report's `model` says how many inputs and outputs
+the model has and its task kind (the deployment manifest's; null for a bare file).
 """
 
 from __future__ import annotations
@@ -113,9 +115,25 @@ def timed_invokes(interpreter, runs: int, model_path: Path) -> list:
     return timings
 
 
+def task_of(dep: deployment.Deployment) -> Optional[str]:
+    """The task kind the deployment's manifest gives its model; None for a bare file."""
+    return dep.manifest.task.kind if dep.manifest is not None else None
+
+
+def model_facts(path: Path, variant: str, interpreter, task: Optional[str]) -> dict:
+    """The report's `model` object: the file, its variant, task and input/output counts."""
+    from qrun.manifest import sha256_file
+
+    return {"path": str(path.resolve()), "sha256": sha256_file(path),
+            "size": path.stat().st_size, "variant": variant, "task": task,
+            "input_count": len(interpreter.get_input_details()),
+            "output_count": len(interpreter.get_output_details())}
+
+
 def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
                  threads: Optional[int] = None,
-                 progress: Callable[[str], None] = lambda _: None) -> BenchReport:
+                 progress: Callable[[str], None] = lambda _: None,
+                 task: Optional[str] = None) -> BenchReport:
     """Benchmark the model `choice` names on its device.
 
     Args:
@@ -124,12 +142,11 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
       warmup: untimed invokes after the first one.
       threads: CPU threads; the runtime's default when None.
       progress: called with one-line status messages.
+      task: the task kind to record (`task_of`); None when nothing says.
     Returns:
       A BenchReport.
     """
     check_settings(runs, warmup, threads)
-    from qrun.manifest import sha256_file
-
     progress(f"loading {choice.path} on {choice.used}")
     loaded = deployment.load(choice, threads)
     interpreter = loaded.interpreter
@@ -142,8 +159,7 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
     path = Path(choice.path)
     return BenchReport(
         timestamp=utc_now(),
-        model={"path": str(path.resolve()), "sha256": sha256_file(path),
-               "size": path.stat().st_size, "variant": loaded.variant},
+        model=model_facts(path, loaded.variant, interpreter, task),
         runtime={"name": info.name, "version": info.version},
         device={"requested": choice.requested, "used": choice.used, "reason": choice.reason},
         settings={"runs": runs, "warmup": warmup, "threads": threads,
@@ -167,7 +183,7 @@ def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
     choice = deployment.choose(dep, device, tpu)
     if choice.fell_back:
         progress(f"note: {choice.reason}")
-    return bench_choice(choice, runs, warmup, threads, progress)
+    return bench_choice(choice, runs, warmup, threads, progress, task_of(dep))
 
 
 def summary(report: dict) -> str:
@@ -177,6 +193,8 @@ def summary(report: dict) -> str:
     m = report["model"]
     return "\n".join([
         f"model:   {m['path']} ({m['variant']}, {m['size']} bytes)",
+        (f"task:    {m['task'] or 'not recorded (a bare model file)'}, "
+         f"{plural(m['input_count'], 'input')}, {plural(m['output_count'], 'output')}"),
         f"device:  {dev['used']} (asked {dev['requested']}: {dev['reason']})",
         f"runtime: {report['runtime']['name']} {report['runtime']['version']}",
         f"init {report['init_ms']:.1f} ms, first inference {report['first_inference_ms']:.2f} ms, "
@@ -186,6 +204,11 @@ def summary(report: dict) -> str:
         f"p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
         f"peak RSS {report['peak_rss_kb']} KiB",
     ])
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 input`, `2 inputs`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def stderr_progress(message: str) -> None:
@@ -247,6 +270,7 @@ def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 
     if not choices:
         raise UserError(f"{model or deployment.qdeploy_home() / deployment.CURRENT} holds no "
                         "model that runs here; push a deployment with an int8 model")
-    reports = [bench_choice(c, runs, warmup, threads, progress).to_dict() for c in choices]
+    reports = [bench_choice(c, runs, warmup, threads, progress, task_of(dep)).to_dict()
+               for c in choices]
     return {"schema_version": SCHEMA_VERSION, "kind": COMPARE_KIND, "timestamp": utc_now(),
             "qrun_version": qrun.__version__, "reports": reports, "skipped": skipped}

@@ -4,6 +4,10 @@ Preprocessing follows Coral's classify example unless the manifest says
 otherwise (see qrun.preprocess); scores are dequantized and ties go to the lower
 class id (see qrun.adapters). The first invoke includes loading the model (onto
 the Edge TPU, when used), so it is reported apart from the rest.
+
+A deployment's manifest says what its model does: classify refuses a task that is
+not classify (naming the command that runs it) and reads the output the task names
+as scores; a bare model file is taken for a classifier whose output 0 holds them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Optional
 
 from qrun import adapters, deployment, runtime
 from qrun.errors import UserError
+from qrun.layout import MANIFEST_NAME
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ClassifyResult:
     init_ms: float
     labels: Optional[str] = None
     fell_back: bool = False
+    output: int = 0  # the position of the output read as scores
 
     def to_dict(self) -> dict:
         return {
@@ -41,7 +47,8 @@ class ClassifyResult:
             "timings_ms": self.timings_ms,
             "first_includes_model_load": True,
             "init_ms": self.init_ms,
-            "model": {"path": self.model, "variant": self.variant},
+            "model": {"path": self.model, "variant": self.variant,
+                      "scores_output": self.output},
             "labels_file": self.labels,
             "device": {**self.device, "fell_back": self.fell_back},
             "runtime": self.runtime,
@@ -56,6 +63,41 @@ def invoke(interpreter, model_path: Path) -> float:
     except (RuntimeError, ValueError) as exc:
         raise UserError(runtime.runtime_error_message(model_path, str(exc))) from None
     return (time.perf_counter() - start) * 1e3
+
+
+def check_task(dep: deployment.Deployment) -> None:
+    """Refuse a deployment whose manifest gives its model a task other than classify,
+    naming the command that runs it."""
+    if dep.manifest is None:
+        return
+    from qrun.manifest import CLASSIFY, DETECT, POSE, SEGMENT
+
+    commands = {DETECT: "qrun detect (coming)", SEGMENT: "qrun segment", POSE: "qrun pose"}
+    kind = dep.manifest.task.kind
+    if kind == CLASSIFY:
+        return
+    if kind in commands:
+        raise UserError(f"this model's task is {kind} ({MANIFEST_NAME}), not classify; "
+                        f"run it with {commands[kind]}")
+    raise UserError(f"this model's task is {kind}: qrun bench and qrun verify run it")
+
+
+def scores_output(dep: deployment.Deployment) -> int:
+    """The position of the output holding the scores: the manifest task's, else 0."""
+    if dep.manifest is None:
+        return 0
+    from qrun.manifest import SCORES
+
+    position = dep.manifest.task.output(SCORES)
+    return 0 if position is None else position
+
+
+def check_one_input(interpreter, model_path: Path) -> None:
+    """Refuse a model with more than one input: classify feeds one image."""
+    count = len(interpreter.get_input_details())
+    if count > 1:
+        raise UserError(f"{model_path.name} has {count} inputs; classify feeds one image "
+                        "(qrun bench and qrun verify feed every input)")
 
 
 def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] = None,
@@ -85,26 +127,30 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
     if not image.is_file():
         raise UserError(f"image not found: {image}")
     dep = deployment.resolve(model)
+    check_task(dep)
+    position = scores_output(dep)
     choice = deployment.choose(dep, device, tpu)
     loaded = deployment.load(choice, threads)
     interpreter = loaded.interpreter
-    adapters.check_scores_shape(adapters.output_details(interpreter)["shape"])
+    check_one_input(interpreter, Path(choice.path))
+    adapters.check_scores_shape(adapters.output_details(interpreter, position)["shape"])
     names = {}
     label_file = deployment.labels_path(dep, labels)
     if label_file is not None:
         from qrun.labels import check_fit, read_labels
 
         parsed = read_labels(label_file)
-        check_fit(parsed, adapters.num_classes(interpreter), label_file)
+        check_fit(parsed, adapters.num_classes(interpreter, position), label_file)
         names = parsed.names
     data = adapters.prepare_image(interpreter, image, deployment.preprocess_of(dep))
     adapters.set_input(interpreter, data)
     timings = [invoke(interpreter, choice.path) for _ in range(count)]
     lowest = float("-inf") if threshold is None else threshold
-    classes = adapters.get_classes(interpreter, top_k, lowest, names)
+    classes = adapters.get_classes(interpreter, top_k, lowest, names, position)
     info = runtime.runtime_info()
     return ClassifyResult(
         classes=classes, timings_ms=timings, model=str(choice.path), variant=loaded.variant,
         device={"requested": choice.requested, "used": choice.used, "reason": choice.reason},
         runtime={"name": info.name, "version": info.version}, init_ms=loaded.init_ms,
-        labels=str(label_file) if label_file else None, fell_back=choice.fell_back)
+        labels=str(label_file) if label_file else None, fell_back=choice.fell_back,
+        output=position)

@@ -65,7 +65,11 @@ def classify(
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
-    """Classify IMAGE: print 'label: score' lines, best first, and the time of each invoke."""
+    """Classify IMAGE: print 'label: score' lines, best first, and the time of each invoke.
+
+    Reads the output the deployment's manifest names as scores (a bare model file: output
+    0); a deployment whose task is not classify is refused, naming the command to use.
+    """
     from qrun.classify import classify as run_classify
 
     result = run_classify(image, model, labels, top_k, threshold, count, device, tpu, threads)
@@ -102,7 +106,11 @@ def bench(
         help="Benchmark every variant the deployment holds (float, int8, edgetpu when the "
              "delegate loads) with the same settings; the JSON holds one report each."),
 ) -> None:
-    """Measure latency (init, first inference, warm-up, steady state), memory and host facts."""
+    """Measure latency (init, first inference, warm-up, steady state), memory and host facts.
+
+    Every input is fed seeded random values of its dtype; the report records the model's
+    task (from its manifest) and how many inputs and outputs it has.
+    """
     from qrun import bench as bench_mod
 
     target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
@@ -206,7 +214,9 @@ def info(
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
-    """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, and model tensors."""
+    """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, every input and
+    output of each model (name, position, shape, dtype, quantization) and the task its
+    manifest records."""
     import json
 
     from qrun import info as info_mod

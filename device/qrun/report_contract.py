@@ -10,7 +10,10 @@ qrun.bench that measures it.
 
 A report may hold more than `FIELDS` lists (`settings.input`, the host facts
 under `host`): readers ignore what they do not know, so a newer device's report
-stays readable by an older host.
+stays readable by an older host, and a new field needs no new `SCHEMA_VERSION`.
+A field added after reports were first written is `optional`: a report of an older
+qrun lacks it and is read as holding null there (its store column takes NULL),
+so a newer host still reads an older device's reports.
 
 Standard library only: the device imports it.
 """
@@ -41,6 +44,7 @@ class Field:
     items: tuple = ()  # a list's element types
     finite: bool = False  # a number that must be finite (no NaN or infinity)
     null_in_store: bool = False  # the column takes NULL though the report may not
+    optional: bool = False  # added later: an older qrun's report lacks it (read as null)
 
 
 # In the order a report holds them; the first bad field is the one an error names.
@@ -52,6 +56,11 @@ FIELDS = (
     Field("model.sha256", (str,), column="model_sha256"),
     Field("model.size", (int,), column="model_size"),  # bytes
     Field("model.variant", (str,), column="variant"),  # float, int8, edgetpu
+    # Added with manifest schema 2, so optional: the manifest's task kind (null: a bare
+    # model file) and how many inputs and outputs the model has.
+    Field("model.task", (str,), nullable=True, column="task", optional=True),
+    Field("model.input_count", (int,), column="input_count", optional=True),
+    Field("model.output_count", (int,), column="output_count", optional=True),
     Field("runtime", (dict,)),
     Field("runtime.name", (str,), column="runtime_name"),
     Field("runtime.version", (str,), column="runtime_version"),
@@ -98,6 +107,16 @@ def value_at(report: dict, path: str):
     return value
 
 
+def field_value(report: dict, field: Field):
+    """The value of `field` in a report; None for an optional field the report lacks."""
+    try:
+        return value_at(report, field.path)
+    except KeyError:
+        if field.optional:
+            return None
+        raise
+
+
 def normalize_timestamp(value: str, what: str = "timestamp") -> str:
     """An ISO-8601 time as UTC `YYYY-MM-DDTHH:MM:SS.ffffffZ` (sorts as text).
 
@@ -134,6 +153,8 @@ def check_field(report: dict, field: Field, source: str) -> None:
     try:
         value = value_at(report, field.path)
     except KeyError:
+        if field.optional:  # a report of a qrun older than the field
+            return
         raise UserError(f"{source} is missing field '{field.path}'; re-run qrun bench") from None
     if value is None and field.nullable:
         return
@@ -160,12 +181,12 @@ def validate(report, source: str = "report") -> dict:
     for field in FIELDS:
         check_field(report, field, source)
     for field in FIELDS:
-        value = value_at(report, field.path)
+        value = field_value(report, field)
         if field.finite and value is not None and not math.isfinite(value):
             raise UserError(f"{source} has a malformed field '{field.path}' "
                             "(not a finite number)")
     for field in FIELDS:
-        value = value_at(report, field.path)
+        value = field_value(report, field)
         if field.items and value is not None and not all(
                 isinstance(v, field.items) and not isinstance(v, bool) for v in value):
             raise UserError(f"{source} has a malformed field '{field.path}' "

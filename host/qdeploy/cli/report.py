@@ -13,7 +13,8 @@ from qdeploy.reports.store import open_store
 
 
 HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
-        "The table gives the device used, runtime, median/p90/p99 latency, init and first "
+        "The table gives the model's task (from its deployment manifest; empty for a bare "
+        "model file or a report from an older qrun), the device used, runtime, median/p90/p99 latency, init and first "
         "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it), "
         "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
         "measured them) and the speed-up over the float variant (ratio of medians). The history flags a "
@@ -78,18 +79,19 @@ def _print_tables(result: reporting.Report) -> None:
     from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # piped or captured: don't squeeze 16 columns into 80
+    if not console.is_terminal:  # piped or captured: don't squeeze 17 columns into 80
         console = Console(width=max(console.width, 200))
     latest = Table(title="Latest report per target and variant (latencies in ms)")
-    for name in ("target", "model", "variant", "device", "runtime", "median", "p90", "p99",
-                 "init", "first", "peak RSS", "size", "accuracy", "agreement", "max |Δ|",
-                 "vs float"):
-        latest.add_column(name, justify="left" if name in ("target", "model", "variant",
+    for name in ("target", "model", "variant", "task", "device", "runtime", "median", "p90",
+                 "p99", "init", "first", "peak RSS", "size", "accuracy", "agreement",
+                 "max |Δ|", "vs float"):
+        latest.add_column(name, justify="left" if name in ("target", "model", "variant", "task",
                                                             "device", "runtime") else "right")
     for r in result.table:
         device = f"{r.device_used}\n[dim]{r.device_reason}[/dim]" if r.device_reason else \
             r.device_used
-        latest.add_row(r.target, r.model, r.variant, device, r.runtime,
+        latest.add_row(r.target, r.model, r.variant, reporting.task_text(r.task), device,
+                       r.runtime,
                        reporting.ms(r.median_us), reporting.ms(r.p90_us),
                        reporting.ms(r.p99_us), f"{r.init_ms:.1f}",
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),

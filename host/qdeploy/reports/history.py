@@ -38,6 +38,7 @@ class TableRow:
     target: str
     model: str
     variant: str
+    task: Optional[str]  # the manifest's task kind; None: a bare file, or an older report
     device_used: str
     device_reason: str
     runtime: str
@@ -119,7 +120,8 @@ def table(latest: list[ReportRow]) -> list[TableRow]:
     """The latest-reports table, in the store's order (target, model, variant)."""
     ratio = speedups(latest)
     return [TableRow(
-        target=r.target, model=r.model_name, variant=r.variant, device_used=r.device_used,
+        target=r.target, model=r.model_name, variant=r.variant, task=r.task,
+        device_used=r.device_used,
         device_reason=r.device_reason, runtime=f"{r.runtime_name} {r.runtime_version}".strip(),
         median_us=r.median_us, p90_us=r.p90_us, p99_us=r.p99_us, init_ms=r.init_ms,
         first_inference_ms=r.first_inference_ms, peak_rss_kb=r.peak_rss_kb,
@@ -177,6 +179,10 @@ def build(store: Store, target: Optional[str] = None, model: Optional[str] = Non
 def ms(us: float) -> str:
     """Microseconds as milliseconds with three decimals."""
     return f"{us / 1e3:.3f}"
+
+
+def task_text(task: Optional[str]) -> str:
+    return "—" if task is None else task
 
 
 def size_text(size: Optional[int]) -> str:

@@ -6,7 +6,8 @@ import base64
 import html
 from qdeploy import __version__
 from qdeploy.reports.history import (REGRESSION_THRESHOLD, Report, accuracy_text, agreement_text,
-                             change_text, diff_text, ms, rss_text, size_text, speedup_text)
+                             change_text, diff_text, ms, rss_text, size_text, speedup_text,
+                             task_text)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -19,7 +20,7 @@ img { max-width: 100%; }
 .note { color: #666; font-size: 0.85em; }
 """
 
-LATEST_COLUMNS = ("target", "model", "variant", "device", "runtime", "median (ms)", "p90 (ms)",
+LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)", "p90 (ms)",
                   "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
                   "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float")
 HISTORY_COLUMNS = ("time (UTC)", "target", "model", "variant", "model sha256", "median (ms)",
@@ -34,14 +35,14 @@ def _cells(values, text_columns: int) -> str:
 def render_html(report: Report, png: bytes) -> str:
     """The page for `report` with the PNG `png` embedded as base64."""
     latest = "\n".join(
-        "<tr>" + _cells((r.target, r.model, r.variant,
+        "<tr>" + _cells((r.target, r.model, r.variant, task_text(r.task),
                          f"{r.device_used} ({r.device_reason})" if r.device_reason
                          else r.device_used, r.runtime,
                          ms(r.median_us), ms(r.p90_us), ms(r.p99_us), f"{r.init_ms:.1f}",
                          f"{r.first_inference_ms:.2f}", rss_text(r.peak_rss_kb),
                          size_text(r.model_size), accuracy_text(r.accuracy),
                          agreement_text(r.agreement), diff_text(r.max_abs_diff),
-                         speedup_text(r.speedup)), 5) + "</tr>"
+                         speedup_text(r.speedup)), 6) + "</tr>"
         for r in report.table)
     history = "\n".join(
         ('<tr class="regression">' if h.regression else "<tr>")

@@ -9,7 +9,8 @@ report are derived from that table, so a new report field needs no edit here.
 The store's version is kept in `PRAGMA user_version` (`SCHEMA_VERSION`): 1 created
 `reports` and `model_facts`, 2 added `verifications`. A field added to the contract
 after a store was created becomes a column of its `reports` table at the next
-`migrate` (rows stored before hold NULL there).
+`migrate` (rows stored before hold NULL there); so does an `optional` field of a
+report that lacks it (a report of a qrun older than the field).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
 from qrun import report_contract as contract
-from qrun.report_contract import normalize_timestamp, value_at
+from qrun.report_contract import field_value, normalize_timestamp
 
 SCHEMA_VERSION = 2  # of the SQLite file, in PRAGMA user_version (2 added verifications)
 TABLES = ("reports", "model_facts", "verifications")
@@ -88,9 +89,15 @@ def sql_type(f: contract.Field) -> str:
     return "REAL" if float in f.types else "TEXT"
 
 
+def takes_null(f: contract.Field) -> bool:
+    """The column may hold NULL: the report may (null, or an optional field absent), or the
+    store always let it."""
+    return f.nullable or f.null_in_store or f.optional
+
+
 def declaration(f: contract.Field) -> str:
     """The column's type, NOT NULL unless the report or the store allows null there."""
-    return sql_type(f) + ("" if f.nullable or f.null_in_store else " NOT NULL")
+    return sql_type(f) + ("" if takes_null(f) else " NOT NULL")
 
 
 def report_columns() -> list:
@@ -145,7 +152,7 @@ def migrate(connection: sqlite3.Connection) -> int:
 
 def python_type(f: contract.Field):
     kind = int if f.types == (int,) else float if float in f.types else str
-    return Optional[kind] if f.nullable or f.null_in_store else kind
+    return Optional[kind] if takes_null(f) else kind
 
 
 JOINED = ("accuracy",  # from model_facts, when known
@@ -196,7 +203,7 @@ def column_value(f: contract.Field, value):
 
 def insert_row(report: dict) -> dict:
     """The reports columns a validated report fills, by name."""
-    row = {f.column: column_value(f, value_at(report, f.path)) for f in stored_fields()}
+    row = {f.column: column_value(f, field_value(report, f)) for f in stored_fields()}
     row["model_sha256"] = row["model_sha256"].lower()  # looked up in lower case
     row["timestamp"] = normalize_timestamp(row["timestamp"])  # sorts as text
     return row

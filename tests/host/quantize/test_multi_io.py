@@ -19,7 +19,7 @@ from qrun.errors import UserError
 from qrun.preprocess import dequantize
 from qrun.runtime import make_interpreter
 from tests.fixtures.convert import files_in
-from tests.fixtures.multi_io import CLASSES, keras_answer, two_io_data
+from tests.fixtures.two_io import CLASSES, keras_answer, two_io_data
 
 STEPS = 3  # int8 vs float: at most this many output quantization steps apart
 

@@ -290,3 +290,52 @@ def test_report_path_does_not_import_matplotlib():
     code = ("import sys, qdeploy.cli, qdeploy.reports.history, qdeploy.reports.store, qdeploy.reports.html; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_the_task_is_in_the_table_json_and_page(filled, tmp_path):
+    """The tiny deployment's manifest says classify; Coral's bare file says nothing."""
+    data = json.loads(CliRunner().invoke(app, ["report", "--reports", str(filled),
+                                               "--json"]).output)
+    tasks = {(r["target"], r["variant"]): r["task"] for r in data["latest"]}
+    assert tasks == {("local", "float"): "classify", ("local", "int8"): "classify",
+                     ("pi", "int8"): None}
+    text = CliRunner().invoke(app, ["report", "--reports", str(filled)]).output
+    header = next(line for line in text.splitlines() if "┃ target" in line)
+    assert re.search(r"variant\s*┃\s*task\s*┃\s*device", header)
+    latest = text.split("History (")[0]
+    lines = [line for line in latest.splitlines() if "│ local" in line or "│ pi" in line]
+    cells = [[c.strip() for c in line.split("│")] for line in lines]
+    assert sorted(c[4] for c in cells) == ["classify", "classify", "—"]
+    page = tmp_path / "report.html"
+    assert CliRunner().invoke(app, ["report", "--reports", str(filled), "--html",
+                                    str(page)]).exit_code == 0
+    html = page.read_text(encoding="utf-8")
+    assert "<th>task</th>" in html and html.count('<td class="text">classify</td>') == 2
+
+
+def test_a_segment_deployment_beside_an_older_runners_report(tmp_path, int8_report):
+    """Real benches in a store of version 2 (migrated): a report of a qrun from before the
+    task field shows an empty task; Coral's DeepLab deployed as segment shows segment."""
+    from qrun import manifest as mf
+    from tests.fixtures.deployments import make_deployment
+    from tests.fixtures.reports import old_store, qrun_bench
+
+    reports = tmp_path / "reports"
+    old_store(reports, 2)
+    older = {**int8_report, "model": {k: v for k, v in int8_report["model"].items()
+                                      if k not in ("task", "input_count", "output_count")}}
+    with open_store(reports) as s:
+        s.add_report(older, "pi", reports / "pi.json")
+    folder = make_deployment(tmp_path / "deeplab",
+                             {mf.INT8: "deeplabv3_mnv2_dm05_pascal_quant.tflite"},
+                             labels="pascal_voc_segmentation_labels.txt")
+    manifest = mf.load(folder)
+    manifest.task = mf.Task(mf.SEGMENT, outputs={mf.MASK: 0})
+    mf.save(manifest, folder)
+    with open_store(reports) as s:
+        s.add_report(qrun_bench(folder, "--device", "cpu", runs=3, warmup=0), "pi",
+                     reports / "deeplab.json")
+    data = json.loads(CliRunner().invoke(app, ["report", "--reports", str(reports),
+                                               "--json"]).output)
+    assert sorted((r["model"], r["task"]) for r in data["latest"]) == [
+        ("deeplabv3_mnv2_dm05_pascal", "segment"), ("mobilenet_v1_0.25_128", None)]

@@ -387,3 +387,69 @@ def test_an_explicit_model_name_is_kept(tmp_path, int8_report):
                                 "r1"), "pi", tmp_path / "1.json", model_name="chosen")
         s.add_manifest_facts(_deployment("alpha.keras", {"int8": "b" * 64}))
         assert s.models() == ["chosen"]
+
+
+# -- the task and input/output counts (optional fields, added with manifest schema 2) --
+
+NEW_MODEL_FIELDS = ("task", "input_count", "output_count")
+
+
+def older_report(report: dict) -> dict:
+    """`report` as a qrun from before the optional model fields wrote it."""
+    return {**report, "model": {k: v for k, v in report["model"].items()
+                                if k not in NEW_MODEL_FIELDS}}
+
+
+def test_report_without_the_optional_fields_is_stored_and_read(tmp_path, int8_report):
+    assert (int8_report["model"]["task"], int8_report["model"]["input_count"],
+            int8_report["model"]["output_count"]) == (None, 1, 1)  # a bare Coral file
+    with _store(tmp_path) as s:
+        s.add_report(older_report(int8_report), "old", tmp_path / "old.json")
+        s.add_report(int8_report, "new", tmp_path / "new.json")
+        rows = {r.target: r for r in s.latest()}
+    assert (rows["old"].task, rows["old"].input_count, rows["old"].output_count) == (
+        None, None, None)
+    assert (rows["new"].task, rows["new"].input_count, rows["new"].output_count) == (
+        None, 1, 1)
+    assert rows["old"].median_us == int8_report["latency_us"]["median"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("input_count", None, "malformed field 'model.input_count' (expected int, got None)"),
+    ("output_count", "2", "malformed field 'model.output_count' (expected int, got '2')"),
+    ("task", 3, "malformed field 'model.task' (expected str, got 3)"),
+])
+def test_optional_fields_are_checked_when_present(tmp_path, int8_report, field, value,
+                                                  message):
+    bad = {**int8_report, "model": {**int8_report["model"], field: value}}
+    with _store(tmp_path) as s:
+        with pytest.raises(UserError) as err:
+            s.add_report(bad, "local", tmp_path / "bad.json")
+        assert s.count() == 0
+    assert message in str(err.value)
+
+
+def store_as_old_qdeploy_did(reports, report: dict, target: str) -> None:
+    """A version-2 store holding `report` in the columns the old qdeploy had."""
+    path = old_store(reports, 2)
+    con = sqlite3.connect(path)
+    columns = [r[1] for r in con.execute("PRAGMA table_info(reports)") if r[1] != "id"]
+    row = {**schema.insert_row(older_report(report)), "target": target,
+           "model_name": naming.model_name_of(report["model"]["path"]),
+           "hostname": report["host"]["hostname"], "report_file": "old.json",
+           "added": report["timestamp"]}
+    con.execute(f"INSERT INTO reports ({', '.join(columns)}) VALUES "
+                f"({', '.join('?' for _ in columns)})", [row[c] for c in columns])
+    con.commit()
+    con.close()
+
+
+def test_an_old_stores_rows_get_an_empty_task(tmp_path, int8_report):
+    reports = tmp_path / "reports"
+    store_as_old_qdeploy_did(reports, int8_report, "pi")
+    with store.open_store(reports) as s:  # migrated: the new columns added, NULL for old rows
+        [old] = s.latest()
+        assert (old.task, old.input_count, old.output_count) == (None, None, None)
+        assert old.median_us == int8_report["latency_us"]["median"]
+        s.add_report(int8_report, "local", tmp_path / "new.json")
+        assert {r.target: r.input_count for r in s.latest()} == {"pi": None, "local": 1}
