@@ -241,17 +241,52 @@ def device_outputs(record: dict) -> list:
     return got
 
 
+def drop_padding(task: Optional[qmanifest.Task], specs: list, host: list,
+                 device: list) -> tuple:
+    """Host and device outputs ([samples, values] each; `specs` their TensorSpecs) with the
+    detections `TFLite_Detection_PostProcess` did not fill set to 0.
+
+    The op writes its first `count` detections; the rest of boxes, classes and scores is
+    whatever the tensor's memory held (seen on a seeded SSD: values up to ±1e38 that differ
+    run to run). Detections past the smaller of the two counts are cleared on both sides;
+    a different count still fails on the count output itself.
+    """
+    if task is None or task.decoder != "ssd_postprocess" or task.output(qmanifest.COUNT) is None:
+        return host, device
+    at = task.output(qmanifest.COUNT)
+    counts = np.minimum(host[at][:, 0], device[at][:, 0])
+    kept = np.nan_to_num(counts, nan=0.0).clip(0).astype(np.int64)
+    host, device = list(host), list(device)
+    for role in (qmanifest.BOXES, qmanifest.CLASSES, qmanifest.SCORES):
+        position = task.output(role)
+        if position is not None and len(specs[position].shape) >= 2:
+            detections = specs[position].shape[1]  # [1, detections] or [1, detections, 4]
+            host[position] = first_detections(host[position], detections, kept)
+            device[position] = first_detections(device[position], detections, kept)
+    return host, device
+
+
+def first_detections(values: np.ndarray, detections: int, kept: np.ndarray) -> np.ndarray:
+    """[samples, detections * k] values with the detections from kept[sample] on set to 0."""
+    rows = np.array(values, dtype=np.float64).reshape(len(values), detections, -1)
+    rows[np.arange(detections)[None, :] >= kept[:, None]] = 0.0
+    return rows.reshape(len(values), -1)
+
+
 def compare_variant(record: dict, specs: list, expected: list, scored: list,
-                    tolerance_steps: float = DEFAULT_STEPS) -> Comparison:
+                    tolerance_steps: float = DEFAULT_STEPS,
+                    task: Optional[qmanifest.Task] = None) -> Comparison:
     """One variant record of the device against the host's outputs (`specs`, `expected`,
     in order; `scored`: positions of the score vectors), output by output."""
     device = device_outputs(record)
     if len(device) != len(expected):
         raise UserError(f"the device's model has {len(device)} output(s), the host's "
                         f"{len(expected)}: the device runs another model; push again")
+    expected, values_of = drop_padding(task, specs, expected,
+                                       [values for _, values in device])
     outputs = [compare_output(host, values, step_of(spec), tolerance_steps, i in scored, i,
                               spec.name)
-               for i, (spec, host, (_, values)) in enumerate(zip(specs, expected, device))]
+               for i, (spec, host, values) in enumerate(zip(specs, expected, values_of))]
     return combine(outputs, tolerance_steps, variant=record["variant"],
                    device_used=record["device"]["used"], model_sha256=record["model"]["sha256"])
 
@@ -350,7 +385,7 @@ def check(document: dict, samples, model: Path, pre: Preprocess,
                           reference_sha256=used)
     for record in document.get("variants") or []:
         result.comparisons.append(compare_variant(record, specs, expected, scored,
-                                                  tolerance_steps))
+                                                  tolerance_steps, task))
     return result
 
 

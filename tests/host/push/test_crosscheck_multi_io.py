@@ -161,3 +161,43 @@ def test_local_push_verifies_every_output_and_stores_the_figures(multi_io_deploy
     with store.open_store(tmp_path / "reports") as s:
         [v] = s.verifications("local")
         assert (v.samples, v.agreement, v.max_steps, v.ok) == (8, 1.0, 0.0, True)
+
+
+def ssd_task_and_specs(detections: int = 3):
+    from qrun import manifest as mf
+    from qrun.tensors import TensorSpec
+
+    specs = [TensorSpec([1, detections, 4], "float32"), TensorSpec([1, detections], "float32"),
+             TensorSpec([1, detections], "float32"), TensorSpec([1], "float32")]
+    task = mf.Task(mf.DETECT, decoder="ssd_postprocess",
+                   outputs={mf.BOXES: 0, mf.CLASSES: 1, mf.SCORES: 2, mf.COUNT: 3})
+    return task, specs
+
+
+def test_detections_past_count_are_padding_and_not_compared():
+    from qdeploy.push.crosscheck import compare_output, drop_padding
+
+    task, specs = ssd_task_and_specs()
+    rng = np.random.default_rng(0)
+    host = [rng.random((2, 12)), rng.random((2, 3)), rng.random((2, 3)), np.array([[1.0], [2.0]])]
+    device = [h.copy() for h in host]
+    device[0][0, 4:] = 1e38  # sample 0: detections 1 and 2 are padding (count 1)
+    device[2][1, 2] = np.nan  # sample 1: detection 2 is padding (count 2)
+    h, d = drop_padding(task, specs, host, device)
+    for i, spec in enumerate(specs):
+        assert compare_output(h[i], d[i], 0.0).max_steps == 0, i
+    assert np.array_equal(h[0][0, :4], host[0][0, :4])  # the filled detection is kept
+    # Without the task, the padding is compared, and fails.
+    assert not compare_output(host[0], device[0], 0.0).ok
+
+
+def test_a_different_count_still_fails_on_the_count_output():
+    from qdeploy.push.crosscheck import compare_output, drop_padding
+
+    task, specs = ssd_task_and_specs()
+    host = [np.zeros((1, 12)), np.zeros((1, 3)), np.full((1, 3), 0.5), np.array([[2.0]])]
+    device = [h.copy() for h in host]
+    device[3][0, 0] = 1.0
+    h, d = drop_padding(task, specs, host, device)
+    assert not compare_output(h[3], d[3], 0.0).ok
+    assert np.all(d[2][0, 1:] == 0) and d[2][0, 0] == 0.5  # compared up to the smaller count
