@@ -181,13 +181,15 @@ def verify(
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     inputs: Optional[Path] = typer.Option(
         None, "--inputs",
-        help="A .npy of inputs (uint8 pixels or float model inputs) instead of the "
-             "deployment's reference_inputs.npy."),
+        help="Inputs instead of the deployment's reference inputs: a .npy for a "
+             "single-input model (uint8 pixels or float model inputs), or a .npz with "
+             "input_0, input_1, ... (one raw array per input, in the model's order)."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     json_out: Optional[str] = typer.Option(
         None, "--json", help="'-': print the outputs as one JSON object on stdout."),
 ) -> None:
-    """Run the deployment's reference inputs through each variant; print top-1 (or all outputs)."""
+    """Run the deployment's reference inputs through each variant: top-1 where an output is a
+    score vector, else the outputs compared (--json: every output's raw values)."""
     from qrun import verify as verify_mod
 
     if json_out not in (None, "-"):

@@ -323,6 +323,10 @@ def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[P
     pushed deployment's reference inputs.
     """
     reference = reference_file(directory, manifest)
+    if required and against is None and deployment.int8_model(Path(directory), manifest) is None:
+        raise UserError(f"--verify: {directory} has no CPU int8 model to compare the device "
+                        "with (an Edge TPU model without its twin); import it again with "
+                        "--cpu X.tflite, or push without --verify")
     if reference is None:
         if required:
             raise UserError(f"--verify: {directory} has no reference inputs "
