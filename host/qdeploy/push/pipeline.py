@@ -261,7 +261,8 @@ def store_verification(outcome, target: str, reports_dir: Path) -> None:
                 device_used=c.device_used, samples=c.samples, agree=c.agree,
                 agreement=c.agreement, max_abs_diff=c.max_abs_diff, max_steps=c.max_steps,
                 worst_sample=c.worst_sample, tolerance_steps=c.tolerance_steps, ok=c.ok,
-                reference_sha256=outcome.reference_sha256, timestamp=outcome.timestamp))
+                reference_sha256=outcome.reference_sha256, timestamp=outcome.timestamp,
+                scored=c.scored))
 
 
 # -- reaching a target ------------------------------------------------------------------------

@@ -7,7 +7,8 @@ CREATE statement, its row type `ReportRow` and the row `insert_row` makes of a
 report are derived from that table, so a new report field needs no edit here.
 
 The store's version is kept in `PRAGMA user_version` (`SCHEMA_VERSION`): 1 created
-`reports` and `model_facts`, 2 added `verifications`. A field added to the contract
+`reports` and `model_facts`, 2 added `verifications`, 3 its `scored` column (0 for a
+model with no score vector, whose top-1 agreement means nothing; NULL before: scored). A field added to the contract
 after a store was created becomes a column of its `reports` table at the next
 `migrate` (rows stored before hold NULL there); so does an `optional` field of a
 report that lacks it (a report of a qrun older than the field).
@@ -23,8 +24,13 @@ from typing import Optional
 from qrun import report_contract as contract
 from qrun.report_contract import field_value, normalize_timestamp
 
-SCHEMA_VERSION = 2  # of the SQLite file, in PRAGMA user_version (2 added verifications)
+SCHEMA_VERSION = 3  # of the SQLite file, in PRAGMA user_version (see the docstring)
 TABLES = ("reports", "model_facts", "verifications")
+
+
+def tables_at(version: int) -> tuple:
+    """The tables a store of `version` holds (before it is migrated)."""
+    return TABLES[:2] if version == 1 else TABLES if version >= 2 else ()
 
 # The reports table's own columns, before and after those of the report's fields.
 OWN_FIRST = (("id", "INTEGER PRIMARY KEY"), ("target", "TEXT NOT NULL"),
@@ -69,6 +75,8 @@ CREATE TABLE verifications (
 );
 CREATE INDEX verifications_by_series ON verifications (target, model_sha256, variant, timestamp);
 """
+# Version 3: whether a verify compared top-1 (a score vector), so the store can say "—".
+VERIFICATIONS_SCORED = "ALTER TABLE verifications ADD COLUMN scored INTEGER;"
 
 
 # -- the reports table, from the report contract ----------------------------------
@@ -123,7 +131,7 @@ def missing_columns(connection: sqlite3.Connection) -> list:
 
 
 # Statements that take a store from version N-1 to N.
-MIGRATIONS = {1: create_reports() + MODEL_FACTS, 2: VERIFICATIONS}
+MIGRATIONS = {1: create_reports() + MODEL_FACTS, 2: VERIFICATIONS, 3: VERIFICATIONS_SCORED}
 
 
 def migrate(connection: sqlite3.Connection) -> int:
@@ -227,6 +235,7 @@ class Verification:
     ok: bool
     reference_sha256: str
     timestamp: str
+    scored: Optional[bool] = True  # False: no score vector, `agree` counts nothing
 
 
 @dataclass

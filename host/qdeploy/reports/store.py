@@ -205,6 +205,7 @@ class Store:
         row = asdict(v)
         row["model_sha256"] = row["model_sha256"].lower()
         row["ok"] = int(bool(row["ok"]))
+        row["scored"] = None if row["scored"] is None else int(bool(row["scored"]))
         row["timestamp"] = normalize_timestamp(row["timestamp"] or _now())
         row["added"] = _now()
         columns = ", ".join(row)
@@ -223,7 +224,8 @@ class Store:
             sql += " WHERE target = ?"
             params.append(target)
         rows = self.connection.execute(sql + " ORDER BY timestamp, id", params)
-        return [Verification(**{**dict(zip(names, r)), "ok": bool(r[names.index("ok")])})
+        return [Verification(**{**dict(zip(names, r)), "ok": bool(r[names.index("ok")]),
+                                "scored": r[names.index("scored")] != 0})
                 for r in rows]
 
     def _upsert_facts(self, sha256, variant, size, accuracy, source) -> None:
@@ -318,11 +320,12 @@ class Store:
     def _select(self, where: list[str], params: list, latest_only: bool) -> list[ReportRow]:
         condition = " AND ".join(where) if where else "1"
         names, lists = schema.row_columns(), schema.list_columns()
-        verified = ("(SELECT v.{} FROM verifications v WHERE v.target = r.target AND "
+        verified = ("(SELECT {} FROM verifications v WHERE v.target = r.target AND "
                     "v.model_sha256 = r.model_sha256 AND v.variant = r.variant "
                     "ORDER BY v.timestamp DESC, v.id DESC LIMIT 1)")
-        columns = [f"r.{n}" for n in names] + ["f.accuracy", verified.format("agreement"),
-                                                verified.format("max_abs_diff")]
+        agreement = "CASE WHEN v.scored = 0 THEN NULL ELSE v.agreement END"  # no top-1: "—"
+        columns = [f"r.{n}" for n in names] + ["f.accuracy", verified.format(agreement),
+                                                verified.format("v.max_abs_diff")]
         sql = (f"SELECT {', '.join(columns + [f'r.{n}' for n in lists])} FROM reports r "
                f"LEFT JOIN model_facts f ON f.sha256 = r.model_sha256 "
                f"WHERE {condition} ORDER BY r.timestamp, r.id")
@@ -371,6 +374,7 @@ def open_store(reports_dir: Path, create: bool = True) -> Store:
         raise UserError(f"{path} has store schema version {version}, newer than this qdeploy "
                         f"understands ({schema.SCHEMA_VERSION}); upgrade qdeploy")
     if version < schema.SCHEMA_VERSION:
+        _check_tables(connection, path, schema.tables_at(version))  # foreign or damaged?
         _migrate(connection, path, version)
     _check_tables(connection, path)
     if schema.missing_columns(connection):  # a report field newer than the store
@@ -387,7 +391,8 @@ def _migrate(connection: sqlite3.Connection, path: Path, version: int) -> None:
         raise UserError(f"cannot {what} the report store {path}: {exc}") from None
 
 
-def _check_tables(connection: sqlite3.Connection, path: Path) -> None:
+def _check_tables(connection: sqlite3.Connection, path: Path,
+                  expected: tuple = schema.TABLES) -> None:
     """Refuse a damaged store, or a foreign SQLite file without the store's tables."""
     try:
         tables = {r[0] for r in connection.execute(
@@ -395,7 +400,7 @@ def _check_tables(connection: sqlite3.Connection, path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         connection.close()
         raise unreadable(path, exc) from None
-    missing = sorted(set(schema.TABLES) - tables)
+    missing = sorted(set(expected) - tables)
     if missing:
         connection.close()
         raise unreadable(path, f"no table {missing[0]}")

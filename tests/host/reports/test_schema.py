@@ -81,8 +81,10 @@ def test_version_2_store_opens_and_keeps_its_layout(tmp_path, int8_report):
         [row] = s.latest()
         assert row.median_us == int8_report["latency_us"]["median"]
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
-    # Adapted: the store keeps its layout and gains the optional fields' columns.
+    # Adapted: migrated to version 3 (verifications.scored); the reports table keeps its
+    # layout and gains the optional fields' columns.
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert [r[1] for r in con.execute("PRAGMA table_info(verifications)")][-1] == "scored"
     assert table_layout(con, "reports") == layouts(STORE_V1 + ADDED_SINCE_V2)["reports"]
     con.close()
 

@@ -308,7 +308,7 @@ def test_version_1_store_is_migrated_keeping_its_reports(tmp_path, int8_report):
         [row] = s.latest()
         assert (row.agreement, row.max_abs_diff) == (2 / 3, 0.2305)
     con = sqlite3.connect(reports / store.STORE_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
     con.close()
 
 
@@ -453,3 +453,25 @@ def test_an_old_stores_rows_get_an_empty_task(tmp_path, int8_report):
         assert old.median_us == int8_report["latency_us"]["median"]
         s.add_report(int8_report, "local", tmp_path / "new.json")
         assert {r.target: r.input_count for r in s.latest()} == {"pi": None, "local": 1}
+
+
+def test_a_verify_without_a_score_vector_has_no_agreement(tmp_path, int8_report):
+    """A segmentation or detection model has no top-1: its agreement is unknown ("—"), not
+    100%; its largest difference is still kept. Rows of a version-2 store count as scored."""
+    reports = tmp_path / "reports"
+    with store.open_store(reports) as s:
+        s.add_report(int8_report, "local", tmp_path / "r.json")
+        s.add_verification(_verification(int8_report, scored=False, max_abs_diff=0.5))
+        [row] = s.latest()
+        assert row.agreement is None and row.max_abs_diff == 0.5
+        assert [v.scored for v in s.verifications()] == [False]
+        s.add_verification(_verification(int8_report, agreement=0.75,
+                                         timestamp="2099-01-01T00:00:00Z"))
+        [row] = s.latest()
+        assert row.agreement == 0.75
+    con = sqlite3.connect(reports / store.STORE_NAME)
+    with con:
+        con.execute("UPDATE verifications SET scored = NULL")  # as a version-2 store held them
+    con.close()
+    with store.open_store(reports) as s:
+        assert [v.scored for v in s.verifications()] == [True, True]
