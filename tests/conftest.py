@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.runner",
     "tests.fixtures.sshd",
     "tests.fixtures.two_io",
+    "tests.fixtures.yolo",
 ]
 
 
