@@ -15,7 +15,8 @@ import pytest
 from qrun import reference
 from qrun import verify as device_verify
 
-from tests.fixtures.multi_io import SAMPLES, tensor_specs
+from tests.fixtures.multi_io import SAMPLES
+from tests.fixtures.tflite_models import specs_of
 
 
 def _direct_outputs(model, arrays) -> list:
@@ -51,7 +52,7 @@ def test_verify_feeds_every_input_and_records_every_output(run_qrun, multi_io_de
     assert document["reference"]["samples"] == SAMPLES and document["reference"]["inputs"] == 2
     [int8] = document["variants"]
     model = multi_io_deployment / "model_int8.tflite"
-    _, outputs = tensor_specs(model)
+    _, outputs = specs_of(model)
     # Every output, in the interpreter's order, with its spec.
     assert [(o["name"], o["index"], o["dtype"], o["shape"], o["scale"], o["zero_point"])
             for o in int8["outputs"]] == \

@@ -91,18 +91,27 @@ def test_reference_is_an_npz_of_raw_values_per_input(two_io, two_io_converted):
             assert np.abs(back - source).max() <= spec.scale
 
 
-def test_int8_outputs_agree_with_the_keras_model(two_io, two_io_converted):
-    out = two_io_converted.out_dir
+def int8_and_keras_outputs(two_io, out) -> list:
+    """Per reference sample: (the int8 model's outputs, the Keras model's by output name) on
+    the same inputs (the reference .npz's raw values, dequantized for Keras)."""
     manifest = mf.load(out)
     ref = reference.load(out / REFERENCE_NPZ_NAME)
     names = by_name(manifest.inputs)
+    pairs = []
     for n in range(ref.count):
         raw = ref.sample(n)
         seen = [dequantize(r, s.scale, s.zero_point) for r, s in zip(raw, manifest.inputs)]
         want = dict(zip(("scores", "offset"),
                         keras_answer(two_io.model, seen[names["image"]][None],
                                      seen[names["side"]][None])))
-        got = run_int8(out / INT8_NAME, raw)
+        pairs.append((run_int8(out / INT8_NAME, raw), want))
+    return pairs
+
+
+def test_int8_outputs_agree_with_the_keras_model(two_io, two_io_converted):
+    out = two_io_converted.out_dir
+    manifest = mf.load(out)
+    for got, want in int8_and_keras_outputs(two_io, out):
         for spec, value in zip(manifest.outputs, got):
             assert np.abs(value - want[spec.name]).max() <= STEPS * spec.scale, spec.name
 
@@ -138,15 +147,8 @@ def test_output_io_float32_gives_float_outputs_after_uint8_inputs_and_int8_ops(
     assert manifest.converter.extra["inference_output_type"] == "float32"
     # the float outputs are the int8 model's values, as close to Keras as the uint8 ones
     uint8_steps = {s.name: s.scale for s in mf.load(two_io_converted.out_dir).outputs}
-    ref = reference.load(out / REFERENCE_NPZ_NAME)
-    names = by_name(manifest.inputs)
-    for n in range(ref.count):
-        raw = ref.sample(n)
-        seen = [dequantize(r, s.scale, s.zero_point) for r, s in zip(raw, manifest.inputs)]
-        want = dict(zip(("scores", "offset"),
-                        keras_answer(two_io.model, seen[names["image"]][None],
-                                     seen[names["side"]][None])))
-        for spec, value in zip(manifest.outputs, run_int8(out / INT8_NAME, raw)):
+    for got, want in int8_and_keras_outputs(two_io, out):
+        for spec, value in zip(manifest.outputs, got):
             assert value.dtype == np.float32
             assert np.abs(value - want[spec.name]).max() <= STEPS * uint8_steps[spec.name]
 
