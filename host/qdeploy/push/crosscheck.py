@@ -268,7 +268,8 @@ def drop_padding(task: Optional[qmanifest.Task], specs: list, host: list,
 
 def first_detections(values: np.ndarray, detections: int, kept: np.ndarray) -> np.ndarray:
     """[samples, detections * k] values with the detections from kept[sample] on set to 0."""
-    rows = np.array(values, dtype=np.float64).reshape(len(values), detections, -1)
+    with np.errstate(invalid="ignore"):  # padding may hold signalling NaNs
+        rows = np.array(values, dtype=np.float64).reshape(len(values), detections, -1)
     rows[np.arange(detections)[None, :] >= kept[:, None]] = 0.0
     return rows.reshape(len(values), -1)
 
