@@ -10,9 +10,11 @@ a libedgetpu built against another TensorFlow can segfault the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,9 +178,12 @@ def make_interpreter(model_path: Path, num_threads: Optional[int] = None,
     if not model_path.is_file():
         raise UserError(f"model not found: {model_path}")
     try:
-        interpreter = module.Interpreter(model_path=str(model_path), num_threads=num_threads,
-                                         experimental_delegates=list(delegates or []) or None)
-        interpreter.allocate_tensors()
+        with announcements_dropped():
+            interpreter = module.Interpreter(model_path=str(model_path),
+                                             num_threads=num_threads,
+                                             experimental_delegates=list(delegates or [])
+                                             or None)
+            interpreter.allocate_tensors()
     except ValueError as exc:
         raise UserError(f"{model_path} cannot be loaded as a TFLite model: "
                         f"{str(exc).splitlines()[0]}; check the file is complete "
@@ -186,6 +191,37 @@ def make_interpreter(model_path: Path, num_threads: Optional[int] = None,
     except RuntimeError as exc:
         raise UserError(runtime_error_message(model_path, str(exc))) from None
     return interpreter
+
+
+# What the runtime's C++ logger prints on file descriptor 2 when all is well: dropped.
+ANNOUNCEMENTS = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def announcements_dropped():
+    """Run the block with fd 2 captured, then write back every line but ANNOUNCEMENTS.
+
+    The runtime announces its CPU delegate from C++ (Python-level redirection does not
+    see it) on every first interpreter, which put an `INFO:` line into every command's
+    output; its warnings and errors still reach stderr, after the block.
+    """
+    import tempfile  # lazy: `qrun --help` does not make interpreters
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True)
+                    if line.rstrip(b"\r\n") not in ANNOUNCEMENTS]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def runtime_error_message(model_path: Path, text: str) -> str:

@@ -109,3 +109,24 @@ def test_deployment_whose_model_file_is_gone(run_qrun, deployment_dir):
     one_error(run_qrun("classify", CAT, "--model", deployment_dir),
               "holds no model to run", "mobilenet_v1_0.25_128_quant.tflite", "which is missing",
               "push the deployment again")
+
+
+def test_the_runtimes_delegate_announcement_is_dropped_and_its_errors_kept(tmp_path):
+    """The runtime's C++ logger announces XNNPACK on fd 2 at the first interpreter; qrun
+    drops that line, and only that line, from what reaches stderr."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "make.py"
+    script.write_text(
+        "import os, sys\n"
+        "from qrun import runtime\n"
+        "with runtime.announcements_dropped():\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "    os.write(2, b'ERROR: something the runtime says\\n')\n"
+        f"runtime.make_interpreter({str(CORAL / 'mobilenet_v1_0.25_128_quant.tflite')!r})\n"
+        "print('made')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "made\n", done.stderr
+    assert done.stderr == "ERROR: something the runtime says\n"
