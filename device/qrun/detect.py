@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from qrun import deployment, letterbox, pipeline
+from qrun import letterbox, pipeline
 from qrun.errors import UserError
 from qrun.manifest import BOXES, CLASSES, COUNT, HEAD, SCORES, Task
 from qrun.preprocess import Preprocess, dequantize
@@ -299,7 +299,7 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
     yolo = layout.decoder != SSD
     spec = pipeline.input_spec(interpreter)
     pre = (opened.dep.manifest.preprocess if opened.dep.manifest is not None
-           else YOLO_PREPROCESS if yolo else deployment.preprocess_of(opened.dep))
+           else YOLO_PREPROCESS if yolo else pixels_unchanged(spec))
     from PIL import Image  # before the clock: an import is not a frame's cost
 
     with watch.stage("preprocess"):
@@ -330,6 +330,14 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
                         {"path": str(image), "width": size[0], "height": size[1]},
                         str(label_file) if label_file else None,
                         str(out) if out else None, opened.choice.fell_back)
+
+
+def pixels_unchanged(spec) -> Preprocess:
+    """What pycoral's `set_resized_input` feeds a bare SSD: the uint8 pixels as they are
+    (for a float input: pixels / 255)."""
+    if spec.dtype == "uint8" and spec.scale:
+        return Preprocess(float(spec.zero_point), 1.0 / spec.scale)
+    return Preprocess(0.0, 255.0)
 
 
 def check_layout(layout: Layout, shapes: list) -> None:
