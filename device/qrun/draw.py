@@ -58,10 +58,14 @@ def palette_mask(class_map: np.ndarray, colormap: str = "pascal"):
 
 
 def overlay(image, mask, alpha: float = 0.5):
-    """The photo with the coloured mask blended over it (`alpha` of the mask)."""
+    """The photo with the coloured mask blended over it (`alpha` of the mask) where the
+    class is not 0 (background), which keeps the photo as it is."""
     from PIL import Image
 
-    return Image.blend(image.convert("RGB"), mask.convert("RGB"), alpha)
+    photo = image.convert("RGB")
+    blended = Image.blend(photo, mask.convert("RGB"), alpha)
+    foreground = Image.fromarray(((np.asarray(mask) != 0) * 255).astype(np.uint8), "L")
+    return Image.composite(blended, photo, foreground)
 
 
 def draw_objects(image, objects: list):

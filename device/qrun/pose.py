@@ -18,7 +18,7 @@ import numpy as np
 from qrun import deployment, pipeline
 from qrun.errors import UserError
 from qrun.manifest import KEYPOINTS, Task
-from qrun.preprocess import Preprocess, dequantize
+from qrun.preprocess import dequantize
 
 MOVENET = "movenet"
 KEYPOINTS_SHAPE = [1, 1, 17, 3]
@@ -26,7 +26,6 @@ KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "lef
                   "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
                   "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
                   "right_ankle")
-RAW_PIXELS = Preprocess(0.0, 1.0)  # MoveNet's uint8 input takes the pixels unchanged
 
 
 class Keypoint(NamedTuple):
@@ -102,8 +101,7 @@ def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
     interpreter = opened.interpreter
     position = keypoints_output(interpreter, opened.task)
     spec = pipeline.input_spec(interpreter)
-    pre = (opened.dep.manifest.preprocess if opened.dep.manifest is not None
-           else RAW_PIXELS if spec.dtype == "uint8" else deployment.preprocess_of(opened.dep))
+    pre = deployment.preprocess_of(opened.dep)
     from PIL import Image  # before the clock: an import is not a frame's cost
 
     with watch.stage("preprocess"):
