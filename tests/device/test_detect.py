@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from qdeploy.modelimport.importer import import_model
 from qrun import detect as qdetect
-from qrun import manifest as mf
 
 from tests.device import ssd_models
 from tests.fixtures.runner import one_error
