@@ -76,10 +76,9 @@ def check_task(dep: deployment.Deployment) -> None:
     kind = dep.manifest.task.kind
     if kind == CLASSIFY:
         return
-    if kind in commands:  # those commands come with the detect/segment/pose issue
+    if kind in commands:
         raise UserError(f"this model's task is {kind} ({MANIFEST_NAME}), not classify; "
-                        f"run it with {commands[kind]} (coming; qrun bench and qrun verify "
-                        "run it now)")
+                        f"run it with {commands[kind]}")
     raise UserError(f"this model's task is {kind}: qrun bench and qrun verify run it")
 
 

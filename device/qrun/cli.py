@@ -1,4 +1,6 @@
-"""`qrun` command line: classify, bench, verify, info. Parses options and prints; the work is elsewhere.
+"""`qrun` command line: classify, detect, segment, pose, bench, verify, info.
+
+Parses options and prints; the work is elsewhere.
 
 Heavy modules (numpy, PIL, the TFLite runtime) are imported inside the commands,
 so `qrun --help` stays quick and `qrun classify` pays only for what it uses.
@@ -20,7 +22,8 @@ CURRENT_HELP = f"${HOME_ENV}/{CURRENT} ({DEFAULT_HOME}/{CURRENT})"
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
-                       "benchmark a model, show the runtime and Edge TPUs. Without --model, "
+                       "detect objects, segment it, find a pose; benchmark a model, show the "
+                       "runtime and Edge TPUs. Without --model, "
                        f"qrun uses the current deployment, {CURRENT_HELP}.")
 
 MODEL_HELP = (f"Model file (.tflite) or deployment directory with {MANIFEST_NAME}. "
@@ -42,7 +45,8 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    """qrun: classify and benchmark TFLite models on the Edge TPU or the CPU."""
+    """qrun: classify, detect, segment, pose and benchmark TFLite models on the Edge TPU or
+    the CPU."""
 
 
 @app.command()
@@ -85,6 +89,143 @@ def classify(
         typer.echo(f"invoke {i}: {ms:.2f} ms{flag}")
     for c in result.classes:
         typer.echo(f"{c.label or c.id}: {c.score:.5f}")
+
+
+THRESHOLD_HELP = "Lowest score kept, 0 to 1."
+OUT_CHECK = "Its directory must exist (checked before the model runs); written atomically."
+
+
+def _timing_line(timing: dict) -> str:
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in timing.items() if k != "total")
+    return f"time: {timing['total']:.1f} ms ({stages})"
+
+
+def _print_json(document: dict) -> None:
+    import json
+
+    typer.echo(json.dumps(document, indent=2))
+
+
+@app.command()
+def detect(
+    image: Path = typer.Argument(..., metavar="IMAGE",
+                                 help="Image to look at (JPEG, PNG or BMP)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", "-l", help="Labels file. Default: the deployment's (a YOLO model's "
+                                     "names from its Ultralytics metadata, when imported)."),
+    threshold: float = typer.Option(0.25, "--threshold", "-t", help=THRESHOLD_HELP),
+    iou: float = typer.Option(0.45, "--iou",
+                              help="NMS overlap (IoU) above which the lower-scoring of two "
+                                   "boxes of one class is dropped (YOLO heads), 0 to 1."),
+    max_objects: int = typer.Option(100, "--max", help="Most objects to report."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Write the image with boxes and labels drawn "
+                                            "(PNG). " + OUT_CHECK),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Detect objects in IMAGE: 'label: score (xmin, ymin, xmax, ymax)' lines, best first,
+    boxes in the image's own pixels, and the time of each stage.
+
+    SSD / EfficientDet models (TFLite_Detection_PostProcess) and Ultralytics YOLOv5/v8/v11
+    heads (class-aware NMS here); the manifest's task says which output is what.
+    """
+    from qrun.detect import detect as run_detect
+
+    result = run_detect(image, model, labels, threshold, iou, max_objects, out, device, tpu,
+                        threads)
+    if result.fell_back:
+        typer.echo(f"note: {result.device['reason']}", err=True)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for o in result.objects:
+        b = o.bbox
+        typer.echo(f"{o.label or o.id}: {o.score:.5f} "
+                   f"({b.xmin:.1f}, {b.ymin:.1f}, {b.xmax:.1f}, {b.ymax:.1f})")
+    if not result.objects:
+        typer.echo(f"no objects scored {threshold} or more")
+    typer.echo(_timing_line(result.timing_ms))
+    if result.annotated:
+        typer.echo(f"annotated image written to {result.annotated}", err=True)
+
+
+@app.command()
+def segment(
+    image: Path = typer.Argument(..., metavar="IMAGE",
+                                 help="Image to segment (JPEG, PNG or BMP)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l",
+                                          help="Labels file. Default: the deployment's."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write the mask: a palette PNG at the image's size whose "
+                                  "pixel values are the class ids. " + OUT_CHECK),
+    overlay: Optional[Path] = typer.Option(
+        None, "--overlay", help="Write the photo with the coloured mask blended over it "
+                                "(PNG). " + OUT_CHECK),
+    colormap: str = typer.Option("pascal", "--colormap",
+                                 help="Colours of the mask: pascal or cityscapes."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Give every pixel of IMAGE a class (DeepLab-style models): print the classes found
+    with their share of the image, and the time of each stage."""
+    from qrun.segment import segment as run_segment
+
+    result = run_segment(image, model, labels, out, overlay, colormap, device, tpu, threads)
+    if result.fell_back:
+        typer.echo(f"note: {result.device['reason']}", err=True)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for c in result.classes:
+        typer.echo(f"{c['label'] or c['id']}: {100 * c['fraction']:.1f}% "
+                   f"({c['pixels']} pixels)")
+    typer.echo(_timing_line(result.timing_ms))
+    for what, path in (("mask", result.mask), ("overlay", result.overlay)):
+        if path:
+            typer.echo(f"{what} written to {path}", err=True)
+
+
+@app.command()
+def pose(
+    image: Path = typer.Argument(..., metavar="IMAGE", help="Image of one person (JPEG, PNG "
+                                                            "or BMP)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Write the image with the keypoints and skeleton "
+                                            "drawn (PNG). " + OUT_CHECK),
+    threshold: float = typer.Option(0.3, "--threshold", "-t",
+                                    help="Lowest keypoint score printed and drawn, 0 to 1 "
+                                         "(--json lists all 17)."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Find a person's 17 keypoints in IMAGE (MoveNet): 'name: score (x, y)' lines in the
+    image's pixels, and the time of each stage."""
+    from qrun.pose import pose as run_pose
+
+    result = run_pose(image, model, out, threshold, device, tpu, threads)
+    if result.fell_back:
+        typer.echo(f"note: {result.device['reason']}", err=True)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    shown = [k for k in result.keypoints if k.score >= threshold]
+    for k in shown:
+        typer.echo(f"{k.name}: {k.score:.3f} ({k.x:.1f}, {k.y:.1f})")
+    if not shown:
+        typer.echo(f"no keypoint scored {threshold} or more")
+    typer.echo(_timing_line(result.timing_ms))
+    if result.annotated:
+        typer.echo(f"annotated image written to {result.annotated}", err=True)
 
 
 @app.command()

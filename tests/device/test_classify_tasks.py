@@ -73,13 +73,12 @@ def task_deployment(directory, task: mf.Task):
 @pytest.mark.parametrize("task, message", [
     (mf.Task(mf.SEGMENT, outputs={mf.MASK: 0}),
      ("error: this model's task is segment (manifest.json), not classify; run it with "
-      "qrun segment (coming; qrun bench and qrun verify run it now)")),
+      "qrun segment")),
     (mf.Task(mf.POSE, outputs={mf.KEYPOINTS: 0}),
-     "error: this model's task is pose (manifest.json), not classify; run it with qrun pose "
-     "(coming; qrun bench and qrun verify run it now)"),
+     "error: this model's task is pose (manifest.json), not classify; run it with qrun pose"),
     (mf.Task(mf.DETECT, outputs={mf.BOXES: 0}),
      ("error: this model's task is detect (manifest.json), not classify; run it with "
-      "qrun detect (coming; qrun bench and qrun verify run it now)")),
+      "qrun detect")),
     (mf.Task(mf.RAW), "error: this model's task is raw: qrun bench and qrun verify run it"),
 ])
 def test_other_tasks_are_refused_naming_the_command(run_qrun, tmp_path, task, message):

@@ -1,0 +1,125 @@
+"""`qrun pose`: the 17 COCO keypoints of one person, in the original image's pixels.
+
+MoveNet single pose, as libcoral's movenet test runs it: the image is resized (stretched,
+LANCZOS) to the input size, and the output [1, 1, 17, 3] holds (y, x, score) per keypoint,
+normalised to the input; so x times the image's width and y times its height are its
+pixels. The output is found by the manifest's KEYPOINTS role, else by its shape (the
+`_edgetpu` twin has no signature, so names are never used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from qrun import deployment, pipeline
+from qrun.errors import UserError
+from qrun.manifest import KEYPOINTS, Task
+from qrun.preprocess import dequantize
+
+MOVENET = "movenet"
+KEYPOINTS_SHAPE = [1, 1, 17, 3]
+KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+                  "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                  "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+                  "right_ankle")
+
+
+class Keypoint(NamedTuple):
+    name: str
+    x: float
+    y: float
+    score: float
+
+
+def keypoints_output(interpreter, task: Optional[Task]) -> int:
+    """The position of the [1, 1, 17, 3] keypoints output."""
+    shapes = pipeline.output_shapes(interpreter)
+    if task is not None and KEYPOINTS in task.outputs:
+        if task.decoder not in (None, MOVENET):
+            raise UserError(f"the manifest's pose decoder is {task.decoder!r}; qrun pose "
+                            f"knows {MOVENET}")
+        return task.outputs[KEYPOINTS]
+    if KEYPOINTS_SHAPE in shapes:
+        return shapes.index(KEYPOINTS_SHAPE)
+    raise UserError(f"no output of this model is MoveNet's {KEYPOINTS_SHAPE} keypoints (its "
+                    f"outputs are {shapes}); import it with qdeploy import --task raw and run "
+                    "it with qrun bench or qrun verify")
+
+
+def keypoints(values: np.ndarray, size: tuple) -> list:
+    """Keypoints from MoveNet's [.., 17, 3] (y, x, score) values, normalised, scaled to the
+    image's (w, h)."""
+    rows = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+    if len(rows) != len(KEYPOINT_NAMES):
+        raise UserError(f"the keypoints output holds {len(rows)} keypoints, not MoveNet's 17")
+    w, h = size
+    return [Keypoint(name, float(x * w), float(y * h), float(score))
+            for name, (y, x, score) in zip(KEYPOINT_NAMES, rows)]
+
+
+@dataclass
+class PoseResult:
+    keypoints: list
+    threshold: float
+    timing_ms: dict
+    device: dict
+    model: dict
+    image: dict
+    annotated: Optional[str] = None
+    fell_back: bool = False
+
+    def to_dict(self) -> dict:
+        return {"kind": "qrun-pose", "schema_version": 1,
+                "keypoints": [k._asdict() for k in self.keypoints],
+                "threshold": self.threshold, "image": self.image,
+                "annotated": self.annotated, "timing_ms": self.timing_ms,
+                "device": self.device, "model": self.model}
+
+
+def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
+         threshold: float = 0.3, device: str = "auto", tpu: str = "",
+         threads: Optional[int] = None) -> PoseResult:
+    """Find the keypoints of the person in `image` with the model `--model` names.
+
+    Args:
+      image: a JPEG, PNG or BMP file.
+      model: model file or deployment directory; the current deployment when None.
+      out: where to write the image with the skeleton drawn (keypoints >= threshold).
+      threshold: the lowest keypoint score drawn and printed.
+      device, tpu, threads: as qrun classify takes them.
+    Returns:
+      A PoseResult with all 17 keypoints.
+    """
+    pipeline.check_fraction(threshold, "--threshold")
+    out = pipeline.check_out(out, "--out")
+    watch = pipeline.Stopwatch()
+    opened = pipeline.open_model(model, "pose", device, tpu, threads, watch)
+    interpreter = opened.interpreter
+    position = keypoints_output(interpreter, opened.task)
+    spec = pipeline.input_spec(interpreter)
+    pre = deployment.preprocess_of(opened.dep)
+    from PIL import Image  # before the clock: an import is not a frame's cost
+
+    with watch.stage("preprocess"):
+        table = pipeline.lookup_table(pre, spec)
+        picture, size = pipeline.read_image(image, pipeline.image_color(spec, pre))
+        resized = picture.resize((spec.shape[2], spec.shape[1]), Image.LANCZOS)
+        data = pipeline.to_input(np.asarray(resized, dtype=np.uint8), table, spec)
+    with watch.stage("invoke"):
+        pipeline.invoke(opened, data)
+    with watch.stage("postprocess"):
+        raw, out_spec = pipeline.output(interpreter, position)
+        found = keypoints(dequantize(raw, out_spec.scale, out_spec.zero_point), size)
+    if out is not None:
+        from qrun import draw
+
+        pipeline.save_png(draw.draw_pose(picture, found, threshold), out)
+    return PoseResult(found, threshold, watch.timing_ms(), opened.device(),
+                      {**opened.model(), "decoder": MOVENET,
+                       "outputs": {KEYPOINTS: position}},
+                      {"path": str(image), "width": size[0], "height": size[1]},
+                      str(out) if out else None, opened.choice.fell_back)

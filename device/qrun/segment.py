@@ -1,0 +1,156 @@
+"""`qrun segment`: a class id for every pixel of one image, at the image's own size.
+
+As Coral's semantic segmentation example and pycoral's segment test do it: the image is
+resized (LANCZOS) to the model's input size, and the model gives either an `ArgMax`
+class map [1, H, W] (decoder "class_map": DeepLab on Coral, int64) or per-class scores
+[1, H, W, C] (decoder "argmax": taken here). The class map is resized back to the
+original image with NEAREST, so its values stay class ids. A bare model file's mask is
+the output of [1, H, W] or [1, H, W, C] near the input's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from qrun import deployment, pipeline
+from qrun.errors import UserError
+from qrun.manifest import MASK, Task
+
+CLASS_MAP, ARGMAX = "class_map", "argmax"
+DECODERS = (CLASS_MAP, ARGMAX)
+
+
+def layout_of(interpreter, task: Optional[Task]) -> tuple:
+    """(decoder, position of the mask output): the manifest task's, else by shape."""
+    shapes = pipeline.output_shapes(interpreter)
+    if task is not None and MASK in task.outputs:
+        if task.decoder not in DECODERS:
+            raise UserError(f"the manifest's segment decoder is {task.decoder!r}; qrun segment "
+                            f"knows {', '.join(DECODERS)}")
+        return task.decoder, task.outputs[MASK]
+    height, width = pipeline.input_spec(interpreter).shape[1:3]
+    for i, shape in enumerate(shapes):
+        if len(shape) in (3, 4) and shape[0] == 1 and all(
+                size / 2 <= side <= size * 2 for side, size in zip(shape[1:3], (height, width))):
+            return (ARGMAX if len(shape) == 4 and shape[3] > 1 else CLASS_MAP), i
+    raise UserError(f"no output of this model is a per-pixel map (its outputs are {shapes}, "
+                    f"its input {height}x{width}); qrun segment reads a [1, H, W] class map "
+                    "or [1, H, W, C] scores. Import it with qdeploy import --task raw and run "
+                    "it with qrun bench or qrun verify")
+
+
+def class_map(raw: np.ndarray, decoder: str) -> np.ndarray:
+    """[H, W] int64 class ids from the model's output (a class map, or scores to argmax).
+    Argmax on quantized scores equals argmax on their floats (the scale is positive)."""
+    values = raw[0]
+    if decoder == ARGMAX:
+        return values.argmax(axis=-1).astype(np.int64)
+    return values.reshape(values.shape[:2]).astype(np.int64)
+
+
+def to_image_size(classes: np.ndarray, size: tuple) -> np.ndarray:
+    """The class map resized (NEAREST) to the image's (w, h)."""
+    from PIL import Image
+
+    if classes.min(initial=0) < 0 or classes.max(initial=0) > 255:
+        raise UserError(f"the model's class ids run from {classes.min()} to {classes.max()}; "
+                        "qrun segment handles ids 0..255")
+    if (classes.shape[1], classes.shape[0]) == tuple(size):
+        return classes
+    mask = Image.fromarray(classes.astype(np.uint8), "L").resize(size, Image.NEAREST)
+    return np.asarray(mask, dtype=np.int64)
+
+
+def class_counts(classes: np.ndarray, names: dict) -> list:
+    """[{id, label, pixels, fraction}] of each class present, most pixels first."""
+    ids, counts = np.unique(classes, return_counts=True)
+    total = classes.size
+    order = np.lexsort((ids, -counts))
+    return [{"id": int(ids[i]), "label": names.get(int(ids[i]), ""),
+             "pixels": int(counts[i]), "fraction": float(counts[i] / total)} for i in order]
+
+
+@dataclass
+class SegmentResult:
+    classes: list  # class_counts
+    class_map: np.ndarray  # [h, w] at the image's size
+    model_map: np.ndarray  # [H, W] at the model's output size
+    timing_ms: dict
+    device: dict
+    model: dict
+    image: dict
+    labels: Optional[str] = None
+    mask: Optional[str] = None
+    overlay: Optional[str] = None
+    fell_back: bool = False
+
+    def to_dict(self) -> dict:
+        return {"kind": "qrun-segment", "schema_version": 1, "classes": self.classes,
+                "image": self.image, "mask_size": {"width": self.model_map.shape[1],
+                                                   "height": self.model_map.shape[0]},
+                "mask": self.mask, "overlay": self.overlay, "timing_ms": self.timing_ms,
+                "device": self.device, "model": self.model, "labels_file": self.labels}
+
+
+def segment(image: Path, model: Optional[Path] = None, labels: Optional[Path] = None,
+            out: Optional[Path] = None, overlay: Optional[Path] = None,
+            colormap: str = "pascal", device: str = "auto", tpu: str = "",
+            threads: Optional[int] = None) -> SegmentResult:
+    """Segment `image` with the model `--model` names.
+
+    Args:
+      image: a JPEG, PNG or BMP file.
+      model, labels: as qrun detect takes them.
+      out: where to write the palette mask PNG (pixel values: class ids).
+      overlay: where to write the photo with the coloured mask blended over it.
+      colormap: "pascal" or "cityscapes".
+      device, tpu, threads: as qrun classify takes them.
+    Returns:
+      A SegmentResult.
+    """
+    from qrun import draw
+
+    if colormap not in draw.COLORMAPS:
+        raise UserError(f"--colormap must be one of {', '.join(draw.COLORMAPS)}, not "
+                        f"{colormap!r}")
+    out = pipeline.check_out(out, "--out")
+    overlay = pipeline.check_out(overlay, "--overlay")
+    watch = pipeline.Stopwatch()
+    opened = pipeline.open_model(model, "segment", device, tpu, threads, watch)
+    interpreter = opened.interpreter
+    decoder, position = layout_of(interpreter, opened.task)
+    shape = pipeline.output_shapes(interpreter)[position]
+    count = shape[3] if decoder == ARGMAX else None
+    names, label_file = pipeline.read_labels(opened, labels, count)
+    spec = pipeline.input_spec(interpreter)
+    pre = deployment.preprocess_of(opened.dep)
+    from PIL import Image  # before the clock: an import is not a frame's cost
+
+    with watch.stage("preprocess"):
+        table = pipeline.lookup_table(pre, spec)
+        picture, size = pipeline.read_image(image, pipeline.image_color(spec, pre))
+        resized = picture.resize((spec.shape[2], spec.shape[1]), Image.LANCZOS)
+        data = pipeline.to_input(np.asarray(resized, dtype=np.uint8), table, spec)
+    with watch.stage("invoke"):
+        pipeline.invoke(opened, data)
+    with watch.stage("postprocess"):
+        raw, _ = pipeline.output(interpreter, position)
+        model_map = class_map(raw, decoder)
+        full = to_image_size(model_map, size)
+        found = class_counts(full, names)
+    if out is not None or overlay is not None:
+        mask = draw.palette_mask(full, colormap)
+        if out is not None:
+            pipeline.save_png(mask, out)
+        if overlay is not None:
+            pipeline.save_png(draw.overlay(picture, mask), overlay)
+    return SegmentResult(found, full, model_map, watch.timing_ms(), opened.device(),
+                         {**opened.model(), "decoder": decoder, "outputs": {MASK: position}},
+                         {"path": str(image), "width": size[0], "height": size[1]},
+                         str(label_file) if label_file else None,
+                         str(out) if out else None, str(overlay) if overlay else None,
+                         opened.choice.fell_back)
