@@ -171,18 +171,12 @@ def image_color(spec: TensorSpec, pre: preprocess.Preprocess) -> str:
 
 def lookup_table(pre: preprocess.Preprocess, spec: TensorSpec) -> np.ndarray:
     """What each uint8 pixel value becomes in the input tensor: [256] (or [256, C] when
-    mean/std differ per channel), so quantizing a frame is one `numpy.take`. An integer
-    input without quantization parameters (scale 0) takes the pixels unchanged."""
+    mean/std differ per channel), so quantizing a frame is one `numpy.take` (see
+    qrun.preprocess.to_input, which it tabulates)."""
     values = np.arange(256, dtype=np.uint8)
     channels = max(np.asarray(pre.mean).size, np.asarray(pre.std).size)
     if channels > 1:
         values = np.repeat(values[:, None], channels, axis=1)
-    dtype = np.dtype(spec.dtype)
-    if np.issubdtype(dtype, np.integer) and spec.scale == 0:
-        # No quantization parameters (MoveNet's uint8 input): the model takes the pixel
-        # values as they are, whatever mean and std say.
-        info = np.iinfo(dtype)
-        return np.clip(values.astype(np.int64), info.min, info.max).astype(dtype)
     return preprocess.to_input(values, pre, spec.dtype, spec.scale, spec.zero_point)
 
 

@@ -227,10 +227,17 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 def to_input(pixels: np.ndarray, pre: Preprocess, dtype, scale: float,
              zero_point: int) -> np.ndarray:
-    """uint8 pixels (one image or a batch) to values of the input tensor's dtype."""
+    """uint8 pixels (one image or a batch) to values of the input tensor's dtype.
+
+    An integer input without quantization parameters (scale 0: MoveNet's uint8 input)
+    takes the pixel values as they are, whatever mean and std say.
+    """
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.floating):
         return to_float(pixels, pre).astype(dtype)
+    if scale == 0:
+        info = np.iinfo(dtype)
+        return np.clip(np.asarray(pixels).astype(np.int64), info.min, info.max).astype(dtype)
     if dtype == np.uint8 and pixels.dtype == np.uint8 and is_identity(pre, scale, zero_point):
         return pixels
     return quantize(to_float(pixels, pre), scale, zero_point, dtype)

@@ -82,11 +82,14 @@ def _one(values: tuple):
 
 
 def input_identity(spec: TensorSpec) -> Optional[Preprocess]:
-    """For a quantized uint8 input: the preprocessing that feeds pixels unchanged
-    (mean = zero point, std = 1 / scale), as Coral's examples and the TFLite Support
-    library feed such models (its metadata normalization applies to float inputs only)."""
-    if spec.dtype != "uint8" or not spec.scale:
+    """For a uint8 input: the preprocessing that feeds pixels unchanged (quantized: mean =
+    zero point, std = 1 / scale), as Coral's examples and the TFLite Support library feed
+    such models (its metadata normalization applies to float inputs only); an unquantized
+    uint8 input (MoveNet's) takes pixels as they are: mean 0, std 1."""
+    if spec.dtype != "uint8":
         return None
+    if not spec.scale:
+        return Preprocess(0.0, 1.0)
     return Preprocess(float(spec.zero_point), round(1.0 / spec.scale, 4))
 
 
@@ -103,12 +106,13 @@ def choose_preprocess(given: Optional[str], description: selfdescribe.Descriptio
         return pre
     identity = input_identity(first_input)
     if identity is not None:
-        if found is not None and not is_identity(found, first_input.scale,
-                                                 first_input.zero_point):
+        how = (f"mean {identity.mean:g} = its zero point, std {identity.std:g} = 1 / its "
+               "scale" if first_input.scale else "it is not quantized")
+        if found is not None and not (first_input.scale and is_identity(
+                found, first_input.scale, first_input.zero_point)):
             notes.append(f"the normalization in {where} (mean {found.to_dict()['mean']}, std "
                          f"{found.to_dict()['std']}) is for a float input; the uint8 input "
-                         f"takes pixels unchanged (mean {identity.mean:g} = its zero point, "
-                         f"std {identity.std:g} = 1 / its scale); pass --preprocess to change")
+                         f"takes pixels unchanged ({how}); pass --preprocess to change")
         return identity
     if found is not None:
         return found

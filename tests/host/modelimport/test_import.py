@@ -326,3 +326,18 @@ def test_ultralytics_names_and_task_are_read_as_literals(tmp_path):
     result = import_model(detect, out=tmp_path / "dep2")
     assert result.manifest.task.kind == mf.CLASSIFY  # the graph's, with a note saying why
     assert any("Ultralytics' task 'detect' does not fit the outputs" in n for n in result.notes)
+
+
+def test_movenet_uint8_input_without_quantization_takes_pixels_as_they_are(tmp_path):
+    """MoveNet's uint8 input has no quantization parameters: pixels go in unchanged, through
+    qrun's own input path (verify's and classify's), whatever mean and std say."""
+    from qrun import preprocess
+
+    result = import_model(CORAL / "movenet_single_pose_lightning_ptq.tflite", out=tmp_path / "d")
+    m = result.manifest
+    assert (m.inputs[0].dtype, m.inputs[0].scale) == ("uint8", 0.0)
+    assert (m.preprocess.mean, m.preprocess.std) == (0.0, 1.0)
+    pixels = np.random.default_rng(1).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    for pre in (m.preprocess, preprocess.Preprocess(128.0, 128.0)):
+        fed = preprocess.to_input(pixels, pre, np.uint8, 0.0, 0)
+        assert fed.dtype == np.uint8 and np.array_equal(fed, pixels)
