@@ -171,3 +171,17 @@ def test_compile_reports_where_the_prediction_and_the_compiler_differ(tmp_path, 
                for n in result.notes)
     assert "  ARG_MAX on the CPU: predicted 1, compiler 0" in result.notes
     assert result.to_dict()["differences"] == result.differences
+
+
+def test_cli_preflight_takes_a_and_the_compiler_version():
+    qdeploy = Path(sys.executable).parent / "qdeploy"
+    model = str(CORAL / f"{DEEPLAB}.tflite")
+    run = subprocess.run([str(qdeploy), "preflight", "-a", "--compiler-version", "15.0",
+                          model], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    first = run.stdout.splitlines()[0]
+    assert first.startswith("preflight: 70 of 72 ops predicted on the Edge TPU, 2 subgraphs")
+    assert first.endswith("assumed compiler 15.0 (--compiler-version)")
+    bad = subprocess.run([str(qdeploy), "preflight", "--compiler-version", "x", model],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --compiler-version 'x'")
