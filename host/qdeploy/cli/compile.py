@@ -31,9 +31,13 @@ PREFLIGHT_HELP = (
     "Predict what edgetpu_compiler will do with MODEL, without the compiler.\n\n"
     "Reads the .tflite flatbuffer (no TensorFlow) and prints the verdict, then one line per "
     "op (index, op, version, predicted status) and the predicted number of ops on the Edge "
-    "TPU. Checks data types, dynamic shapes, constant parameters, batch 1 / rank, the Edge "
-    "TPU op table and its limits, op versions compiler 16 cannot parse, and that every op "
-    "after the first unmapped one runs on the CPU. A compiled _edgetpu model is reported as "
+    "TPU. Checks data types, sizes known only at run time, constant parameters, batch 1 / "
+    "rank, the Edge TPU op table and its limits, op versions the compiler cannot parse, "
+    "then places the ops by the graph as the compiler does: the ops reachable from the "
+    "inputs through mappable ops form the Edge TPU subgraph, ops fed by a CPU result after "
+    "it are cut off ('More than one subgraph is not supported') unless --multiple-subgraphs. "
+    "The verdict names the first op that leaves the Edge TPU and the input it reads from "
+    "there: that is where to change the model. A compiled _edgetpu model is reported as "
     "such. Exits 1 when no op is predicted on the Edge TPU.")
 
 
@@ -115,13 +119,18 @@ def preflight_command(
     model: Path = typer.Argument(..., help="A .tflite model (int8, or an _edgetpu one), or "
                                  "a qdeploy convert directory (its model_int8.tflite)."),
     multiple_subgraphs: bool = typer.Option(
-        False, "--multiple-subgraphs", help="Predict for compile --multiple-subgraphs."),
+        False, "--multiple-subgraphs", "-a", help="Predict for compile --multiple-subgraphs "
+        "(edgetpu_compiler -a): ops after an unmapped one form further Edge TPU subgraphs."),
+    compiler_version: str = typer.Option(
+        "16", "--compiler-version", help="The edgetpu_compiler version to predict for "
+        "(16, 15, 14, 2.1, 2.0.267685300 ...): older ones refuse a batch of -1 and know "
+        "fewer ops and op versions. The verdict says which it assumed."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Predict the compiler's verdict on MODEL (help: PREFLIGHT_HELP)."""
     from qdeploy.edgetpu import preflight
 
-    prediction = preflight.preflight(model, multiple_subgraphs)
+    prediction = preflight.preflight(model, multiple_subgraphs, compiler_version)
     if as_json:
         typer.echo(json.dumps(prediction.to_dict()))
     else:

@@ -6,6 +6,10 @@ failures, and only when the compile succeeded and mapped something moves
 `<name>_edgetpu.tflite` and its `.log` into the model's directory and records them
 in `manifest.json`. A failure leaves the directory as it was.
 
+After a successful compile the preflight's prediction for the same model is compared with
+what the compiler did (`qdeploy.edgetpu.twins.compare`): where they differ is printed,
+which is how the preflight's rule table grows in the field.
+
 `compile_or_preflight(directory)` is the quickstart's entry: compile when the compiler
 is installed, else predict its verdict with `qdeploy.edgetpu.preflight`.
 """
@@ -81,6 +85,8 @@ class CompileResult:
     first_cpu_op: Optional[str] = None
     manifest_updated: bool = False
     notes: list = field(default_factory=list)
+    predicted: Optional[str] = None  # the preflight's verdict on the same model
+    differences: Optional[list] = None  # prediction vs compiler, one line each; [] = exact
 
     def to_dict(self) -> dict:
         return asdict(self) | {"log": self.log.to_dict() if self.log else None}
@@ -350,6 +356,9 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
         compiled = stage / next(n for n in outputs if n.endswith(".tflite"))
         result.first_cpu_op = first_cpu_op(compiled, log)
         result.verdict = success_verdict(log, result.first_cpu_op)
+        if not options.segments:
+            result.predicted, result.differences = against_preflight(model, compiled,
+                                                                     options, version)
         if owned:
             result.manifest_updated = record(stage, directory, outputs, version, min_runtime,
                                              log)
@@ -360,9 +369,30 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
     return result
 
 
+def against_preflight(model: Path, compiled: Path, options: CompileOptions,
+                      version: str) -> tuple:
+    """(the preflight's verdict, where it differs from the compiled model) for `model`."""
+    from qdeploy.edgetpu import twins
+
+    prediction = preflight.preflight(model, options.multiple_subgraphs, str(major(version)))
+    return prediction.verdict, twins.compare(prediction, twins.read_twin(compiled))
+
+
+def comparison_lines(result: CompileResult) -> list:
+    """'the preflight predicted this compile exactly', or where it differed."""
+    if result.differences is None:
+        return []
+    if not result.differences:
+        return ["the preflight predicted this compile exactly"]
+    return (["the preflight's prediction differs from the compiler (please report it, with "
+             "the model's op table, so the rule table in qdeploy.edgetpu.ops can grow):"]
+            + [f"  {line}" for line in result.differences])
+
+
 def notes(result: CompileResult, directory: Path, owned: bool = True) -> list:
     """Lines printed after the verdict of a successful compile."""
     lines = [f"wrote {', '.join(str(directory / n) for n in result.outputs)}"]
+    lines += comparison_lines(result)
     if result.min_runtime is not None:
         lines.append(f"needs Edge TPU runtime {result.min_runtime} or newer on the device"
                      + (" (use --min-runtime 13 for runtime 13)"

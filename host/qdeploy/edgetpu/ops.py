@@ -5,6 +5,9 @@ model, and the compiler-output parser (`qdeploy.edgetpu.compiler_log`) recognise
 status strings in real op tables. Sources: coral.ai's supported-operations table
 (2019 copy plus later additions from the compiler's CHANGES.md), op tables of real
 compiler runs, and google-coral/edgetpu issues (see ../shared/edgetpu-facts.md).
+`EVIDENCE` names, for each rule the preflight applies, the compiled twin
+(tests/data/coral) or real compiler output (tests/data/compiler-logs) that shows it, and
+says which rules are guesses.
 """
 
 # Status strings exactly as the compiler prints them in its op table.
@@ -34,7 +37,17 @@ SUPPORTED_OPS = frozenset({
     "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE",
     # added with runtime 13 / compiler 2.0.291256449
     "EXPAND_DIMS", "PACK", "QUANTIZE", "SUM", "TRANSPOSE_CONV",
+    # mapped whole in Coral's keras_lstm_mnist_ptq twin (its int16 cell state included)
+    "UNIDIRECTIONAL_SEQUENCE_LSTM",
 })
+
+# Ops the compilers before 2.0.291256449 did not know (CHANGES.md, see SUPPORTED_OPS).
+ADDED_IN_2_0_291256449 = frozenset({"EXPAND_DIMS", "PACK", "QUANTIZE", "SUM",
+                                    "TRANSPOSE_CONV"})
+
+# Compiler versions the preflight can assume (--compiler-version); rules that differ
+# between them are in `rules_for`.
+DEFAULT_COMPILER = "16"
 
 # Op versions compiler 16 cannot parse ("Didn't find op for builtin opcode 'X' version 'N'"
 # then "Model could not be parsed"): op -> lowest rejected version.
@@ -46,12 +59,32 @@ REJECTED_VERSIONS = {
     "RSQRT": 2,           # issue 384
 }
 
+# Op versions older compilers also reject: compiler 2.0.267685300 had no RELU v2 (log 16).
+REJECTED_BEFORE_2_1 = {"RELU": 2}
+
 # Inputs (by position) that must be constant at compile time: weights, biases, shapes, axes.
 PARAM_INPUTS = {
     "CONV_2D": (1, 2),
     "DEPTHWISE_CONV_2D": (1, 2),
     "FULLY_CONNECTED": (1, 2),
     "TRANSPOSE_CONV": (0, 1, 3),
+    "RESHAPE": (1,),
+    "PAD": (1,),
+    "MEAN": (1,),
+    "SUM": (1,),
+    "SLICE": (1, 2),
+    "STRIDED_SLICE": (1, 2, 3),
+    "RESIZE_BILINEAR": (1,),
+    "RESIZE_NEAREST_NEIGHBOR": (1,),
+    "EXPAND_DIMS": (1,),
+    "SPLIT": (0,),
+}
+
+# Of those, the inputs that decide an output's size: computed at run time (a SHAPE op
+# feeding a RESHAPE, as Keras writes for a batch of None) they make the TFLite
+# interpreter mark the output dynamic-sized, and compiler 16 fails the whole model
+# ("dynamic-sized tensors", log 19).
+SIZE_INPUTS = {
     "RESHAPE": (1,),
     "PAD": (1,),
     "MEAN": (1,),
@@ -79,3 +112,39 @@ INNERMOST_DIMS = 3
 
 # The compiler custom op that replaces each Edge TPU subgraph in a compiled model.
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+
+# The rules the preflight applies, each with what shows it: a compiled twin in
+# tests/data/coral, a real compiler output in tests/data/compiler-logs, the docs, or
+# "guess" (no twin or log shows it yet; the README lists these).
+EVIDENCE = {
+    "op table": "docs (coral.ai supported operations) and every twin and log",
+    "lstm": "twin keras_lstm_mnist_ptq: UNIDIRECTIONAL_SEQUENCE_LSTM mapped with its int16 "
+            "cell state",
+    "connectivity": "twin movenet_single_pose_lightning_ptq: after ARG_MAX (op 89) leaves "
+                    "the Edge TPU, ops 100-111 whose inputs stay on the Edge TPU are "
+                    "mapped and ops fed by CPU results are not; twin "
+                    "deeplabv3_mnv2_dm05_pascal_quant; log 06 (same op both mapped and "
+                    "'More than one subgraph')",
+    "leading cpu ops": "twin movenet_single_pose_lightning_ptq (CAST, QUANTIZE ahead of the "
+                       "Edge TPU part); log 03",
+    "float io": "log 03 (QUANTIZE 'unspecified limitation', DEQUANTIZE 'unsupported data "
+                "type', everything between mapped); twin movenet_single_pose_lightning_ptq",
+    "requantize": "twin movenet_single_pose_lightning_ptq (int8 -> int8 QUANTIZE mapped); "
+                  "logs 02, 04",
+    "dynamic batch": "guess from the issue's Keras classifiers (no twin here): compiler 16 "
+                     "maps a model whose only -1 is the batch of a static shape",
+    "dynamic size": "log 19 (dynamic-sized tensors); the model needs a size computed at run "
+                    "time (a SHAPE op feeding RESHAPE) - which ops trigger it is a guess "
+                    "from TFLite's kernels",
+    "old compiler dynamic batch": "guess from log 12's note (compilers 14/15 say 'Model not "
+                                  "quantized' for a batch of None)",
+    "op versions": "logs 14, 15, 16 and issues 71, 384, 631",
+    "multiple subgraphs": "guess: each Edge TPU subgraph holds the mapped ops that need the "
+                          "same number of CPU round trips before them",
+    "resize precision": "twin deeplabv3_mnv2_dm05_pascal_quant (1x1 -> 33x33 with "
+                        "align_corners stays on the CPU); the whole-scale test is a guess",
+    "rank": "log 26 (batch 30: 'Tensor has unsupported rank')",
+    "not constant": "log 23",
+    "2d output": "log 24",
+    "custom op": "twins posenet_* (PosenetDecoderOp on the CPU); log 05",
+}

@@ -1,18 +1,22 @@
 """Predict, op by op, what the Edge TPU compiler will do with a model, without the compiler.
 
 The compiler runs only on x86-64 Linux; this reads the `.tflite` flatbuffer
-(`qdeploy.edgetpu.tflite_graph`) and applies the rules of `qdeploy.edgetpu.ops`:
+(`qdeploy.edgetpu.tflite_graph`) and applies the rules of `qdeploy.edgetpu.ops`
+(each cites the twin or compiler log that shows it, `ops.EVIDENCE`):
 
-- model-level refusals: an op version compiler 16 cannot parse ("Model could not be
-  parsed"), a dynamic shape, float weights ("Model not quantized");
+- model-level refusals: an op version the compiler cannot parse ("Model could not be
+  parsed"), a size computed at run time ("dynamic-sized tensors"; a batch of -1 over a
+  static shape is accepted by compiler 16), float weights ("Model not quantized");
 - per op: activation data type, op in the support table, constant parameters,
   rank (only the 3 innermost dimensions may exceed 1, i.e. batch 1), documented limits;
-- the sequence rule: ops ahead of the first mappable op stay on the CPU (a float
-  model's input QUANTIZE, as in real op tables); from there the compiler maps ops in
-  order until the first one it cannot map, and that op and every later one run on
-  the CPU ("More than one subgraph is not supported"), unless multiple subgraphs
-  are requested.
+- placement by the graph (`qdeploy.edgetpu.placement`): the ops reachable from the
+  inputs through mappable ops form the Edge TPU subgraph; after the first op that
+  leaves it, ops whose inputs stay on the Edge TPU side are still mapped and ops fed
+  by CPU results are cut off ("More than one subgraph is not supported"), unless
+  multiple subgraphs are requested. The verdict names the first op that leaves the
+  Edge TPU and the input it reads from there.
 
+Rules that differ between compiler versions follow `compiler_version` (default 16).
 A compiled `_edgetpu` model is reported as such: its `edgetpu-custom-op` nodes and the
 ops left on the CPU.
 """
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 from qdeploy.edgetpu import ops as ops_table
+from qdeploy.edgetpu import placement
+from qdeploy.edgetpu.placement import Boundary
 from qdeploy.edgetpu.tflite_graph import Graph, Op, load
 from qdeploy.errors import UserError
 
@@ -74,10 +80,13 @@ class Prediction:
     refusal: str = ""  # set when the compiler would refuse the whole model
     fix: str = ""
     first_blocker: Optional[OpPrediction] = None
+    leaves_from: Optional[Boundary] = None  # the blocker's input from the Edge TPU part
     multiple_subgraphs: bool = False
+    compiler_version: str = ops_table.DEFAULT_COMPILER  # the compiler the rules assumed
     compiled: bool = False
     edgetpu_custom_ops: int = 0
     cpu_ops: list = field(default_factory=list)  # op names left on the CPU, in order
+    notes: list = field(default_factory=list)  # rules applied that the user should know
 
     @property
     def ok(self) -> bool:
@@ -92,6 +101,15 @@ class Prediction:
         d["ok"] = self.ok
         d["verdict"] = self.verdict
         return d
+
+
+def compiler_version(text: str) -> tuple:
+    """'16' or '2.0.267685300' -> (16,) / (2, 0, 267685300), for comparing versions."""
+    parts = str(text).strip().split(".")
+    if not all(p.isdigit() for p in parts):
+        raise UserError(f"--compiler-version {text!r} is not a version; pass e.g. 16, 15.0 "
+                        "or 2.0.267685300 (edgetpu_compiler --version prints it)")
+    return tuple(int(p) for p in parts)
 
 
 def model_in(target: Path) -> Path:
@@ -110,13 +128,17 @@ def model_in(target: Path) -> Path:
     return model
 
 
-def preflight(model: Path, multiple_subgraphs: bool = False) -> Prediction:
+def preflight(model: Path, multiple_subgraphs: bool = False,
+              compiler: str = ops_table.DEFAULT_COMPILER) -> Prediction:
     """Read `model` (a .tflite, or a convert directory's int8 model) and predict the
-    compiler's verdict (see the module docstring)."""
+    verdict of edgetpu_compiler version `compiler` (see the module docstring)."""
+    version = compiler_version(compiler)
     graph = load(model_in(model))
     if any(op.name == ops_table.EDGETPU_CUSTOM_OP for op in graph.ops):
         return compiled_report(graph)
-    return predict(graph, multiple_subgraphs)
+    prediction = predict(graph, multiple_subgraphs, version)
+    prediction.compiler_version = str(compiler)
+    return prediction
 
 
 def compiled_report(graph: Graph) -> Prediction:
@@ -131,49 +153,52 @@ def compiled_report(graph: Graph) -> Prediction:
                       cpu_ops=[op.name for op in cpu])
 
 
-def predict(graph: Graph, multiple_subgraphs: bool = False) -> Prediction:
-    """Apply the per-op rules and the sequence rule to an uncompiled graph."""
-    own = [op_status(graph, op) for op in graph.ops]
-    refusal, fix = model_refusal(graph, own)
-    statuses = sequence(own, multiple_subgraphs)
-    rows = [OpPrediction(op.index, op.name, op.version, status, reason)
-            for op, (status, reason) in zip(graph.ops, statuses)]
+def predict(graph: Graph, multiple_subgraphs: bool = False,
+            compiler: tuple = (16,)) -> Prediction:
+    """Judge each op on its own, place them by the graph, and find the first blocker."""
+    own = [op_status(graph, op, compiler) for op in graph.ops]
+    refusal, fix = model_refusal(graph, own, compiler)
+    where = placement.place(graph, [s == ops_table.MAPPED for s, _ in own],
+                            multiple_subgraphs)
+    rows = [OpPrediction(op.index, op.name, op.version, *placed_status(status, cut))
+            for op, status, cut in zip(graph.ops, own, where.cut)]
     mapped = [row.mapped and not refusal for row in rows]
-    blocker = first_blocker(rows)
+    leaves = placement.boundary(graph, where)
+    blocker = rows[leaves.op] if leaves else first_blocker(rows)
     return Prediction(
         model=str(graph.path), ops=rows, on_edgetpu=sum(mapped),
-        on_cpu=len(rows) - sum(mapped), subgraphs=count_runs(mapped), refusal=refusal,
-        fix=fix or (FIXES.get(blocker.status, "") if blocker else ""),
-        first_blocker=blocker, multiple_subgraphs=multiple_subgraphs,
-        cpu_ops=[row.op for row, m in zip(rows, mapped) if not m])
+        on_cpu=len(rows) - sum(mapped), subgraphs=0 if refusal else where.subgraphs,
+        refusal=refusal, fix=fix or (FIXES.get(blocker.status, "") if blocker else ""),
+        first_blocker=blocker, leaves_from=None if refusal else leaves,
+        multiple_subgraphs=multiple_subgraphs,
+        cpu_ops=[row.op for row, m in zip(rows, mapped) if not m],
+        notes=model_notes(graph, compiler))
+
+
+def placed_status(own: tuple, cut: bool) -> tuple:
+    """An op's (status, reason) once placed: cut-off ops report what the compiler says."""
+    if cut:
+        return (ops_table.MORE_THAN_ONE_SUBGRAPH, "an input comes from the CPU after the "
+                "Edge TPU part (ops.EVIDENCE['connectivity'])")
+    return own
 
 
 def sequence(own: list, multiple_subgraphs: bool) -> list:
-    """Turn each op's own status into the compiler's, given the mapping order.
-
-    Ops before the first mappable op stay on the CPU without ending anything; the
-    first unmappable op after that ends the Edge TPU segment, and later ops that could
-    be mapped report "More than one subgraph is not supported". With multiple
-    subgraphs every op keeps its own status.
-    """
-    if multiple_subgraphs:
-        return list(own)
-    out, started, ended = [], False, False
-    for status, reason in own:
-        if status == ops_table.MAPPED:
-            started = True
-            if ended:
-                status, reason = ops_table.MORE_THAN_ONE_SUBGRAPH, "after the first op " \
-                                 "that cannot be mapped"
-        elif started:
-            ended = True
-        out.append((status, reason))
-    return out
+    """The placement of a chain of ops (each reads the previous op's output), given each
+    op's own (status, reason): the graph rule on the simplest graph."""
+    from qdeploy.edgetpu.tflite_graph import Op as GraphOp
+    chain = tuple(GraphOp(index=i, name="OP", version=1, inputs=(i,), outputs=(i + 1,))
+                  for i in range(len(own)))
+    graph = Graph(path=Path("chain"), ops=chain, tensors=(), inputs=(0,),
+                  outputs=(len(own),))
+    where = placement.place(graph, [s == ops_table.MAPPED for s, _ in own],
+                            multiple_subgraphs)
+    return [placed_status(status, cut) for status, cut in zip(own, where.cut)]
 
 
 def first_blocker(rows: list) -> Optional[OpPrediction]:
-    """The op where the model must change: the first one not mapped for its own reason
-    after mapping started (or the first unmapped op when nothing maps)."""
+    """When no op reads from the Edge TPU part: the first op not mapped for its own reason
+    after mapping started, else the first unmapped op."""
     started = False
     for row in rows:
         if row.mapped:
@@ -183,26 +208,38 @@ def first_blocker(rows: list) -> Optional[OpPrediction]:
     return next((row for row in rows if not row.mapped), None)
 
 
-def count_runs(mapped: list) -> int:
-    """Number of maximal runs of mapped ops: the Edge TPU subgraphs."""
-    return sum(1 for i, m in enumerate(mapped) if m and (i == 0 or not mapped[i - 1]))
-
-
-def model_refusal(graph: Graph, own: list) -> tuple:
+def model_refusal(graph: Graph, own: list, compiler: tuple = (16,)) -> tuple:
     """(message, fix) when the compiler would reject the whole model, else ("", "")."""
+    name = ".".join(str(p) for p in compiler)
     for op, (status, _) in zip(graph.ops, own):
         if status == ops_table.VERSION_NOT_SUPPORTED:
-            return (f"Model could not be parsed: compiler 16 has no {op.name} version "
+            return (f"Model could not be parsed: compiler {name} has no {op.name} version "
                     f"{op.version} (op {op.index})", FIXES[status])
-    dynamic = [t for t in graph.tensors if t.dynamic]
+    dynamic = [(op, reason) for op, (status, reason) in zip(graph.ops, own)
+               if status == ops_table.DYNAMIC_SHAPE]
     if dynamic:
-        return (f"tensor '{dynamic[0].name}' has a dynamic shape "
-                f"{list(dynamic[0].shape_signature)}; the compiler answers 'Model not "
-                "quantized' or 'dynamic-sized tensors'", FIXES[ops_table.DYNAMIC_SHAPE])
+        op, reason = dynamic[0]
+        inputs = [graph.tensor(i) for i in graph.inputs if graph.tensor(i).dynamic]
+        cause = (f"; the model input '{inputs[0].name}' has a dynamic shape "
+                 f"{list(inputs[0].shape_signature)}") if inputs else ""
+        what = ("the compiler answers 'Model not quantized' or 'dynamic-sized tensors'"
+                if compiler < (16,) else "compiler 16 fails on 'dynamic-sized tensors'")
+        return (f"op {op.index} {op.name}: {reason}; {what}{cause}",
+                FIXES[ops_table.DYNAMIC_SHAPE])
     if not_quantized(graph):
         return ("Model not quantized: weights or activations are float",
                 "convert first: qdeploy convert makes a full-integer (int8) model")
     return "", ""
+
+
+def model_notes(graph: Graph, compiler: tuple) -> list:
+    """Rules applied to this model that a user may not expect."""
+    batch = [t for t in graph.tensors if t.dynamic and not t.dynamic_beyond_batch]
+    if compiler >= (16,) and batch:
+        return [f"tensor '{batch[0].name}' has a batch of -1 over the static shape "
+                f"{list(batch[0].shape)}: compiler 16 maps it as batch 1 "
+                "(ops.EVIDENCE['dynamic batch'], a guess)"]
+    return []
 
 
 def not_quantized(graph: Graph) -> bool:
@@ -217,22 +254,44 @@ def not_quantized(graph: Graph) -> bool:
 
 
 def activations(graph: Graph, op: Op) -> list:
-    """The op's non-constant input and output tensors."""
+    """The op's non-constant input and output tensors, without state (an LSTM's hidden
+    and cell state: int16 there, and mapped, ops.EVIDENCE['lstm'])."""
     return [t for t in (graph.tensor(i) for i in op.inputs + op.outputs)
-            if t is not None and not t.constant]
+            if t is not None and not t.constant and not t.variable]
 
 
-def op_status(graph: Graph, op: Op) -> tuple:
-    """(status, reason) of one op judged on its own, before the sequence rule."""
-    rejected = ops_table.REJECTED_VERSIONS.get(op.name)
-    if rejected is not None and op.version >= rejected:
-        return ops_table.VERSION_NOT_SUPPORTED, f"compiler 16 parses {op.name} only below " \
-                                                f"version {rejected}"
+def rejected_version(op: Op, compiler: tuple) -> int:
+    """The lowest version of `op` that compiler `compiler` cannot parse (0: none)."""
+    rejected = dict(ops_table.REJECTED_VERSIONS)
+    if compiler < (2, 1):
+        rejected |= ops_table.REJECTED_BEFORE_2_1
+    return rejected.get(op.name, 0)
+
+
+def dynamic_status(graph: Graph, op: Op, compiler: tuple) -> str:
+    """Why `op` has a dynamic size for this compiler, or ""."""
+    for t in activations(graph, op):
+        if t.dynamic_beyond_batch or (compiler < (16,) and t.dynamic):
+            return f"tensor '{t.name}' has shape {list(t.shape_signature)}"
+    for position in ops_table.SIZE_INPUTS.get(op.name, ()):
+        t = graph.tensor(op.inputs[position]) if position < len(op.inputs) else None
+        if t is not None and not t.constant:
+            return (f"its size input {position} ('{t.name}') is computed at run time, so "
+                    "the interpreter makes its output dynamic-sized")
+    return ""
+
+
+def op_status(graph: Graph, op: Op, compiler: tuple = (16,)) -> tuple:
+    """(status, reason) of one op judged on its own, before placement by the graph."""
+    rejected = rejected_version(op, compiler)
+    if rejected and op.version >= rejected:
+        name = ".".join(str(p) for p in compiler)
+        return ops_table.VERSION_NOT_SUPPORTED, f"compiler {name} parses {op.name} only " \
+                                                f"below version {rejected}"
     acts = activations(graph, op)
-    dynamic = [t for t in acts if t.dynamic]
+    dynamic = dynamic_status(graph, op, compiler)
     if dynamic:
-        return ops_table.DYNAMIC_SHAPE, f"tensor '{dynamic[0].name}' has shape " \
-                                        f"{list(dynamic[0].shape_signature)}"
+        return ops_table.DYNAMIC_SHAPE, dynamic
     float_tensors = [t for t in acts if t.dtype not in ops_table.QUANTIZED_DTYPES]
     if float_tensors:
         t = float_tensors[0]
@@ -240,7 +299,8 @@ def op_status(graph: Graph, op: Op) -> tuple:
                                          for o in acts if o.index in op.outputs):
             return ops_table.LIMITATION, f"quantizes a {t.dtype} input (float model I/O)"
         return ops_table.UNSUPPORTED_DTYPE, f"tensor '{t.name}' is {t.dtype}"
-    if op.custom or op.name not in ops_table.SUPPORTED_OPS:
+    if op.custom or op.name not in ops_table.SUPPORTED_OPS or (
+            compiler < (2, 0, 291256449) and op.name in ops_table.ADDED_IN_2_0_291256449):
         return ops_table.NOT_SUPPORTED, f"{op.name} is not in the Edge TPU op table"
     for position in ops_table.PARAM_INPUTS.get(op.name, ()):
         t = graph.tensor(op.inputs[position]) if position < len(op.inputs) else None
@@ -251,6 +311,7 @@ def op_status(graph: Graph, op: Op) -> tuple:
         if not rank_ok(t.shape):
             return ops_table.UNSUPPORTED_RANK, f"tensor '{t.name}' has shape {list(t.shape)}"
     return limit_status(graph, op)
+
 
 
 def rank_ok(shape: tuple) -> bool:
@@ -395,16 +456,22 @@ def verdict(p: Prediction) -> str:
         cpu = f": {summarize(p.cpu_ops)}" if p.cpu_ops else ""
         return (f"{name} is already compiled for the Edge TPU: {p.edgetpu_custom_ops} "
                 f"{ops_table.EDGETPU_CUSTOM_OP}, {p.on_cpu} ops on the CPU{cpu}")
+    assumed = f"assumed compiler {p.compiler_version} (--compiler-version)"
     total = len(p.ops)
     if p.refusal:
-        return f"preflight: the compiler will refuse {name}: {p.refusal}; fix: {p.fix}"
+        return (f"preflight: the compiler will refuse {name}: {p.refusal}; fix: {p.fix}; "
+                f"{assumed}")
     head = (f"preflight: {p.on_edgetpu} of {total} ops predicted on the Edge TPU, "
             f"{p.subgraphs} subgraph{'s' if p.subgraphs != 1 else ''}")
     b = p.first_blocker
     if b is None:
-        return head
+        return f"{head}; {assumed}"
+    source = ""
+    if p.leaves_from is not None:
+        f = p.leaves_from
+        source = f"; it reads '{f.tensor}' from op {f.producer} {f.producer_op} on the Edge TPU"
     return (f"{head}; first on CPU: op {b.index} {b.op} v{b.version}: {b.status}"
-            f"{f' ({b.reason})' if b.reason else ''}; fix: {p.fix}")
+            f"{f' ({b.reason})' if b.reason else ''}{source}; fix: {p.fix}; {assumed}")
 
 
 def report_lines(p: Prediction) -> list:
@@ -414,4 +481,5 @@ def report_lines(p: Prediction) -> list:
     if not p.compiled:
         lines.append(f"predicted on the Edge TPU: {p.on_edgetpu} of {len(p.ops)} ops"
                      + (f"; on the CPU: {summarize(p.cpu_ops)}" if p.cpu_ops else ""))
+        lines += [f"note: {n}" for n in p.notes]
     return lines

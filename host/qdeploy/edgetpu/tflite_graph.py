@@ -34,6 +34,7 @@ class Tensor:
     data: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
     scale: float = 0.0
     zero_point: int = 0
+    variable: bool = False  # state kept between invocations (an LSTM's hidden and cell state)
 
     @property
     def constant(self) -> bool:
@@ -41,7 +42,17 @@ class Tensor:
 
     @property
     def dynamic(self) -> bool:
+        """Any -1 in the shape or its signature (a dynamic batch included)."""
         return any(d < 0 for d in self.shape_signature) or any(d < 0 for d in self.shape)
+
+    @property
+    def dynamic_beyond_batch(self) -> bool:
+        """A -1 in the shape itself, or in the signature past the batch dimension: a size
+        that is not known before run time. A batch of -1 over a static shape is not."""
+        if any(d < 0 for d in self.shape):
+            return True
+        signature = self.shape_signature
+        return any(d < 0 for d in (signature[1:] if len(signature) > 1 else signature))
 
     def values(self, dtype: str = "int32") -> np.ndarray:
         """The constant's raw bytes read as `dtype` (e.g. an axis list or a resize size)."""
@@ -171,7 +182,7 @@ def _tensor(t, index: int, buffers: list, type_names: dict) -> Tensor:
     return Tensor(index=index, name=(t.Name() or b"").decode("utf-8", "replace"),
                   dtype=type_names.get(t.Type(), f"TYPE_{t.Type()}"), shape=shape,
                   shape_signature=signature, data=buffers[buffer], scale=scale,
-                  zero_point=zero_point)
+                  zero_point=zero_point, variable=bool(t.IsVariable()))
 
 
 def _options(name: str, op) -> dict:

@@ -129,3 +129,53 @@ def test_quickstart_entry_on_a_real_convert_output(seed_model_file, calib_npy, t
     m = manifest.load(out)
     assert {"int8", "edgetpu"} <= set(m.artifacts) and m.compiled.log.endswith(".log")
     assert manifest.mismatches(m, out) == []
+
+
+def test_yolo_tail_is_placed_by_the_graph_as_the_real_logs_show(converted_models):
+    """A YOLO-style tail (RESHAPE -> TRANSPOSE -> STRIDED_SLICE / LOGISTIC -> CONCATENATION
+    after each level's last CONV_2D), converted by TFLiteConverter. Every (op, status) the
+    preflight gives is one the real compiler printed for that op on such models: log 06
+    (compiler 16, YOLOv5s: the tail's ops 'More than one subgraph', the backbone mapped)
+    and log 27 (TRANSPOSE 'Operation not supported')."""
+    from qdeploy.edgetpu import compiler_log
+    from tests.paths import COMPILER_LOGS as LOGS
+
+    seen = set()
+    for name in ("06-logfile-v16-yolov5s-more-than-one-subgraph.txt",
+                 "27-logfile-v15-operation-not-supported-transpose.txt"):
+        seen |= {(r.op, r.status) for r in compiler_log.parse((LOGS / name).read_text())
+                 .op_table}
+    p = preflight.preflight(converted_models["yolo_tail"])
+    names = [r.op for r in p.ops]
+    assert {(r.op, r.status) for r in p.ops} <= seen
+    first = names.index("TRANSPOSE")
+    # connectivity, not op order: the other level's CONV_2D and RESHAPE come after the
+    # first TRANSPOSE in the model but read only Edge TPU tensors, so they are mapped
+    later = [r for r in p.ops[first + 1:] if r.op in ("CONV_2D", "RESHAPE")]
+    assert later and all(r.mapped for r in later)
+    # every op fed by a TRANSPOSE result is cut off, as in log 06
+    assert all(r.status == t.MORE_THAN_ONE_SUBGRAPH for r in p.ops
+               if r.op in ("STRIDED_SLICE", "LOGISTIC", "CONCATENATION"))
+    assert p.on_edgetpu == names.index("TRANSPOSE") + len(later) and p.subgraphs == 1
+    # the verdict names the first op off the Edge TPU and the tensor it reads from there
+    assert (p.first_blocker.index, p.first_blocker.op) == (first, "TRANSPOSE")
+    assert p.leaves_from.producer == first - 1 and p.leaves_from.producer_op == "RESHAPE"
+    assert f"first on CPU: op {first} TRANSPOSE" in p.verdict
+    assert f"it reads '{p.leaves_from.tensor}' from op {first - 1} RESHAPE" in p.verdict
+
+
+def test_yolo_tail_with_multiple_subgraphs_maps_the_ops_after_the_transposes(
+        converted_models):
+    p = preflight.preflight(converted_models["yolo_tail"], multiple_subgraphs=True)
+    assert p.cpu_ops == ["TRANSPOSE", "TRANSPOSE"]
+    assert p.subgraphs == 2  # the backbone, then the tails behind the CPU's TRANSPOSEs
+
+
+def test_a_batch_of_none_is_refused_for_its_run_time_reshape(converted_models):
+    """Keras writes SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE for a batch of None: the
+    RESHAPE's size is computed at run time, so compiler 16 fails ('dynamic-sized
+    tensors', log 19); the message names the input with the dynamic batch."""
+    p = preflight.preflight(converted_models["mnist_dynamic_batch"])
+    reshape = next(r for r in p.ops if r.op == "RESHAPE")
+    assert reshape.status == t.DYNAMIC_SHAPE and "computed at run time" in reshape.reason
+    assert "dynamic-sized tensors" in p.refusal and "assumed compiler 16" in p.verdict
