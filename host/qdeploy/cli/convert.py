@@ -53,8 +53,8 @@ def convert(
     into --out. The batch is fixed to 1 and every op must have an int8 kernel, as the
     Edge TPU needs. An ONNX model goes through onnx2tf (NCHW becomes NHWC: the manifest,
     qrun and evaluate use NHWC) and its float TFLite is checked against ONNX Runtime on
-    the calibration samples before quantizing. The manifest lists every input and output in the interpreter's
-    order and the task: classify when one output is a [1, N] score vector, else what
+    the calibration samples before quantizing. The manifest lists every input and output
+    in the interpreter's order and the task: classify when one output is a [1, N] score vector, else what
     the graph shows (detect, segment, pose or raw).
     """
     from qdeploy.quantize.convert import convert as run_convert
@@ -75,6 +75,12 @@ def print_conversion(result) -> None:
     float_size = m.artifacts[FLOAT].size
     int8_size = m.artifacts[INT8].size
     out.print(f"Converted {m.converter.source_model} into {result.out_dir}/")
+    if m.converter.source_kind == "onnx":
+        x = m.converter.extra
+        moved = ", ".join(x.get("transposed_inputs", [])) or "none"
+        out.print(f"  from ONNX opset {x.get('onnx_opset')} ({x.get('onnx_producer')}) with "
+                  f"onnx2tf {x.get('onnx2tf')}: {x.get('source_layout')} -> "
+                  f"{x.get('model_layout')} (inputs transposed: {moved})")
     if result.batch_fixed:
         batch = (m.converter.source_input_shape or [None])[0]
         was = "dynamic" if batch in (None, -1) else str(batch)
