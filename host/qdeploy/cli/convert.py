@@ -54,8 +54,8 @@ def convert(
     Edge TPU needs. An ONNX model goes through onnx2tf (NCHW becomes NHWC: the manifest,
     qrun and evaluate use NHWC) and its float TFLite is checked against ONNX Runtime on
     the calibration samples before quantizing. The manifest lists every input and output
-    in the interpreter's order and the task: classify when one output is a [1, N] score vector, else what
-    the graph shows (detect, segment, pose or raw).
+    in the interpreter's order and the task: classify when one output is a [1, N] score
+    vector, else what the graph shows (detect, segment, pose or raw).
     """
     from qdeploy.quantize.convert import convert as run_convert
     from qrun.preprocess import parse_preprocess
