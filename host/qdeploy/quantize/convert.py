@@ -4,8 +4,9 @@ The steps, top to bottom: load the source model (Keras file, SavedModel or ONNX 
 one or several inputs and outputs; ONNX goes through onnx2tf, see onnx_source),
 re-export it with the batch fixed to 1 (the Edge TPU needs static shapes) and its
 inputs and outputs named as the source names them, read the representative dataset
-(one array per input), convert to a float and an int8 `.tflite`, check the int8 model really is integer-only with the I/O types asked
-for, choose its task, and publish both with `manifest.json`. All files are
+(one array per input), convert to a float and an int8 `.tflite`, check the int8 model
+really is integer-only with the I/O types asked for, choose its task, and publish both
+with `manifest.json`. All files are
 staged in a temporary directory inside the output directory and renamed into place
 only when every step succeeded, so a failed run never clobbers a good result.
 """
