@@ -98,9 +98,36 @@ def imports():
     import onnx
     import onnxruntime
 
-    with quiet(), contextlib.redirect_stdout(io.StringIO()):
+    with quiet(), contextlib.redirect_stdout(io.StringIO()), kept_global_state():
         import onnx2tf
     return onnx, onnxruntime, onnx2tf
+
+
+@contextlib.contextmanager
+def kept_global_state():
+    """Undo what importing onnx2tf does to the process: it sets TF_USE_LEGACY_KERAS=1
+    (TFLiteConverter then treats Keras 3 models as tf_keras ones), seeds Python's, numpy's
+    and TensorFlow's generators with 0 and turns on TensorFlow's op determinism."""
+    import random
+
+    env = {k: os.environ.get(k) for k in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL",
+                                          "CUDA_VISIBLE_DEVICES")}
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        from tensorflow.python.framework import config as tf_config
+
+        disable = getattr(tf_config, "disable_op_determinism", None)
+        if disable is not None:
+            disable()
 
 
 def load(path: Path) -> OnnxModel:
