@@ -3,6 +3,7 @@ and TFLiteConverter, held to ONNX Runtime's answers on the same inputs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 
@@ -12,9 +13,12 @@ from PIL import Image
 
 from tests.fixtures import onnx_graphs as graphs
 
-pytest.importorskip("onnx2tf", reason="the onnx extra is not installed (scripts/test installs "
-                    "it: pip install 'qdeploy[onnx]' and onnx2tf --no-deps)")
-pytestmark = pytest.mark.slow
+# find_spec, not importorskip: importing onnx2tf changes process-wide TensorFlow state
+# (onnx_source.imports undoes that), which would reach every test collected after this one.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnx2tf")),
+    reason="the onnx extra is not installed (scripts/test installs it: pip install "
+           "'qdeploy[onnx]' and onnx2tf --no-deps)")]
 
 STEPS = 3  # int8 vs ONNX Runtime: at most this many output quantization steps apart
 
@@ -179,8 +183,10 @@ def test_no_network_is_attempted(calib_nchw, tmp_path, monkeypatch):
     result = convert(model, calib_nchw, tmp_path / "out")
     assert result.int8_path.is_file() and attempts == []
 
-    import onnx2tf  # what the guard prevents: onnx2tf alone tries the network
     import requests
+    from qdeploy.quantize import onnx_source
+
+    _, _, onnx2tf = onnx_source.imports()  # what the guard prevents: onnx2tf alone tries
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(requests.exceptions.ConnectionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from tests.fixtures import onnx_graphs as graphs
 
 needs_onnx = pytest.mark.skipif(
-    any(__import__("importlib").util.find_spec(m) is None for m in ("onnx", "onnx2tf")),
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnx2tf")),
     reason="the onnx extra is not installed (scripts/test installs it)")
 
 
