@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.detectors",
     "tests.fixtures.multi_io",
     "tests.fixtures.multi_io_models",
+    "tests.fixtures.onnx_graphs",
     "tests.fixtures.pibox",
     "tests.fixtures.reports",
     "tests.fixtures.runner",

@@ -16,8 +16,9 @@ commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
 
 @commands.command()
 def convert(
-    model: Path = typer.Argument(..., help="Float source model: a .keras/.h5 file or a "
-                                 "SavedModel directory, with one or several inputs and "
+    model: Path = typer.Argument(..., help="Float source model: a .keras/.h5 file, a "
+                                 "SavedModel directory or an .onnx file (torch.onnx.export; "
+                                 "needs the onnx extra), with one or several inputs and "
                                  "outputs."),
     calib: Path = typer.Option(..., "--calib", help="Representative dataset: a folder of "
                                "images (searched recursively), an .npy/.npz array, or MNIST "
@@ -39,14 +40,22 @@ def convert(
                                    "applied unchanged on the device."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file to ship with "
                                           "the model."),
+    input_layout: Optional[str] = typer.Option(None, "--input-layout", help="ONNX only: "
+                                               "the layout of --calib arrays, nchw (as the "
+                                               "ONNX model takes them; transposed once) or "
+                                               "nhwc (as the converted model takes them). "
+                                               "Default: their shape tells. Images are "
+                                               "always pixels."),
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
     Writes model_float.tflite, model_int8.tflite, reference inputs and manifest.json
     into --out. The batch is fixed to 1 and every op must have an int8 kernel, as the
-    Edge TPU needs. The manifest lists every input and output in the interpreter's
-    order and the task: classify when one output is a [1, N] score vector, else what
-    the graph shows (detect, segment, pose or raw).
+    Edge TPU needs. An ONNX model goes through onnx2tf (NCHW becomes NHWC: the manifest,
+    qrun and evaluate use NHWC) and its float TFLite is checked against ONNX Runtime on
+    the calibration samples before quantizing. The manifest lists every input and output
+    in the interpreter's order and the task: classify when one output is a [1, N] score
+    vector, else what the graph shows (detect, segment, pose or raw).
     """
     from qdeploy.quantize.convert import convert as run_convert
     from qrun.preprocess import parse_preprocess
@@ -55,7 +64,7 @@ def convert(
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
                              preprocess=pre, labels=labels, progress=tick,
-                             output_io=output_io)
+                             output_io=output_io, input_layout=input_layout)
     print_conversion(result)
 
 
@@ -66,6 +75,12 @@ def print_conversion(result) -> None:
     float_size = m.artifacts[FLOAT].size
     int8_size = m.artifacts[INT8].size
     out.print(f"Converted {m.converter.source_model} into {result.out_dir}/")
+    if m.converter.source_kind == "onnx":
+        x = m.converter.extra
+        moved = ", ".join(x.get("transposed_inputs", [])) or "none"
+        out.print(f"  from ONNX opset {x.get('onnx_opset')} ({x.get('onnx_producer')}) with "
+                  f"onnx2tf {x.get('onnx2tf')}: {x.get('source_layout')} -> "
+                  f"{x.get('model_layout')} (inputs transposed: {moved})")
     if result.batch_fixed:
         batch = (m.converter.source_input_shape or [None])[0]
         was = "dynamic" if batch in (None, -1) else str(batch)
@@ -88,6 +103,8 @@ def print_conversion(result) -> None:
     out.print(f"  task {describe_task(m)}")
     out.print(f"  calibrated on {result.calibration_samples} samples from "
               f"{m.calibration['source']}")
+    for note in result.notes:
+        out.print(f"  note: {note}")
 
 
 def describe_task(m) -> str:

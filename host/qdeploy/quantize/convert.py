@@ -1,11 +1,12 @@
 """Full-integer post-training quantization with TensorFlow's TFLiteConverter.
 
-The steps, top to bottom: load the source model (Keras file or SavedModel, one or
-several inputs and outputs), re-export it with the batch fixed to 1 (the Edge TPU
-needs static shapes) and its inputs and outputs named as the source names them,
-read the representative dataset (one array per input), convert to a float and an
-int8 `.tflite`, check the int8 model really is integer-only with the I/O types asked
-for, choose its task, and publish both with `manifest.json`. All files are
+The steps, top to bottom: load the source model (Keras file, SavedModel or ONNX file,
+one or several inputs and outputs; ONNX goes through onnx2tf, see onnx_source),
+re-export it with the batch fixed to 1 (the Edge TPU needs static shapes) and its
+inputs and outputs named as the source names them, read the representative dataset
+(one array per input), convert to a float and an int8 `.tflite`, check the int8 model
+really is integer-only with the I/O types asked for, choose its task, and publish both
+with `manifest.json`. All files are
 staged in a temporary directory inside the output directory and renamed into place
 only when every step succeeded, so a failed run never clobbers a good result.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,6 +44,8 @@ REFERENCE_COUNT = 8
 IO_TYPES = ("uint8", "int8")  # --io: the int8 model's input (and output) dtype
 OUTPUT_IO_TYPES = IO_TYPES + ("float32",)  # --output-io: float32 leaves a DEQUANTIZE
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+ONNX_SUFFIX = ".onnx"
+LAYOUTS = ("nchw", "nhwc")  # --input-layout: how calibration arrays of an ONNX model are laid
 INTEGER_DTYPES = {"int8", "int32", "uint8", "int16", "int64"}
 EDGE_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE"}
 
@@ -65,7 +68,7 @@ class SourceModel:
     """The float model to convert: its inputs and the names of its outputs, in its order."""
 
     path: Path
-    kind: str  # "keras" or "saved_model"
+    kind: str  # "keras", "saved_model" or "onnx" (obj: an onnx_source.OnnxModel)
     obj: object
     inputs: list  # SourceInput
     outputs: list  # output names (Keras output layer names, signature output keys)
@@ -106,6 +109,7 @@ class ConvertResult:
     batch_fixed: bool
     calibration_samples: int
     int8_ops: list
+    notes: list = field(default_factory=list)  # what the user should know (ONNX: layout)
 
 
 def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
@@ -113,30 +117,44 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             labels: Optional[Path] = None,
             progress: Optional[Callable[[int, int], None]] = None,
             calib_label: Optional[str] = None,
-            output_io: Optional[str] = None) -> ConvertResult:
+            output_io: Optional[str] = None,
+            input_layout: Optional[str] = None) -> ConvertResult:
     """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`.
 
     `io_type` is the dtype of every input (and of every output unless `output_io` says
     otherwise: "float32" keeps float outputs behind a DEQUANTIZE, as Coral's SSDs do).
     `calib_label` names the representative dataset in the manifest when its path means
-    nothing to a reader (a temporary file, say).
+    nothing to a reader (a temporary file, say). `input_layout` ("nchw" or "nhwc", ONNX
+    only) says how calibration arrays are laid out; by default their shape tells.
     """
     io = io_types(io_type, output_io)
+    if input_layout is not None and input_layout not in LAYOUTS:
+        raise UserError(f"--input-layout must be nchw or nhwc, got '{input_layout}'")
     if num_calib < 1:
         raise UserError("--num-calib must be at least 1")
     pre = preprocess or Preprocess()
     label_names = read_labels(Path(labels)) if labels is not None else None
     out_dir = prepare_out_dir(Path(out_dir))
     source = load_source_model(Path(model_path))
-    samples = load_calibration(calib, source, pre, num_calib)
+    if input_layout is not None and source.kind != "onnx":
+        raise UserError("--input-layout is for ONNX models; a Keras model or SavedModel "
+                        "takes its calibration data in its own layout")
+    notes = []
+    if source.kind == "onnx":
+        samples, layout_note = onnx_calibration(calib, source, pre, num_calib, input_layout)
+        notes += [layout_note] if layout_note else []
+    else:
+        samples = load_calibration(calib, source, pre, num_calib)
     if calib_label:
         for s in samples:
             s.source = calib_label
     inputs = {i.name: datasets.float_inputs(s, pre) for i, s in zip(source.inputs, samples)}
 
     with atomic.staging_dir(out_dir) as stage:
-        saved = export_fixed_batch(source, stage / "fixed_batch_savedmodel")
+        saved = export_fixed_batch(source, stage / "fixed_batch_savedmodel", inputs)
         (stage / FLOAT_NAME).write_bytes(convert_float(saved))
+        if source.kind == "onnx":
+            notes += check_onnx_float(source, stage / FLOAT_NAME, inputs)
         (stage / INT8_NAME).write_bytes(convert_int8(saved, inputs, io, progress))
         int8_ops = check_integer_only(stage / INT8_NAME, io)
         task = choose_task(stage / INT8_NAME, labels is not None)
@@ -151,7 +169,7 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         mf.save(manifest, stage)
         atomic.publish(stage, out_dir, names + [mf.MANIFEST_NAME])
     return ConvertResult(out_dir, manifest, out_dir / FLOAT_NAME, out_dir / INT8_NAME,
-                         source.batch_changed, len(samples[0]), int8_ops)
+                         source.batch_changed, len(samples[0]), int8_ops, notes)
 
 
 def io_types(io_type: str, output_io: Optional[str]) -> IOTypes:
@@ -242,7 +260,9 @@ def load_source_model(path: Path) -> SourceModel:
         raise UserError(f"model not found: {path}")
     if path.suffix == ".tflite":
         raise UserError(f"{path} is already a TFLite model; convert needs the source model "
-                        "(.keras, .h5 or a SavedModel directory) to quantize it")
+                        "(.keras, .h5, .onnx or a SavedModel directory) to quantize it")
+    if path.suffix.lower() == ONNX_SUFFIX and path.is_file():
+        return check_input(_load_onnx(path))
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise UserError(f"{path} is a directory without saved_model.pb; give a SavedModel "
@@ -250,8 +270,8 @@ def load_source_model(path: Path) -> SourceModel:
         return check_input(_load_saved_model(path))
     if path.suffix.lower() in KERAS_SUFFIXES:
         return check_input(_load_keras(path))
-    raise UserError(f"{path} is not a model qdeploy can convert; give a .keras or .h5 file "
-                    "or a SavedModel directory")
+    raise UserError(f"{path} is not a model qdeploy can convert; give a .keras, .h5 or "
+                    ".onnx file or a SavedModel directory")
 
 
 def check_input(source: SourceModel) -> SourceModel:
@@ -332,12 +352,83 @@ def _load_saved_model(path: Path) -> SourceModel:
     return SourceModel(path, "saved_model", loaded, inputs, names)
 
 
-def export_fixed_batch(source: SourceModel, target: Path) -> Path:
+def _load_onnx(path: Path) -> SourceModel:
+    """An ONNX file as a source: its inputs in the layout the converted model takes
+    (NHWC for NCHW), named as the graph names them (made signature-safe)."""
+    from qdeploy.quantize import onnx_source
+
+    model = onnx_source.load(path)
+    for i in model.inputs:
+        if not i.shape or any(d is None for d in i.shape[1:]):
+            raise UserError(f"input {i.name} of {path.name} has shape {list(i.shape)}; the "
+                            "Edge TPU needs every dimension but the batch fixed: export with "
+                            "dynamic_axes for the batch only (or none)")
+    names = unique_names([i.name for i in model.inputs], "input")
+    inputs = [SourceInput(name, i.converted_shape, i.dtype)
+              for name, i in zip(names, model.inputs)]
+    return SourceModel(path, "onnx", model, inputs, unique_names(model.outputs, "output"))
+
+
+def onnx_calibration(calib: Path, source: SourceModel, pre: Preprocess, limit: int,
+                     layout: Optional[str]) -> tuple:
+    """(samples, note): calibration data for an ONNX model in the converted model's
+    layout. Arrays laid out as the ONNX model takes them (NCHW) are transposed once, with
+    a note; images are always read as pixels (HWC). `layout` forces one reading."""
+    from qdeploy.quantize import onnx_source
+
+    model = source.obj
+    moved = [i.transposed for i in model.inputs]
+    if layout == "nhwc" or not any(moved) or Path(calib).is_dir():
+        return load_calibration(calib, source, pre, limit), None
+    as_onnx = SourceModel(source.path, source.kind, model,
+                          [SourceInput(s.name, (1, *o.shape[1:]), s.dtype)
+                           for s, o in zip(source.inputs, model.inputs)], source.outputs)
+    if layout is None:
+        try:
+            return load_calibration(calib, source, pre, limit), None
+        except UserError as first:
+            try:
+                samples = load_calibration(calib, as_onnx, pre, limit)
+            except UserError:
+                raise first from None
+    else:
+        samples = load_calibration(calib, as_onnx, pre, limit)
+    for s, o in zip(samples, model.inputs):
+        s.data = np.ascontiguousarray(onnx_source.from_onnx_layout(s.data, o))
+    shapes = ", ".join(f"{list(o.shape[1:])} -> {list(i.shape[1:])}"
+                       for i, o, m in zip(source.inputs, model.inputs, moved) if m)
+    return samples, (f"calibration data {calib} is in the ONNX model's NCHW layout: "
+                     f"transposed once to the converted model's NHWC ({shapes}); the "
+                     "device and evaluate feed NHWC")
+
+
+def check_onnx_float(source: SourceModel, float_path: Path, inputs: dict) -> list:
+    """ONNX Runtime vs the float TFLite (refused beyond the tolerance), and the
+    TRANSPOSE ops onnx2tf left, as notes; the figure is kept for the manifest."""
+    from qdeploy.quantize import onnx_source
+
+    names = [i.name for i in source.inputs]
+    check = onnx_source.check_float(source.obj, names, source.outputs, float_path, inputs)
+    source.obj.float_check = check
+    return [f"float TFLite vs ONNX Runtime: max difference {check.worst:.2e} of the output "
+            f"range over {check.samples} calibration samples (tolerance "
+            f"{check.tolerance:.0e})"] + onnx_source.transposes(source.obj, float_path)
+
+
+def export_fixed_batch(source: SourceModel, target: Path, inputs: Optional[dict] = None
+                       ) -> Path:
     """A SavedModel of the same weights whose only signature takes a batch of exactly 1,
-    its arguments and outputs named as the source names its inputs and outputs."""
+    its arguments and outputs named as the source names its inputs and outputs. An ONNX
+    source goes through onnx2tf, which sees the first input's calibration `inputs`."""
     tf = import_tf()
 
     check_input(source)
+    if source.kind == "onnx":
+        from qdeploy.quantize import onnx_source
+
+        first = next(iter(inputs.values())) if inputs else None
+        return onnx_source.export_saved_model(source.obj, [i.name for i in source.inputs],
+                                              source.outputs, target, first)
     specs = [tf.TensorSpec(i.fixed_shape, tf.float32, name=i.name) for i in source.inputs]
     try:
         _export(tf, source, specs, target)
@@ -501,6 +592,10 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
     extra = {}
     if io.outputs != io.inputs:
         extra["inference_output_type"] = io.outputs
+    tool = "tf.lite.TFLiteConverter.from_saved_model"
+    if source.kind == "onnx":
+        extra.update(onnx_record(source.obj))
+        tool = "onnx2tf + " + tool
     if len(source.inputs) > 1:
         extra["source_inputs"] = [{"name": i.name, "shape": [None if d is None else int(d)
                                                             for d in i.shape]}
@@ -518,13 +613,13 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
         artifacts=artifacts,
         labels=LABELS_NAME if LABELS_NAME in names else None,
         converter=mf.Converter(
-            tool="tf.lite.TFLiteConverter.from_saved_model",
+            tool=tool,
             tensorflow=tf.__version__,
             optimizations=["DEFAULT"],
             supported_ops=["TFLITE_BUILTINS_INT8"],
             inference_io_type=io.inputs,
             batch_fixed_to_1=source.batch_changed,
-            source_input_shape=[None if d is None else int(d) for d in source.input_shape],
+            source_input_shape=source_input_shape(source),
             source_model=source.path.name,
             source_kind=source.kind,
             extra=extra,
@@ -533,3 +628,25 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         qdeploy_version=__version__,
     )
+
+
+def source_input_shape(source: SourceModel) -> list:
+    """The first input's shape as the source declares it (ONNX: in its own layout)."""
+    shape = source.obj.inputs[0].shape if source.kind == "onnx" else source.input_shape
+    return [None if d is None or d == -1 else int(d) for d in shape]
+
+
+def onnx_record(model) -> dict:
+    """What the manifest's converter.extra says about an ONNX source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        onnx2tf = version("onnx2tf")
+    except PackageNotFoundError:
+        onnx2tf = None
+    record = {"onnx_opset": model.opset, "onnx_producer": model.producer,
+              "onnx2tf": onnx2tf, **model.layout}
+    check = getattr(model, "float_check", None)
+    if check is not None:
+        record["onnxruntime_check"] = check.to_dict()
+    return record
