@@ -5,6 +5,12 @@ interpreter), preprocess (decode the image, resize, quantize through a 256-entry
 table), invoke, postprocess (the task's decoder, in qrun.detect / qrun.segment /
 qrun.pose). A `Stopwatch` records each stage in ms; its `timing_ms` is what the commands'
 JSON reports. Option checks that need no model (threshold, `--out` directory) come first.
+
+Each task sets itself up once per model as a small object with `color` and `draft_size`
+(how to decode the image), `preprocess(picture, size)` -> (input data, what postprocess
+needs) and `postprocess(interpreter, that)` -> the task's result (qrun.detect.Detector,
+qrun.segment.Segmenter, qrun.pose.PoseFinder). The commands run it once; `qrun bench
+--image` decodes the image once and times `frame_timings` of many frames.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from qrun.layout import MANIFEST_NAME
 from qrun.tensors import TensorSpec
 
 STAGES = ("load", "preprocess", "invoke", "postprocess")
+FRAME_STAGES = ("preprocess", "invoke", "postprocess", "total")  # what a frame costs
 COMMANDS = {"classify": "qrun classify", "detect": "qrun detect", "segment": "qrun segment",
             "pose": "qrun pose"}
 
@@ -73,6 +80,30 @@ class Opened:
                 "task": self.task.kind if self.task is not None else None,
                 "decoder": self.task.decoder if self.task is not None else None,
                 "runtime": {"name": info.name, "version": info.version}}
+
+
+def frame_timings(opened: Opened, steps, picture, size: tuple, runs: int) -> dict:
+    """Run `runs` frames of a decoded image through a task's steps (preprocess, invoke,
+    postprocess), each stage timed on its own.
+
+    Returns:
+      {"preprocess", "invoke", "postprocess", "total"}: a list of µs per frame each.
+    """
+    clock = time.perf_counter_ns
+    times = {name: [] for name in FRAME_STAGES}
+    for _ in range(runs):
+        start = clock()
+        data, context = steps.preprocess(picture, size)
+        prepared = clock()
+        invoke(opened, data)
+        invoked = clock()
+        steps.postprocess(opened.interpreter, context)
+        done = clock()
+        times["preprocess"].append((prepared - start) / 1e3)
+        times["invoke"].append((invoked - prepared) / 1e3)
+        times["postprocess"].append((done - invoked) / 1e3)
+        times["total"].append((done - start) / 1e3)
+    return times
 
 
 def check_fraction(value: float, flag: str) -> float:
