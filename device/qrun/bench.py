@@ -41,7 +41,8 @@ VARIANT_ORDER = MODEL_ROLES
 class BenchReport:
     """One `qrun bench` run: one attribute per top-level key of the report contract.
 
-    `to_dict` gives the JSON object, its keys in the contract's order.
+    `to_dict` gives the JSON object, its keys in the contract's order (`frame` only when
+    measured).
     """
 
     timestamp: str
@@ -63,7 +64,7 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {key: d[key] for key in report_contract.keys()
+        return {key: d[key] for key in report_contract.keys(optional=True)
                 if not (key == "frame" and d[key] is None)}
 
 

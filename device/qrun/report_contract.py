@@ -106,10 +106,11 @@ FIELDS = (
 HEAD = ("schema_version", "kind")  # what a report starts with, checked before FIELDS
 
 
-def keys() -> tuple:
-    """The top-level keys of a report, in the order qrun bench writes them (an optional
-    one only when measured)."""
-    return HEAD + tuple(f.path for f in FIELDS if "." not in f.path)
+def keys(optional: bool = False) -> tuple:
+    """The top-level keys of every report, in the order qrun bench writes them; with
+    `optional`, those it writes only when measured (`frame`) too, in their place."""
+    return HEAD + tuple(f.path for f in FIELDS
+                        if "." not in f.path and (optional or not f.optional))
 
 
 def value_at(report: dict, path: str):
