@@ -52,10 +52,9 @@ def main_options(
 ) -> None:
     """qrun: classify, detect, segment, pose and benchmark TFLite models on the Edge TPU or
     the CPU."""
-    if verbose:
-        from qrun import runtime
+    from qrun import runtime  # light: the runtime itself is imported when a model loads
 
-        runtime.show_runtime_log(True)
+    runtime.show_runtime_log(verbose)
 
 
 @app.command()
