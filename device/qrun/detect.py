@@ -337,7 +337,8 @@ class Detector:
 
     @property
     def draft_size(self) -> tuple:
-        """(w, h) a JPEG may decode down to (its draft mode) and still fill the input."""
+        """The input's (w, h): the box a JPEG's draft decode must still fill once fitted
+        (pipeline.read_image)."""
         return self.spec.shape[2], self.spec.shape[1]
 
     def preprocess(self, picture, size: tuple) -> tuple:

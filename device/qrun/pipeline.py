@@ -170,8 +170,10 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
     Args:
       path: a JPEG, PNG or BMP file.
       color: the PIL mode to convert to.
-      draft_size: (w, h): let a JPEG decode at a reduced size no smaller than this (its
-        `draft` mode), which is much faster for camera frames.
+      draft_size: (w, h) of the box the image will be fitted into keeping its aspect
+        ratio (a letterbox): let a JPEG decode at a reduced size (its `draft` mode: 1/2,
+        1/4, 1/8) still no smaller than the fitted image, which makes both the decode and
+        every later resize of a camera frame cheaper.
     Returns:
       (image, original (w, h)); a file that is not an image is a UserError.
     """
@@ -184,7 +186,7 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
         with Image.open(path) as img:
             size = img.size
             if draft_size is not None and img.format == "JPEG":
-                img.draft(color, draft_size)
+                img.draft(color, fitted_size(size, draft_size))
             img = preprocess.to_8bit(img, path).convert(color)
             img.load()
     except Image.DecompressionBombError:
@@ -194,6 +196,15 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); "
                         "give a JPEG, PNG or BMP file") from None
     return img, size
+
+
+def fitted_size(size: tuple, box: tuple) -> tuple:
+    """(w, h) of an image of `size` scaled to fit `box` keeping its aspect ratio, rounded
+    up (so a JPEG drafted to it is never smaller than the letterbox resizes it to)."""
+    import math
+
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return math.ceil(size[0] * scale), math.ceil(size[1] * scale)
 
 
 def image_color(spec: TensorSpec, pre: preprocess.Preprocess) -> str:
