@@ -14,7 +14,8 @@ from qdeploy.reports.store import open_store
 
 HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
         "The table gives the model's task (from its deployment manifest; empty for a bare "
-        "model file or a report from an older qrun), the device used, runtime, median/p90/p99 latency, init and first "
+        "model file or a report from an older qrun), the device used, runtime, median/p90/p99 "
+        "latency, init and first "
         "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it), "
         "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
         "measured them), the speed-up over the float variant (ratio of medians) and, when the "

@@ -20,8 +20,8 @@ img { max-width: 100%; }
 .note { color: #666; font-size: 0.85em; }
 """
 
-LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)", "p90 (ms)",
-                  "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
+LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)",
+                  "p90 (ms)", "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
                   "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float",
                   "frame (ms)", "frame p99 (ms)", "frames/s")
 HISTORY_COLUMNS = ("time (UTC)", "target", "model", "variant", "model sha256", "median (ms)",
