@@ -8,6 +8,12 @@ steady-state loop times nothing but ``interpreter.invoke()`` on fixed random
 input (seed 0), so its median stays within a few percent of a bare loop. Every
 input is fed (`fill_inputs`); the report's `model` says how many inputs and outputs
 the model has and its task kind (the deployment manifest's; null for a bare file).
+
+With `--image`, whole frames of the model's task are timed too (`frame`): the image is
+decoded once, then each run preprocesses it (resize or letterbox, quantize), invokes and
+postprocesses (classify: top-k; detect: decode and NMS; segment: the class map at the
+image's size; pose: the keypoints), exactly as `qrun classify/detect/segment/pose` do,
+each stage timed on its own (qrun.pipeline.frame_timings).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ VARIANT_ORDER = MODEL_ROLES
 class BenchReport:
     """One `qrun bench` run: one attribute per top-level key of the report contract.
 
-    `to_dict` gives the JSON object, its keys in the contract's order.
+    `to_dict` gives the JSON object, its keys in the contract's order (`frame` only when
+    measured).
     """
 
     timestamp: str
@@ -50,13 +57,15 @@ class BenchReport:
     timings_us: list
     peak_rss_kb: Optional[int]
     host: dict
+    frame: Optional[dict] = None  # `--image`: what a whole frame costs (`frame_report`)
     schema_version: int = SCHEMA_VERSION
     kind: str = BENCH_KIND
     qrun_version: str = qrun.__version__
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {key: d[key] for key in report_contract.keys()}
+        return {key: d[key] for key in report_contract.keys(optional=True)
+                if not (key == "frame" and d[key] is None)}
 
 
 def utc_now() -> str:
@@ -90,8 +99,11 @@ def fill_inputs(interpreter, seed: int = INPUT_SEED) -> None:
         interpreter.set_tensor(details["index"], data)
 
 
-def check_settings(runs: int, warmup: int, threads: Optional[int]) -> None:
+def check_settings(runs: int, warmup: int, threads: Optional[int],
+                   image: Optional[Path] = None) -> None:
     """Fail early, before any model loads, on settings that cannot be run."""
+    if image is not None and not Path(image).is_file():
+        raise UserError(f"--image {image}: no such file; give a JPEG, PNG or BMP image")
     if runs < 1:
         raise UserError(f"--runs must be at least 1, got {runs}")
     if warmup < 0:
@@ -133,7 +145,8 @@ def model_facts(path: Path, variant: str, interpreter, task: Optional[str]) -> d
 def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
                  threads: Optional[int] = None,
                  progress: Callable[[str], None] = lambda _: None,
-                 task: Optional[str] = None) -> BenchReport:
+                 task: Optional[str] = None, image: Optional[Path] = None,
+                 dep: Optional[deployment.Deployment] = None) -> BenchReport:
     """Benchmark the model `choice` names on its device.
 
     Args:
@@ -143,18 +156,27 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
       threads: CPU threads; the runtime's default when None.
       progress: called with one-line status messages.
       task: the task kind to record (`task_of`); None when nothing says.
+      image: time whole frames of this image too (`frame_report`); needs `dep`.
+      dep: the deployment `choice` came from (its task, preprocessing and labels).
     Returns:
       A BenchReport.
     """
-    check_settings(runs, warmup, threads)
+    check_settings(runs, warmup, threads, image)
     progress(f"loading {choice.path} on {choice.used}")
     loaded = deployment.load(choice, threads)
     interpreter = loaded.interpreter
+    frames = None
+    if image is not None:  # set up and decoded before timing: a bad image fails at once
+        frames = decoded_frame(loaded_as_opened(dep, choice, loaded), Path(image))
     fill_inputs(interpreter)
     first_ms = timed_invokes(interpreter, 1, choice.path)[0] / 1e3
     warm = timed_invokes(interpreter, warmup, choice.path) if warmup else []
     progress(f"timing {runs} runs ({loaded.variant} on {choice.used})")
     timings = timed_invokes(interpreter, runs, choice.path)
+    frame = None
+    if frames is not None:
+        progress(f"timing {runs} frames of {Path(image).name} ({task or 'classify'})")
+        frame = frame_report(frames, runs, warmup)
     info = runtime.runtime_info()
     path = Path(choice.path)
     return BenchReport(
@@ -171,19 +193,149 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
         timings_us=timings,
         peak_rss_kb=hostinfo.peak_rss_kb(),
         host=hostinfo.host_facts(),
+        frame=frame,
     )
+
+
+def frame_steps(opened):
+    """The task's steps for one decoded image (see qrun.pipeline), with the commands'
+    defaults; a bare model file is taken for a classifier, as qrun classify takes it."""
+    from qrun.manifest import CLASSIFY, DETECT, POSE, SEGMENT
+
+    kind = opened.task.kind if opened.task is not None else CLASSIFY
+    count = len(opened.interpreter.get_input_details())
+    if count != 1:
+        raise UserError(f"{Path(opened.choice.path).name} has {count} inputs; --image feeds "
+                        "one image: drop --image to time invoke() alone")
+    if kind == DETECT:
+        from qrun.detect import detector
+
+        return detector(opened)
+    if kind == SEGMENT:
+        from qrun.segment import segmenter
+
+        return segmenter(opened)
+    if kind == POSE:
+        from qrun.pose import pose_finder
+
+        return pose_finder(opened)
+    if kind == CLASSIFY and opened.task is None:
+        try:
+            return classifier(opened)
+        except UserError as exc:
+            raise UserError(f"{Path(opened.choice.path).name} has no manifest, so --image "
+                            f"times it as a classifier, but {exc}; import it with qdeploy "
+                            "import (which records its task) and bench the deployment") \
+                from None
+    if kind == CLASSIFY:
+        return classifier(opened)
+    raise UserError(f"this model's task is {kind}: --image times the frames of classify, "
+                    "detect, segment and pose models; drop --image to time invoke() alone")
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """What qrun classify does to one decoded image: resize (LANCZOS) and quantize it as
+    qrun.preprocess does (`preprocess`), the top-k classes (`postprocess`)."""
+
+    position: int  # of the scores output
+    pre: object  # qrun.preprocess.Preprocess
+    spec: object  # the input's TensorSpec
+    color: str
+    names: dict
+    top_k: int = 3
+    draft_size: Optional[tuple] = None
+
+    def preprocess(self, picture, size: tuple) -> tuple:
+        from PIL import Image
+
+        from qrun import preprocess
+
+        height, width, channels = preprocess.image_geometry(self.spec.shape)
+        pixels = np.asarray(picture.resize((width, height), Image.LANCZOS), dtype=np.uint8)
+        pixels = preprocess.fit_channels(pixels, channels)
+        data = preprocess.to_input(pixels, self.pre, self.spec.dtype, self.spec.scale,
+                                   self.spec.zero_point)
+        return data[None, ...], None
+
+    def postprocess(self, interpreter, _) -> list:
+        from qrun import adapters
+
+        return adapters.get_classes(interpreter, self.top_k, float("-inf"), self.names,
+                                    self.position)
+
+
+def classifier(opened) -> Classifier:
+    """Set qrun classify's steps up for an opened model (its scores output checked)."""
+    from qrun import adapters, pipeline
+    from qrun.classify import scores_output
+
+    position = scores_output(opened.dep)
+    adapters.check_scores_shape(adapters.output_details(opened.interpreter, position)["shape"])
+    spec = pipeline.input_spec(opened.interpreter)
+    pre = deployment.preprocess_of(opened.dep)
+    names, _ = pipeline.read_labels(opened, None, None)
+    return Classifier(position, pre, spec, pipeline.image_color(spec, pre), names)
+
+
+@dataclass
+class DecodedFrame:
+    """An image decoded once for a model's task steps, ready to be run as many frames."""
+
+    opened: object  # qrun.pipeline.Opened
+    steps: object  # frame_steps
+    image: Path
+    picture: object  # the decoded PIL image
+    size: tuple  # the original's (w, h)
+    decode_ms: float
+
+
+def loaded_as_opened(dep: deployment.Deployment, choice: deployment.Choice,
+                     loaded: deployment.Loaded):
+    """The loaded model as qrun.pipeline opens it for the task commands."""
+    from qrun import pipeline
+
+    return pipeline.Opened(dep, choice, loaded,
+                           dep.manifest.task if dep.manifest is not None else None)
+
+
+def decoded_frame(opened, image: Path) -> DecodedFrame:
+    """Set the task's steps up and decode `image` once, as the task's command does."""
+    from qrun import pipeline
+
+    steps = frame_steps(opened)
+    start = time.perf_counter()
+    picture, size = pipeline.read_image(image, steps.color, steps.draft_size)
+    return DecodedFrame(opened, steps, image, picture, size,
+                        (time.perf_counter() - start) * 1e3)
+
+
+def frame_report(frame: DecodedFrame, runs: int, warmup: int) -> dict:
+    """The report's `frame`: `warmup` untimed and `runs` timed frames of the decoded image,
+    each stage's statistics in µs (total: their sum, frame by frame)."""
+    from qrun import pipeline
+
+    run = (frame.opened, frame.steps, frame.picture, frame.size)
+    pipeline.frame_timings(*run, warmup)
+    times = pipeline.frame_timings(*run, runs)
+    return {"image": str(frame.image.resolve()), "width": frame.size[0],
+            "height": frame.size[1], "decode_ms": frame.decode_ms, "runs": runs,
+            "warmup": warmup,
+            **{f"{stage}_us": latency_stats(times[stage]) for stage in pipeline.FRAME_STAGES}}
 
 
 def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
           threads: Optional[int] = None, device: str = "auto", tpu: str = "",
-          progress: Callable[[str], None] = lambda _: None) -> BenchReport:
-    """Benchmark the model `--model` names (see qrun.deployment) on the device `--device` picks."""
-    check_settings(runs, warmup, threads)
+          progress: Callable[[str], None] = lambda _: None,
+          image: Optional[Path] = None) -> BenchReport:
+    """Benchmark the model `--model` names (see qrun.deployment) on the device `--device`
+    picks; with `image`, whole frames of its task too."""
+    check_settings(runs, warmup, threads, image)
     dep = deployment.resolve(model)
     choice = deployment.choose(dep, device, tpu)
     if choice.fell_back:
         progress(f"note: {choice.reason}")
-    return bench_choice(choice, runs, warmup, threads, progress, task_of(dep))
+    return bench_choice(choice, runs, warmup, threads, progress, task_of(dep), image, dep)
 
 
 def summary(report: dict) -> str:
@@ -203,7 +355,23 @@ def summary(report: dict) -> str:
         f"{lat['median']:.1f}  mean {lat['mean']:.1f}  std {lat['std']:.1f}  p90 {lat['p90']:.1f}  "
         f"p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
         f"peak RSS {report['peak_rss_kb']} KiB",
+        *frame_lines(report.get("frame")),
     ])
+
+
+def frame_lines(frame: Optional[dict]) -> list:
+    """What a frame costs, stage by stage, for `summary` (nothing without --image)."""
+    if not frame:
+        return []
+    total = frame["total_us"]["median"]
+    stages = "  ".join(f"{stage} {frame[f'{stage}_us']['median']:.1f}/"
+                       f"{frame[f'{stage}_us']['p99']:.1f}"
+                       for stage in ("preprocess", "invoke", "postprocess"))
+    return [f"frames of {Path(frame['image']).name} ({frame['width']}x{frame['height']}, "
+            f"decoded once in {frame['decode_ms']:.1f} ms; {frame['runs']} runs, µs median/"
+            f"p99): {stages}",
+            f"frame total: median {total:.1f}  p99 {frame['total_us']['p99']:.1f}  "
+            f"= {1e6 / total:.1f} frames/s"]
 
 
 def plural(count: int, noun: str) -> str:
@@ -256,13 +424,14 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
 
 def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
                    threads: Optional[int] = None, tpu: str = "",
-                   progress: Callable[[str], None] = lambda _: None) -> dict:
+                   progress: Callable[[str], None] = lambda _: None,
+                   image: Optional[Path] = None) -> dict:
     """`qrun bench --compare`: one report per variant of the deployment, same settings.
 
     Returns:
       {"schema_version": 1, "kind": "qrun-bench-compare", "reports": [...], "skipped": [...]}.
     """
-    check_settings(runs, warmup, threads)
+    check_settings(runs, warmup, threads, image)
     dep = deployment.resolve(model)
     choices, skipped = compare_choices(dep, tpu)
     for s in skipped:
@@ -270,7 +439,7 @@ def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 
     if not choices:
         raise UserError(f"{model or deployment.qdeploy_home() / deployment.CURRENT} holds no "
                         "model that runs here; push a deployment with an int8 model")
-    reports = [bench_choice(c, runs, warmup, threads, progress, task_of(dep)).to_dict()
-               for c in choices]
+    reports = [bench_choice(c, runs, warmup, threads, progress, task_of(dep), image,
+                            dep).to_dict() for c in choices]
     return {"schema_version": SCHEMA_VERSION, "kind": COMPARE_KIND, "timestamp": utc_now(),
             "qrun_version": qrun.__version__, "reports": reports, "skipped": skipped}

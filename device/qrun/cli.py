@@ -44,9 +44,17 @@ def _version(value: bool) -> None:
 def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    verbose: bool = typer.Option(
+        False, "--verbose",
+        help="Let the TFLite runtime's own log lines through (e.g. 'INFO: Created TensorFlow "
+             "Lite XNNPACK delegate for CPU.'), which qrun drops by default. Give it before "
+             "the command: qrun --verbose bench."),
 ) -> None:
     """qrun: classify, detect, segment, pose and benchmark TFLite models on the Edge TPU or
     the CPU."""
+    from qrun import runtime  # light: the runtime itself is imported when a model loads
+
+    runtime.show_runtime_log(verbose)
 
 
 @app.command()
@@ -246,11 +254,19 @@ def bench(
         False, "--compare",
         help="Benchmark every variant the deployment holds (float, int8, edgetpu when the "
              "delegate loads) with the same settings; the JSON holds one report each."),
+    image: Optional[Path] = typer.Option(
+        None, "--image", "-i", metavar="IMAGE",
+        help="Also time whole frames of the model's task on this image (JPEG, PNG or BMP): "
+             "decoded once, then per run preprocess (resize/letterbox, quantize), invoke and "
+             "postprocess (top-k, detection decode + NMS, class map, keypoints), as qrun "
+             "classify/detect/segment/pose do them; the report's 'frame' gives each stage's "
+             "median and p99 and frames per second."),
 ) -> None:
     """Measure latency (init, first inference, warm-up, steady state), memory and host facts.
 
     Every input is fed seeded random values of its dtype; the report records the model's
-    task (from its manifest) and how many inputs and outputs it has.
+    task (from its manifest) and how many inputs and outputs it has. With --image, what a
+    whole frame costs too, stage by stage.
     """
     from qrun import bench as bench_mod
 
@@ -262,11 +278,11 @@ def bench(
                         "every variant (float, int8, edgetpu); drop one of them")
     if compare:
         report = bench_mod.bench_variants(model, runs, warmup, threads, tpu,
-                                          progress=bench_mod.stderr_progress)
+                                          progress=bench_mod.stderr_progress, image=image)
         texts = [bench_mod.summary(r) for r in report["reports"]]
     else:
         report = bench_mod.bench(model, runs, warmup, threads, device or "auto", tpu,
-                                 progress=bench_mod.stderr_progress).to_dict()
+                                 progress=bench_mod.stderr_progress, image=image).to_dict()
         texts = [bench_mod.summary(report)]
     if json_out is None:
         typer.echo("\n\n".join(texts))

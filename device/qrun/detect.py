@@ -292,44 +292,86 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
     out = pipeline.check_out(out, "--out")
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "detect", device, tpu, threads, watch)
-    interpreter = opened.interpreter
-    layout = layout_of(interpreter, opened.task)
-    check_layout(layout, pipeline.output_shapes(interpreter))
-    names, label_file = pipeline.read_labels(opened, labels, layout.params.get("classes"))
-    yolo = layout.decoder != SSD
-    spec = pipeline.input_spec(interpreter)
-    pre = (opened.dep.manifest.preprocess if opened.dep.manifest is not None
-           else YOLO_PREPROCESS if yolo else pixels_unchanged(spec))
-    from PIL import Image  # before the clock: an import is not a frame's cost
+    steps = detector(opened, labels, threshold, iou_threshold, max_objects)
+    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
 
     with watch.stage("preprocess"):
-        table = pipeline.lookup_table(pre, spec)
-        color = pipeline.image_color(spec, pre)
-        input_w, input_h = spec.shape[2], spec.shape[1]
-        picture, size = pipeline.read_image(image, color, None if out else (input_w, input_h))
-        pixels, box = letterbox.fit(
-            picture, (input_w, input_h), centre=yolo,
-            fill=letterbox.ULTRALYTICS_FILL if yolo else letterbox.PYCORAL_FILL,
-            resample=Image.BILINEAR if yolo else Image.LANCZOS, image_size=size)
-        data = pipeline.to_input(pixels, table, spec)
+        picture, size = pipeline.read_image(image, steps.color,
+                                            None if out else steps.draft_size)
+        data, box = steps.preprocess(picture, size)
     with watch.stage("invoke"):
         pipeline.invoke(opened, data)
     with watch.stage("postprocess"):
-        if yolo:
-            objects = decode_yolo(interpreter, layout, threshold, iou_threshold, max_objects,
-                                  box, names)
-        else:
-            objects = decode_ssd(interpreter, layout, threshold, max_objects, box, names)
+        objects = steps.postprocess(opened.interpreter, box)
     if out is not None:
         from qrun import draw
 
         pipeline.save_png(draw.draw_objects(picture, objects), out)
+    layout = steps.layout
     return DetectResult(objects, watch.timing_ms(), opened.device(),
                         {**opened.model(), "decoder": layout.decoder,
                          "outputs": layout.outputs, "layout_from": layout.source},
                         {"path": str(image), "width": size[0], "height": size[1]},
-                        str(label_file) if label_file else None,
+                        str(steps.label_file) if steps.label_file else None,
                         str(out) if out else None, opened.choice.fell_back)
+
+
+@dataclass(frozen=True)
+class Detector:
+    """What qrun detect does to one decoded image, set up once per model: letterbox and
+    quantize it (`preprocess`), decode the outputs into objects (`postprocess`)."""
+
+    layout: Layout
+    names: dict
+    label_file: Optional[Path]
+    spec: object  # the input's TensorSpec
+    table: np.ndarray  # pixel value -> input value (pipeline.lookup_table)
+    color: str
+    threshold: float
+    iou_threshold: float
+    max_objects: int
+
+    @property
+    def yolo(self) -> bool:
+        return self.layout.decoder != SSD
+
+    @property
+    def draft_size(self) -> tuple:
+        """The input's (w, h): the box a JPEG's draft decode must still fill once fitted
+        (pipeline.read_image)."""
+        return self.spec.shape[2], self.spec.shape[1]
+
+    def preprocess(self, picture, size: tuple) -> tuple:
+        """(input data, Letterbox) of a decoded image whose original size is `size`."""
+        from PIL import Image
+
+        pixels, box = letterbox.fit(
+            picture, self.draft_size, centre=self.yolo,
+            fill=letterbox.ULTRALYTICS_FILL if self.yolo else letterbox.PYCORAL_FILL,
+            resample=Image.BILINEAR if self.yolo else Image.LANCZOS, image_size=size)
+        return pipeline.to_input(pixels, self.table, self.spec), box
+
+    def postprocess(self, interpreter, box: letterbox.Letterbox) -> list:
+        """The objects of the last invoke, best first, boxes in the original's pixels."""
+        if self.yolo:
+            return decode_yolo(interpreter, self.layout, self.threshold, self.iou_threshold,
+                               self.max_objects, box, self.names)
+        return decode_ssd(interpreter, self.layout, self.threshold, self.max_objects, box,
+                          self.names)
+
+
+def detector(opened: pipeline.Opened, labels: Optional[Path] = None, threshold: float = 0.25,
+             iou_threshold: float = 0.45, max_objects: int = 100) -> Detector:
+    """Set qrun detect up for an opened model: its layout (checked), labels, input table."""
+    interpreter = opened.interpreter
+    layout = layout_of(interpreter, opened.task)
+    check_layout(layout, pipeline.output_shapes(interpreter))
+    names, label_file = pipeline.read_labels(opened, labels, layout.params.get("classes"))
+    spec = pipeline.input_spec(interpreter)
+    pre = (opened.dep.manifest.preprocess if opened.dep.manifest is not None
+           else YOLO_PREPROCESS if layout.decoder != SSD else pixels_unchanged(spec))
+    return Detector(layout, names, label_file, spec, pipeline.lookup_table(pre, spec),
+                    pipeline.image_color(spec, pre), threshold, iou_threshold, max_objects)
 
 
 def pixels_unchanged(spec) -> Preprocess:

@@ -5,6 +5,12 @@ interpreter), preprocess (decode the image, resize, quantize through a 256-entry
 table), invoke, postprocess (the task's decoder, in qrun.detect / qrun.segment /
 qrun.pose). A `Stopwatch` records each stage in ms; its `timing_ms` is what the commands'
 JSON reports. Option checks that need no model (threshold, `--out` directory) come first.
+
+Each task sets itself up once per model as a small object with `color` and `draft_size`
+(how to decode the image), `preprocess(picture, size)` -> (input data, what postprocess
+needs) and `postprocess(interpreter, that)` -> the task's result (qrun.detect.Detector,
+qrun.segment.Segmenter, qrun.pose.PoseFinder). The commands run it once; `qrun bench
+--image` decodes the image once and times `frame_timings` of many frames.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from qrun.layout import MANIFEST_NAME
 from qrun.tensors import TensorSpec
 
 STAGES = ("load", "preprocess", "invoke", "postprocess")
+FRAME_STAGES = ("preprocess", "invoke", "postprocess", "total")  # what a frame costs
 COMMANDS = {"classify": "qrun classify", "detect": "qrun detect", "segment": "qrun segment",
             "pose": "qrun pose"}
 
@@ -73,6 +80,30 @@ class Opened:
                 "task": self.task.kind if self.task is not None else None,
                 "decoder": self.task.decoder if self.task is not None else None,
                 "runtime": {"name": info.name, "version": info.version}}
+
+
+def frame_timings(opened: Opened, steps, picture, size: tuple, runs: int) -> dict:
+    """Run `runs` frames of a decoded image through a task's steps (preprocess, invoke,
+    postprocess), each stage timed on its own.
+
+    Returns:
+      {"preprocess", "invoke", "postprocess", "total"}: a list of µs per frame each.
+    """
+    clock = time.perf_counter_ns
+    times = {name: [] for name in FRAME_STAGES}
+    for _ in range(runs):
+        start = clock()
+        data, context = steps.preprocess(picture, size)
+        prepared = clock()
+        invoke(opened, data)
+        invoked = clock()
+        steps.postprocess(opened.interpreter, context)
+        done = clock()
+        times["preprocess"].append((prepared - start) / 1e3)
+        times["invoke"].append((invoked - prepared) / 1e3)
+        times["postprocess"].append((done - invoked) / 1e3)
+        times["total"].append((done - start) / 1e3)
+    return times
 
 
 def check_fraction(value: float, flag: str) -> float:
@@ -139,8 +170,10 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
     Args:
       path: a JPEG, PNG or BMP file.
       color: the PIL mode to convert to.
-      draft_size: (w, h): let a JPEG decode at a reduced size no smaller than this (its
-        `draft` mode), which is much faster for camera frames.
+      draft_size: (w, h) of the box the image will be fitted into keeping its aspect
+        ratio (a letterbox): let a JPEG decode at a reduced size (its `draft` mode: 1/2,
+        1/4, 1/8) still no smaller than the fitted image, which makes both the decode and
+        every later resize of a camera frame cheaper.
     Returns:
       (image, original (w, h)); a file that is not an image is a UserError.
     """
@@ -153,7 +186,7 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
         with Image.open(path) as img:
             size = img.size
             if draft_size is not None and img.format == "JPEG":
-                img.draft(color, draft_size)
+                img.draft(color, fitted_size(size, draft_size))
             img = preprocess.to_8bit(img, path).convert(color)
             img.load()
     except Image.DecompressionBombError:
@@ -163,6 +196,15 @@ def read_image(path: Path, color: str, draft_size: Optional[tuple] = None) -> tu
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); "
                         "give a JPEG, PNG or BMP file") from None
     return img, size
+
+
+def fitted_size(size: tuple, box: tuple) -> tuple:
+    """(w, h) of an image of `size` scaled to fit `box` keeping its aspect ratio, rounded
+    up (so a JPEG drafted to it is never smaller than the letterbox resizes it to)."""
+    import math
+
+    scale = min(box[0] / size[0], box[1] / size[1])
+    return math.ceil(size[0] * scale), math.ceil(size[1] * scale)
 
 
 def image_color(spec: TensorSpec, pre: preprocess.Preprocess) -> str:

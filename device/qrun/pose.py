@@ -98,22 +98,17 @@ def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
     out = pipeline.check_out(out, "--out")
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "pose", device, tpu, threads, watch)
-    interpreter = opened.interpreter
-    position = keypoints_output(interpreter, opened.task)
-    spec = pipeline.input_spec(interpreter)
-    pre = deployment.preprocess_of(opened.dep)
-    from PIL import Image  # before the clock: an import is not a frame's cost
+    steps = pose_finder(opened)
+    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
 
     with watch.stage("preprocess"):
-        table = pipeline.lookup_table(pre, spec)
-        picture, size = pipeline.read_image(image, pipeline.image_color(spec, pre))
-        resized = picture.resize((spec.shape[2], spec.shape[1]), Image.LANCZOS)
-        data = pipeline.to_input(np.asarray(resized, dtype=np.uint8), table, spec)
+        picture, size = pipeline.read_image(image, steps.color)
+        data, _ = steps.preprocess(picture, size)
     with watch.stage("invoke"):
         pipeline.invoke(opened, data)
     with watch.stage("postprocess"):
-        raw, out_spec = pipeline.output(interpreter, position)
-        found = keypoints(dequantize(raw, out_spec.scale, out_spec.zero_point), size)
+        found = steps.postprocess(opened.interpreter, size)
+    position = steps.position
     if out is not None:
         from qrun import draw
 
@@ -123,3 +118,36 @@ def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
                        "outputs": {KEYPOINTS: position}},
                       {"path": str(image), "width": size[0], "height": size[1]},
                       str(out) if out else None, opened.choice.fell_back)
+
+
+@dataclass(frozen=True)
+class PoseFinder:
+    """What qrun pose does to one decoded image, set up once per model: resize and quantize
+    it (`preprocess`), the 17 keypoints in the image's pixels (`postprocess`)."""
+
+    position: int  # of the keypoints output
+    spec: object  # the input's TensorSpec
+    table: np.ndarray  # pixel value -> input value (pipeline.lookup_table)
+    color: str
+    draft_size: Optional[tuple] = None
+
+    def preprocess(self, picture, size: tuple) -> tuple:
+        """(input data, the image's (w, h)): stretched (LANCZOS) to the input, quantized."""
+        from PIL import Image
+
+        resized = picture.resize((self.spec.shape[2], self.spec.shape[1]), Image.LANCZOS)
+        return pipeline.to_input(np.asarray(resized, dtype=np.uint8), self.table,
+                                 self.spec), size
+
+    def postprocess(self, interpreter, size: tuple) -> list:
+        raw, out_spec = pipeline.output(interpreter, self.position)
+        return keypoints(dequantize(raw, out_spec.scale, out_spec.zero_point), size)
+
+
+def pose_finder(opened: pipeline.Opened) -> PoseFinder:
+    """Set qrun pose up for an opened model: the keypoints output and the input table."""
+    interpreter = opened.interpreter
+    spec = pipeline.input_spec(interpreter)
+    pre = deployment.preprocess_of(opened.dep)
+    return PoseFinder(keypoints_output(interpreter, opened.task), spec,
+                      pipeline.lookup_table(pre, spec), pipeline.image_color(spec, pre))

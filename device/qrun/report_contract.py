@@ -13,7 +13,9 @@ under `host`): readers ignore what they do not know, so a newer device's report
 stays readable by an older host, and a new field needs no new `SCHEMA_VERSION`.
 A field added after reports were first written is `optional`: a report of an older
 qrun lacks it and is read as holding null there (its store column takes NULL),
-so a newer host still reads an older device's reports.
+so a newer host still reads an older device's reports. `frame` (`qrun bench --image`:
+what a whole frame of the model's task costs, stage by stage) is such an object: absent
+without --image; when present, its fields (`part_of` it) must be there.
 
 Standard library only: the device imports it.
 """
@@ -31,6 +33,8 @@ SCHEMA_VERSION = 1  # of the report JSON: what qrun bench writes, the newest a r
 BENCH_KIND = "qrun-bench"  # one model benchmarked on one device
 COMPARE_KIND = "qrun-bench-compare"  # `qrun bench --compare`: one report per variant
 NUMBER = (int, float)  # a bool is never taken for a number
+FRAME_STAGES = ("preprocess", "invoke", "postprocess", "total")  # of a `frame`
+FRAME_STATS = ("median", "p99")  # the figures of each frame stage the store keeps
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Field:
     finite: bool = False  # a number that must be finite (no NaN or infinity)
     null_in_store: bool = False  # the column takes NULL though the report may not
     optional: bool = False  # added later: an older qrun's report lacks it (read as null)
+    part_of: Optional[str] = None  # an optional object it belongs to: needed when that is there
 
 
 # In the order a report holds them; the first bad field is the one an error names.
@@ -88,13 +93,24 @@ FIELDS = (
     Field("timings_us", (list,), column="timings_us", items=NUMBER),  # every timed run
     Field("peak_rss_kb", (int,), nullable=True, column="peak_rss_kb"),  # None: not measurable
     Field("host", (dict,), column="host_json"),  # qrun.hostinfo.host_facts
+    # `qrun bench --image`: whole frames of the model's task (the image decoded once, then
+    # per run preprocess, invoke, postprocess; total is their sum per frame). Optional: a
+    # report without --image, or of an older qrun, has no `frame`.
+    Field("frame", (dict,), optional=True),
+    Field("frame.image", (str,), column="frame_image", optional=True, part_of="frame"),
+    Field("frame.runs", (int,), column="frame_runs", optional=True, part_of="frame"),
+    *(Field(f"frame.{stage}_us.{stat}", NUMBER, column=f"frame_{stage}_{stat}_us",
+            finite=True, optional=True, part_of="frame")
+      for stage in FRAME_STAGES for stat in FRAME_STATS),
 )
 HEAD = ("schema_version", "kind")  # what a report starts with, checked before FIELDS
 
 
-def keys() -> tuple:
-    """The top-level keys of a report, in the order qrun bench writes them."""
-    return HEAD + tuple(f.path for f in FIELDS if "." not in f.path)
+def keys(optional: bool = False) -> tuple:
+    """The top-level keys of every report, in the order qrun bench writes them; with
+    `optional`, those it writes only when measured (`frame`) too, in their place."""
+    return HEAD + tuple(f.path for f in FIELDS
+                        if "." not in f.path and (optional or not f.optional))
 
 
 def value_at(report: dict, path: str):
@@ -105,6 +121,15 @@ def value_at(report: dict, path: str):
             raise KeyError(path)
         value = value[part]
     return value
+
+
+def has(report: dict, path: str) -> bool:
+    """True when the report holds a value at the dotted `path`."""
+    try:
+        value_at(report, path)
+    except KeyError:
+        return False
+    return True
 
 
 def field_value(report: dict, field: Field):
@@ -153,8 +178,8 @@ def check_field(report: dict, field: Field, source: str) -> None:
     try:
         value = value_at(report, field.path)
     except KeyError:
-        if field.optional:  # a report of a qrun older than the field
-            return
+        if field.optional and not (field.part_of and has(report, field.part_of)):
+            return  # a report of a qrun older than the field, or one that did not measure it
         raise UserError(f"{source} is missing field '{field.path}'; re-run qrun bench") from None
     if value is None and field.nullable:
         return

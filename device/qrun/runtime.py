@@ -197,14 +197,27 @@ def make_interpreter(model_path: Path, num_threads: Optional[int] = None,
 ANNOUNCEMENTS = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
+SHOW_RUNTIME_LOG = False  # `qrun --verbose`: announcements_dropped drops nothing
+
+
+def show_runtime_log(show: bool = True) -> None:
+    """Let the runtime's own log lines (ANNOUNCEMENTS too) reach fd 2 as it writes them."""
+    global SHOW_RUNTIME_LOG
+    SHOW_RUNTIME_LOG = show
+
+
 @contextlib.contextmanager
 def announcements_dropped():
     """Run the block with fd 2 captured, then write back every line but ANNOUNCEMENTS.
 
     The runtime announces its CPU delegate from C++ (Python-level redirection does not
     see it) on every first interpreter, which put an `INFO:` line into every command's
-    output; its warnings and errors still reach stderr, after the block.
+    output; its warnings and errors still reach stderr, after the block. After
+    `show_runtime_log()` (qrun --verbose) the block runs untouched.
     """
+    if SHOW_RUNTIME_LOG:
+        yield
+        return
     import tempfile  # lazy: `qrun --help` does not make interpreters
 
     sys.stderr.flush()

@@ -121,27 +121,17 @@ def segment(image: Path, model: Optional[Path] = None, labels: Optional[Path] = 
     overlay = pipeline.check_out(overlay, "--overlay")
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "segment", device, tpu, threads, watch)
-    interpreter = opened.interpreter
-    decoder, position = layout_of(interpreter, opened.task)
-    shape = pipeline.output_shapes(interpreter)[position]
-    count = shape[3] if decoder == ARGMAX else None
-    names, label_file = pipeline.read_labels(opened, labels, count)
-    spec = pipeline.input_spec(interpreter)
-    pre = deployment.preprocess_of(opened.dep)
-    from PIL import Image  # before the clock: an import is not a frame's cost
+    steps = segmenter(opened, labels)
+    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
 
     with watch.stage("preprocess"):
-        table = pipeline.lookup_table(pre, spec)
-        picture, size = pipeline.read_image(image, pipeline.image_color(spec, pre))
-        resized = picture.resize((spec.shape[2], spec.shape[1]), Image.LANCZOS)
-        data = pipeline.to_input(np.asarray(resized, dtype=np.uint8), table, spec)
+        picture, size = pipeline.read_image(image, steps.color)
+        data, _ = steps.preprocess(picture, size)
     with watch.stage("invoke"):
         pipeline.invoke(opened, data)
     with watch.stage("postprocess"):
-        raw, _ = pipeline.output(interpreter, position)
-        model_map = class_map(raw, decoder)
-        full = to_image_size(model_map, size)
-        found = class_counts(full, names)
+        model_map, full, found = steps.postprocess(opened.interpreter, size)
+    decoder, position, label_file = steps.decoder, steps.position, steps.label_file
     if out is not None or overlay is not None:
         mask = draw.palette_mask(full, colormap)
         if out is not None:
@@ -154,3 +144,46 @@ def segment(image: Path, model: Optional[Path] = None, labels: Optional[Path] = 
                          str(label_file) if label_file else None,
                          str(out) if out else None, str(overlay) if overlay else None,
                          opened.choice.fell_back)
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """What qrun segment does to one decoded image, set up once per model: resize and
+    quantize it (`preprocess`), the class map at the image's size (`postprocess`)."""
+
+    decoder: str
+    position: int  # of the mask output
+    names: dict
+    label_file: Optional[Path]
+    spec: object  # the input's TensorSpec
+    table: np.ndarray  # pixel value -> input value (pipeline.lookup_table)
+    color: str
+    draft_size: Optional[tuple] = None  # the mask is at the original's size: decode it whole
+
+    def preprocess(self, picture, size: tuple) -> tuple:
+        """(input data, the image's (w, h)): resized (LANCZOS) to the input, quantized."""
+        from PIL import Image
+
+        resized = picture.resize((self.spec.shape[2], self.spec.shape[1]), Image.LANCZOS)
+        return pipeline.to_input(np.asarray(resized, dtype=np.uint8), self.table,
+                                 self.spec), size
+
+    def postprocess(self, interpreter, size: tuple) -> tuple:
+        """(class map at the model's size, at the image's `size`, class_counts)."""
+        raw, _ = pipeline.output(interpreter, self.position)
+        model_map = class_map(raw, self.decoder)
+        full = to_image_size(model_map, size)
+        return model_map, full, class_counts(full, self.names)
+
+
+def segmenter(opened: pipeline.Opened, labels: Optional[Path] = None) -> Segmenter:
+    """Set qrun segment up for an opened model: the mask output, labels, input table."""
+    interpreter = opened.interpreter
+    decoder, position = layout_of(interpreter, opened.task)
+    shape = pipeline.output_shapes(interpreter)[position]
+    names, label_file = pipeline.read_labels(opened, labels,
+                                             shape[3] if decoder == ARGMAX else None)
+    spec = pipeline.input_spec(interpreter)
+    pre = deployment.preprocess_of(opened.dep)
+    return Segmenter(decoder, position, names, label_file, spec,
+                     pipeline.lookup_table(pre, spec), pipeline.image_color(spec, pre))

@@ -14,10 +14,13 @@ from qdeploy.reports.store import open_store
 
 HELP = ("Show the latest benchmark per target and variant, and the history of each.\n\n"
         "The table gives the model's task (from its deployment manifest; empty for a bare "
-        "model file or a report from an older qrun), the device used, runtime, median/p90/p99 latency, init and first "
+        "model file or a report from an older qrun), the device used, runtime, median/p90/p99 "
+        "latency, init and first "
         "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it), "
         "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
-        "measured them) and the speed-up over the float variant (ratio of medians). The history flags a "
+        "measured them), the speed-up over the float variant (ratio of medians) and, when the "
+        "benchmark timed whole frames (qrun bench --image), a frame's median and p99 and frames "
+        "per second (1e6 / the frame median in µs; — otherwise). The history flags a "
         "median more than 10% worse than the previous report of the same model, target and "
         "variant.")
 
@@ -79,12 +82,12 @@ def _print_tables(result: reporting.Report) -> None:
     from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # piped or captured: don't squeeze 17 columns into 80
-        console = Console(width=max(console.width, 200))
+    if not console.is_terminal:  # piped or captured: don't squeeze 20 columns into 80
+        console = Console(width=max(console.width, 230))
     latest = Table(title="Latest report per target and variant (latencies in ms)")
     for name in ("target", "model", "variant", "task", "device", "runtime", "median", "p90",
                  "p99", "init", "first", "peak RSS", "size", "accuracy", "agreement",
-                 "max |Δ|", "vs float"):
+                 "max |Δ|", "vs float", "frame", "frame p99", "fps"):
         latest.add_column(name, justify="left" if name in ("target", "model", "variant", "task",
                                                             "device", "runtime") else "right")
     for r in result.table:
@@ -97,7 +100,9 @@ def _print_tables(result: reporting.Report) -> None:
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
                        reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
                        reporting.agreement_text(r.agreement), reporting.diff_text(r.max_abs_diff),
-                       reporting.speedup_text(r.speedup))
+                       reporting.speedup_text(r.speedup),
+                       reporting.frame_text(r.frame_median_us),
+                       reporting.frame_text(r.frame_p99_us), reporting.fps_text(r.fps))
     console.print(latest)
 
     history = Table(title="History (median change over the previous report of the series)")

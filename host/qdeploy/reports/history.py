@@ -55,6 +55,9 @@ class TableRow:
     report_id: int
     agreement: Optional[float] = None  # latest verify: top-1 agreement with the host
     max_abs_diff: Optional[float] = None  # latest verify: largest output difference
+    frame_median_us: Optional[float] = None  # qrun bench --image: a whole frame's median
+    frame_p99_us: Optional[float] = None
+    fps: Optional[float] = None  # frames per second: 1e6 / frame_median_us; None: no frames
 
 
 @dataclass
@@ -127,7 +130,14 @@ def table(latest: list[ReportRow]) -> list[TableRow]:
         first_inference_ms=r.first_inference_ms, peak_rss_kb=r.peak_rss_kb,
         model_size=r.model_size, accuracy=r.accuracy, speedup=ratio[r.id],
         timestamp=r.timestamp, report_id=r.id, agreement=r.agreement,
-        max_abs_diff=r.max_abs_diff) for r in latest]
+        max_abs_diff=r.max_abs_diff, frame_median_us=r.frame_total_median_us,
+        frame_p99_us=r.frame_total_p99_us,
+        fps=frames_per_second(r.frame_total_median_us)) for r in latest]
+
+
+def frames_per_second(frame_median_us: Optional[float]) -> Optional[float]:
+    """1e6 / the median frame time (µs) of `qrun bench --image`; None without one."""
+    return 1e6 / frame_median_us if frame_median_us else None
 
 
 def flag_regressions(history: list[ReportRow],
@@ -183,6 +193,15 @@ def ms(us: float) -> str:
 
 def task_text(task: Optional[str]) -> str:
     return "—" if task is None else task
+
+
+def frame_text(frame_us: Optional[float]) -> str:
+    """A frame time in ms, "—" for a report without frames (no --image, or an older qrun)."""
+    return "—" if frame_us is None else ms(frame_us)
+
+
+def fps_text(fps: Optional[float]) -> str:
+    return "—" if fps is None else f"{fps:.1f}"
 
 
 def size_text(size: Optional[int]) -> str:

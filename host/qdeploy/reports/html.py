@@ -6,8 +6,8 @@ import base64
 import html
 from qdeploy import __version__
 from qdeploy.reports.history import (REGRESSION_THRESHOLD, Report, accuracy_text, agreement_text,
-                             change_text, diff_text, ms, rss_text, size_text, speedup_text,
-                             task_text)
+                             change_text, diff_text, fps_text, frame_text, ms, rss_text,
+                             size_text, speedup_text, task_text)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -20,9 +20,10 @@ img { max-width: 100%; }
 .note { color: #666; font-size: 0.85em; }
 """
 
-LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)", "p90 (ms)",
-                  "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
-                  "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float")
+LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)",
+                  "p90 (ms)", "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
+                  "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float",
+                  "frame (ms)", "frame p99 (ms)", "frames/s")
 HISTORY_COLUMNS = ("time (UTC)", "target", "model", "variant", "model sha256", "median (ms)",
                    "p99 (ms)", "change", "regression")
 
@@ -42,7 +43,8 @@ def render_html(report: Report, png: bytes) -> str:
                          f"{r.first_inference_ms:.2f}", rss_text(r.peak_rss_kb),
                          size_text(r.model_size), accuracy_text(r.accuracy),
                          agreement_text(r.agreement), diff_text(r.max_abs_diff),
-                         speedup_text(r.speedup)), 6) + "</tr>"
+                         speedup_text(r.speedup), frame_text(r.frame_median_us),
+                         frame_text(r.frame_p99_us), fps_text(r.fps)), 6) + "</tr>"
         for r in report.table)
     history = "\n".join(
         ('<tr class="regression">' if h.regression else "<tr>")
@@ -73,7 +75,9 @@ def render_html(report: Report, png: bytes) -> str:
 </tbody>
 </table>
 <p class="note">Speed-up: the float variant's median divided by this variant's median, same
-model and target.</p>
+model and target. Frame: a whole frame of the model's task (preprocess, invoke, postprocess)
+as <code>qrun bench --image</code> timed it; frames/s is 1e6 / its median in µs (— without
+--image).</p>
 <h2>Latency</h2>
 <img id="plot" alt="latency distribution and median/p99 per variant"
  src="data:image/png;base64,{image}">
