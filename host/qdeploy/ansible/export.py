@@ -153,6 +153,7 @@ retry_files_enabled = False
 
 [ssh_connection]
 pipelining = True
+usetty = False
 ssh_args = -o ControlMaster=auto -o ControlPersist=60s
 """
 

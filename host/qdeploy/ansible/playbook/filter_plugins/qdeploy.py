@@ -30,10 +30,10 @@ def qdeploy_shell_path(path):
 
 
 def parse_probe(stdout, mark):
-    """The device's state: {"current", "previous", "runner", "releases", manifests}."""
+    """The device's state: {"root", "current", "previous", "runner", "releases", manifests}."""
     head, _, rest = stdout.partition(mark)
     current_manifest, _, previous_manifest = rest.partition(mark)
-    state = {"current": None, "previous": None, "runner": None, "releases": [],
+    state = {"root": None, "current": None, "previous": None, "runner": None, "releases": [],
              "current_manifest": current_manifest or None,
              "previous_manifest": previous_manifest or None}
     for line in head.splitlines():
@@ -44,6 +44,8 @@ def parse_probe(stdout, mark):
             state["runner"] = _RUNNER_RE.match(value).group(1)
         elif key == "release":
             state["releases"].append(value)
+        elif key == "root":  # printed before the probe by the playbook
+            state["root"] = value
     return state
 
 
@@ -85,17 +87,19 @@ def copies(plan, deployment, remote_dir):
     return out
 
 
-def qdeploy_plan(stdout, deployment, remote_dir, now=None):
+def qdeploy_plan(stdout, deployment, now=None):
     """The plan for one host from its probe output and the deployment (group_vars).
 
-    Returns {"unchanged", "release", "stamp", "current", "previous", "runner",
+    Returns {"root" (the remote dir as the device's shell expands it), "unchanged", "release",
+    "stamp", "current", "previous", "runner",
     "install_runner", "send": [{"name", "sha256", "size"}], "bytes", "linked", "header",
-    "copy"}: `header` is the agent's `receive` header line, every file with a source (linked
-    or copied); `copy` is what the copy task sends.
+    "uploads"}: `header` is the agent's `receive` header line, every file with a source (linked
+    or copied); `uploads` is what the copy task sends.
     """
     state = parse_probe(stdout, deployment["probe_mark"])
+    remote_dir = state["root"]
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
-    plan = {"current": state["current"], "previous": state["previous"], "stamp": stamp,
+    plan = {"root": remote_dir, "current": state["current"], "previous": state["previous"], "stamp": stamp,
             "runner": state["runner"], "send": [], "linked": 0, "bytes": 0, "header": "",
             "install_runner": bool(deployment["runner"]) and
             state["runner"] != deployment["runner_version"]}
@@ -103,7 +107,7 @@ def qdeploy_plan(stdout, deployment, remote_dir, now=None):
     if manifest is not None and hashlib.sha256(manifest.encode(
             "utf-8", "surrogateescape")).hexdigest() == deployment["manifest_sha256"]:
         plan.update(unchanged=True, release=state["current"])
-        return dict(plan, copy=copies(plan, deployment, remote_dir))
+        return dict(plan, uploads=copies(plan, deployment, remote_dir))
     rid = "%s-%s" % (stamp, deployment["manifest_sha256"][:8])
     have, files = device_files(state), []
     for f in deployment["files"]:
@@ -119,7 +123,7 @@ def qdeploy_plan(stdout, deployment, remote_dir, now=None):
                       "source": source})
     plan.update(unchanged=False, release=rid,
                 header=json.dumps({"release": rid, "files": files}))
-    return dict(plan, copy=copies(plan, deployment, remote_dir))
+    return dict(plan, uploads=copies(plan, deployment, remote_dir))
 
 
 def qdeploy_failure(result):
