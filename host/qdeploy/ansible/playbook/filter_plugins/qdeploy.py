@@ -99,7 +99,8 @@ def qdeploy_plan(stdout, deployment, now=None):
     state = parse_probe(stdout, deployment["probe_mark"])
     remote_dir = state["root"]
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
-    plan = {"root": remote_dir, "current": state["current"], "previous": state["previous"], "stamp": stamp,
+    plan = {"root": remote_dir, "current": state["current"], "previous": state["previous"],
+            "stamp": stamp,
             "runner": state["runner"], "send": [], "linked": 0, "bytes": 0, "header": "",
             "install_runner": bool(deployment["runner"]) and
             state["runner"] != deployment["runner_version"]}
