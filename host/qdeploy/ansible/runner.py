@@ -94,8 +94,9 @@ def ssh_environment(options: PushOptions) -> dict:
     """Connection settings for Ansible's ssh plugin, as qdeploy push applies them: host keys
     checked (known_hosts file, accept-new on request), key file, ssh config, timeout."""
     extra = []
-    if options.ssh_config is not None:
-        extra += ["-F", str(options.ssh_config)]
+    if options.ssh_config is not None:  # a missing one means none, as natively
+        config = Path(options.ssh_config)
+        extra += ["-F", str(config) if config.is_file() else os.devnull]
     if options.known_hosts is not None:
         extra += ["-o", f"UserKnownHostsFile={options.known_hosts}"]
     if options.accept_new:
@@ -275,6 +276,7 @@ def push_fleet(directory: Path, inventory: Path, options: PushOptions,
                    ANSIBLE_CONFIG=str(playbook / "ansible.cfg"), ANSIBLE_FORKS=str(options.jobs),
                    ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_NOCOLOR="True")
         events = HostEvents(hosts, deployment, progress)
+        (tmp / "runner").mkdir()
         run = ansible_runner.run(
             private_data_dir=str(tmp / "runner"), project_dir=str(playbook), playbook="site.yml",
             inventory=str(Path(inventory).resolve()), extravars=extravars, envvars=env,
