@@ -124,7 +124,7 @@ def test_failing_host_rolled_back_and_later_batches_not_started(fleet, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     cells = [[c.strip() for c in ln.split("│") if c.strip()] for ln in done.stdout.splitlines()]
-    rows = {c[0]: c[1] for c in cells if c and c[0].startswith("dev")}
+    rows = {c[0]: c[1] for c in cells if len(c) > 1 and c[0].startswith("dev")}
     assert rows == {"dev0": "pushed", "dev1": "rolled back", "dev2": "pushed",
                     "dev3": "not attempted", "dev4": "not attempted"}, done.stdout
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
