@@ -168,6 +168,19 @@ def test_layout_same_as_native_push_and_both_engines_interoperate(fleet, tmp_pat
     assert again[0].outcome == "updated" and again[0].files_sent == 1  # the manifest only
     assert again[1].outcome == "unchanged"
 
+    # The exported rollback.yml, run by plain ansible-playbook, on dev1.
+    from qdeploy.ansible import export
+
+    playbook = export.export(b, tmp_path / "pb", export.ExportOptions(bench=False))
+    before = links(fleet.remote_dirs[1])
+    env = dict(os.environ, PATH=runner.ansible_path(), **runner.ssh_environment(fleet.options()))
+    done = subprocess.run(["ansible-playbook", "-i", str(fleet.inventory), "rollback.yml",
+                           "--limit", "dev1"], cwd=playbook, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert links(fleet.remote_dirs[1]) == {"current": before["previous"],
+                                           "previous": before["current"]}
+
 
 def test_fetched_reports_and_verify_land_in_the_store(fleet, tmp_path):
     from typer.testing import CliRunner
