@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qdeploy.ansible import runner
-from qdeploy.push import release, wheel
+from qdeploy.push import wheel
 from qdeploy.push.fleet import push_many
 from qdeploy.push.pipeline import rollback_target
 from qdeploy.remote import targets
