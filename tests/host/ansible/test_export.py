@@ -164,8 +164,8 @@ def test_engine_bad_input_is_one_error_line(tmp_path):
     dep = make_deployment(tmp_path / "dep")
     bad = tmp_path / "bad.yml"
     bad.write_text("all:\n  hosts: [unclosed\n")
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent),
-                                                 os.environ.get("PATH", "")]))
+    env = dict(os.environ, HOME=str(tmp_path), PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))  # ~/.ansible in tmp
     if importlib.util.find_spec("ansible_runner") is not None:
         assert "cannot parse inventory" in one_error(
             qdeploy("push", dep, "--engine", "ansible", "-i", bad, env=env))
