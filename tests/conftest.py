@@ -8,6 +8,7 @@ from tests.paths import CORAL, MNIST
 
 # Every fixture module, registered once: tests use their fixtures by name, never import them.
 pytest_plugins = [
+    "tests.fixtures.ansible",
     "tests.fixtures.compile",
     "tests.fixtures.convert",
     "tests.fixtures.detectors",

@@ -9,7 +9,7 @@ import sys
 
 HEAVY = ("numpy", "tensorflow", "keras", "tflite", "paramiko", "matplotlib")
 COMMANDS = ["convert", "evaluate", "import", "quickstart", "compile", "preflight", "push",
-            "rollback", "report"]
+            "rollback", "report", "ansible"]
 
 
 def loaded_after(imports: str, modules) -> list:

@@ -4,7 +4,7 @@ Each sibling module holds the commands of one step in its own `commands` Typer. 
 added to the app here in pipeline order, which is the order `qdeploy --help` lists them in.
 """
 
-from qdeploy.cli import compile, convert, import_cmd, push, quickstart, report
+from qdeploy.cli import ansible, compile, convert, import_cmd, push, quickstart, report
 from qdeploy.cli.app import app, main
 
 STEPS = (
@@ -18,5 +18,6 @@ STEPS = (
 
 for step in STEPS:
     app.registered_commands.extend(step.commands.registered_commands)
+app.add_typer(ansible.group)  # qdeploy ansible export
 
 __all__ = ["app", "main"]

@@ -90,6 +90,15 @@ def push(
         None, "--verify-against", metavar="DIR",
         help="Compute the host's outputs with this deployment's int8 model and preprocessing "
              "(e.g. the one you validated) instead of DIRECTORY's."),
+    engine: str = typer.Option("native", "--engine",
+                               help="native (qdeploy's own process pool) or ansible (the "
+                                    "exported playbook through ansible-runner; needs "
+                                    "--inventory and qdeploy[ansible])."),
+    serial: str = typer.Option("100%", "--serial", help="--engine ansible: rolling batches, "
+                               "e.g. 1,10%,50% (Ansible's serial)."),
+    max_fail: str = typer.Option("100%", "--max-fail", help="--engine ansible: failure budget "
+                                 "per batch, e.g. 10%; later batches do not start once a "
+                                 "batch exceeds it."),
 ):
     """Push DIRECTORY to the targets, install the runner, benchmark and verify there, store
     the reports."""
@@ -97,7 +106,7 @@ def push(
 
     from qdeploy.push.fleet import push_many
 
-    found = _targets(target, inventory)
+    found = _targets(target, inventory) if engine != "ansible" else []
     directory = bare_file_import(directory)
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
                        bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
@@ -106,11 +115,16 @@ def push(
                        command_timeout=command_timeout, jobs=jobs, verify=verify,
                        verify_tolerance=verify_tolerance, verify_against=verify_against)
     err = Console(stderr=True)
+    run, names = (lambda p: push_many(found, directory, options, p)), [t.name for t in found]
+    if engine == "ansible":
+        run, names = ansible_engine(directory, inventory, target, options, serial, max_fail)
+    elif engine != "native":
+        raise UserError(f"--engine {engine!r} is not an engine; pass native or ansible")
     if err.is_terminal:
-        with RichProgress([t.name for t in found], console=err) as progress:
-            results = push_many(found, directory, options, progress)
+        with RichProgress(names, console=err) as progress:
+            results = run(progress)
     else:
-        results = push_many(found, directory, options, LineProgress())
+        results = run(LineProgress())
     failed = [r for r in results if not r.ok]
     if len(results) == 1 and failed:
         raise UserError(failed[0].error)
@@ -123,6 +137,21 @@ def push(
         print(f"error: {r.error}", file=sys.stderr)
     if failed:
         raise typer.Exit(1)
+
+
+def ansible_engine(directory, inventory, target, options, serial, max_fail):
+    """The ansible engine's push (a function of the progress view) and its host names."""
+    from qdeploy.ansible import export, runner
+
+    if inventory is None or target:
+        raise UserError("--engine ansible pushes the hosts of --inventory FILE (not --target); "
+                        "pass an Ansible inventory")
+    export.parse_serial(serial)
+    export.parse_max_fail(max_fail)
+    runner.require_ansible()
+    names = runner.inventory_hosts(inventory)
+    return (lambda p: runner.push_fleet(directory, inventory, options, serial, max_fail, p,
+                                        hosts=names), names)
 
 
 def bare_file_import(path: Path) -> Path:

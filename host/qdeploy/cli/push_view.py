@@ -32,7 +32,8 @@ def render_table(results: list) -> Table:
                          no_wrap=True)
     for r in results:
         if not r.ok:
-            table.add_row(r.target, "[red]failed[/red]", "-", "-", "-", "-", "-", "-")
+            table.add_row(r.target, f"[red]{r.outcome or 'failed'}[/red]", "-", "-", "-", "-",
+                          "-", "-")
             continue
         base = [r.target, "[green]unchanged[/green]" if r.unchanged else "[green]pushed[/green]",
                 f"{r.files_sent}/{r.files_skipped}", size_text(r.bytes_sent), f"{r.transfer_s:.2f} s"]

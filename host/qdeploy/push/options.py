@@ -73,3 +73,4 @@ class PushResult:
     verify_skipped: list = field(default_factory=list)  # {"variant", "reason"}
     verify_note: Optional[str] = None  # why verify did not run
     seconds: float = 0.0
+    outcome: Optional[str] = None  # the ansible engine's: rolled back / failed / not attempted

@@ -270,9 +270,16 @@ def store_verification(outcome, target: str, reports_dir: Path) -> None:
 def for_target(target: targets.Target, options: PushOptions) -> PushOptions:
     """Options as they apply to `target`.
 
-    On `local` the default release directory is where this machine's `qrun` looks for the
-    current deployment: $QDEPLOY_HOME when it is set (else ~/qdeploy, as on any device).
+    The inventory's per-host settings (remote dir, python, key file) apply where the push
+    left the option at its default. On `local` the default release directory is where this
+    machine's `qrun` looks for the current deployment: $QDEPLOY_HOME when it is set (else
+    ~/qdeploy, as on any device).
     """
+    defaults = PushOptions()
+    per_host = {k: v for k, v in (("remote_dir", target.remote_dir), ("python", target.python),
+                                  ("identity", target.identity and Path(target.identity)))
+                if v is not None and getattr(options, k) == getattr(defaults, k)}
+    options = dataclasses.replace(options, **per_host) if per_host else options
     release.check_remote_dir(options.remote_dir)
     home = os.environ.get("QDEPLOY_HOME")
     if target.is_local and home and options.remote_dir == release.DEFAULT_REMOTE_DIR:

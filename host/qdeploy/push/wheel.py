@@ -142,6 +142,20 @@ def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
     return listing
 
 
+def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool) -> str:
+    """The shell command that installs `<remote_dir>/runner/<wheel_name>` into the device
+    venv (from `<remote_dir>/wheelhouse` only when `offline`) and prints `qrun --version`."""
+    r = release.shell_path(remote_dir)
+    venv_py = f"{r}/venv/bin/python"
+    index = f"--no-index --find-links {r}/wheelhouse" if offline else ""
+    # A venv whose pip does not run (e.g. an interrupted creation) is made again.
+    return (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
+            f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
+            f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
+            f"--progress-bar off {index} {r}/runner/{shlex.quote(wheel_name)} "
+            f"|| exit {agent.PIP_EXIT}; }} 1>&2; {r}/venv/bin/qrun --version")
+
+
 def ensure_runner(conn, remote_dir: str, python: str = "python3",
                   wheelhouse: Optional[Path] = None, device_version: Optional[str] = None,
                   on_line: Optional[Callable[[str], None]] = None) -> RunnerResult:
@@ -165,15 +179,7 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
         if uploads:
             _put_files(conn, python, remote_dir, "wheelhouse", uploads)
         _put_files(conn, python, remote_dir, "runner", [wheel])
-    r = release.shell_path(remote_dir)
-    venv_py = f"{r}/venv/bin/python"
-    index = f"--no-index --find-links {r}/wheelhouse" if wheelhouse is not None else ""
-    # A venv whose pip does not run (e.g. an interrupted creation) is made again.
-    cmd = (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
-           f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
-           f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
-           f"--progress-bar off {index} {r}/runner/{wheel.name} || exit {agent.PIP_EXIT}; }} "
-           f"1>&2; {r}/venv/bin/qrun --version")
+    cmd = install_command(remote_dir, python, wheel.name, wheelhouse is not None)
     # Under the device's lock: two pushes to one device must not build venv/ at once.
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
                       timeout=INSTALL_TIMEOUT_S)

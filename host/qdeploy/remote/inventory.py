@@ -2,7 +2,9 @@
 
 Two forms are read, line by line: a plain list of `[user@]host[:port]` (or `local`), and the
 host lines of an Ansible INI inventory (`name ansible_host=... ansible_user=... ansible_port=...`
-under `[group]` headers; `[group:vars]` and `[group:children]` sections are skipped). Blank lines
+under `[group]` headers; `[group:vars]` and `[group:children]` sections are skipped). Besides
+Ansible's own variables, a host line may set `qdeploy_remote_dir` (default ~/qdeploy),
+`qdeploy_python` (default python3) and `ansible_ssh_private_key_file`. Blank lines
 and `#`/`;` comments are ignored. A line that is neither is an error naming its file and number.
 """
 
@@ -17,12 +19,16 @@ from qdeploy.remote.targets import Target, parse_target
 
 _SECTION_RE = re.compile(r"^\[([^\]]+)\]$")
 _ANSIBLE_KEYS = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_user": "user",
-                 "ansible_ssh_user": "user", "ansible_port": "port", "ansible_ssh_port": "port"}
+                 "ansible_ssh_user": "user", "ansible_port": "port", "ansible_ssh_port": "port",
+                 "ansible_ssh_private_key_file": "identity",
+                 "ansible_private_key_file": "identity",
+                 "qdeploy_remote_dir": "remote_dir", "qdeploy_python": "python"}
 
 
 def _ansible_line(words: list[str], where: str) -> tuple[Target, dict]:
     """`alias key=value ...`: the alias names the target, ansible_* variables say where it is.
-    Returns the alias and the variables the line sets (host, user, port)."""
+    Returns the alias and the variables the line sets (host, user, port, remote_dir, python,
+    identity)."""
     alias = parse_target(words[0], origin=where)
     found = {}
     for word in words[1:]:
@@ -39,6 +45,9 @@ def _ansible_line(words: list[str], where: str) -> tuple[Target, dict]:
             raise UserError(f"{where}: ansible_port {found['port']!r} is not a number") from None
         if not 0 < found["port"] < 65536:
             raise UserError(f"{where}: port {found['port']} is out of range (1-65535)")
+    for key, name in (("remote_dir", "qdeploy_remote_dir"), ("python", "qdeploy_python")):
+        if key in found and not found[key].strip():
+            raise UserError(f"{where}: {name} is empty; give a path or leave the variable out")
     return alias, found
 
 

@@ -31,12 +31,20 @@ _TARGET_RE = re.compile(
 
 @dataclass(frozen=True)
 class Target:
-    """A target as the user wrote it: `name` is what tables and reports call it."""
+    """A target as the user wrote it: `name` is what tables and reports call it.
+
+    An inventory may set, per host, the release directory (`qdeploy_remote_dir`), the
+    device's interpreter (`qdeploy_python`) and a key file (`ansible_ssh_private_key_file`);
+    None means the push's own option applies.
+    """
 
     name: str
     host: str
     user: Optional[str] = None
     port: Optional[int] = None
+    remote_dir: Optional[str] = None
+    python: Optional[str] = None
+    identity: Optional[str] = None
 
     @property
     def is_local(self) -> bool:
