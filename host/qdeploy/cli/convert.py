@@ -158,3 +158,5 @@ def print_evaluation(e) -> None:
                   f"{e.size_ratio:.2f}x smaller")
     table.add_row("top-1 agreement", "", f"{e.agreement:.2%}", "")
     out.print(table)
+    for note in e.notes:
+        out.print(f"note: {note}")

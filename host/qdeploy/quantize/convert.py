@@ -595,6 +595,7 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
     tool = "tf.lite.TFLiteConverter.from_saved_model"
     if source.kind == "onnx":
         extra.update(onnx_record(source.obj))
+        extra["nchw_inputs"] = nchw_inputs(source)
         tool = "onnx2tf + " + tool
     if len(source.inputs) > 1:
         extra["source_inputs"] = [{"name": i.name, "shape": [None if d is None else int(d)
@@ -634,6 +635,13 @@ def source_input_shape(source: SourceModel) -> list:
     """The first input's shape as the source declares it (ONNX: in its own layout)."""
     shape = source.obj.inputs[0].shape if source.kind == "onnx" else source.input_shape
     return [None if d is None or d == -1 else int(d) for d in shape]
+
+
+def nchw_inputs(source: SourceModel) -> dict:
+    """Manifest input name -> the ONNX input's shape (batch 1) for every input onnx2tf
+    moved to NHWC: how evaluate reads labelled data given in the ONNX layout."""
+    return {i.name: [1, *(int(d) for d in o.shape[1:])]
+            for i, o in zip(source.inputs, source.obj.inputs) if o.transposed}
 
 
 def onnx_record(model) -> dict:

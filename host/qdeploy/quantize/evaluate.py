@@ -4,7 +4,9 @@ Both `.tflite` models of a convert output run through the device runtime (qrun),
 one sample at a time with batch 1, fed exactly as the device feeds them: pixels go
 through the manifest's preprocessing and are quantized with the input tensor's
 scale and zero point. A model with several inputs reads an .npz with one array per
-input name and `y`; a model with several outputs is scored on the output its task
+input name and `y`. A model converted from ONNX takes NHWC where the ONNX model took
+NCHW; labelled arrays in the ONNX layout are transposed once, with a note, as convert
+does for calibration data. A model with several outputs is scored on the output its task
 names as the scores (`task.outputs.scores`), and a model whose task has no scores
 output (detect, segment, pose, raw) is refused: evaluate measures top-1 accuracy.
 The figures are stored in `manifest.json` so later reports can show size, accuracy
@@ -13,7 +15,7 @@ and latency side by side.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +41,7 @@ class Evaluation:
     int8_size: int
     size_ratio: float  # float size / int8 size
     data: str
+    notes: list = field(default_factory=list)  # what the user should know (ONNX layout)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,11 +59,12 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
     if save:
         atomic.check_writable(directory, "evaluate stores its figures in manifest.json there: "
                               "make it writable or copy the directory")
-    samples = load_samples(data, manifest, labels, limit)
+    samples, layout_note = load_samples(data, manifest, labels, limit)
     float_top1 = predict(float_path, samples, manifest, progress)
     int8_top1 = predict(int8_path, samples, manifest, progress)
     result = score(float_top1, int8_top1, samples[0].labels, float_path.stat().st_size,
                    int8_path.stat().st_size, samples[0].source)
+    result.notes = [layout_note] if layout_note else []
     if save:
         manifest.evaluation = result.to_dict()
         try:
@@ -85,13 +89,52 @@ def scores_output(manifest: mf.Manifest) -> int:
 
 
 def load_samples(data: Path, manifest: mf.Manifest, labels: Optional[Path],
-                 limit: Optional[int]) -> list:
-    """One labelled `Samples` per model input, in the manifest's order."""
-    if len(manifest.inputs) == 1:
-        return [datasets.load_labelled(data, manifest.input.shape, manifest.preprocess,
-                                       labels=labels, limit=limit)]
-    return datasets.load_labelled_inputs(
-        data, [(spec.name, spec.shape) for spec in manifest.inputs], limit=limit)
+                 limit: Optional[int]) -> tuple:
+    """(samples, note): one labelled `Samples` per model input, in the manifest's order.
+
+    Data that does not fit an ONNX-sourced model's NHWC inputs is read once more in the
+    ONNX model's NCHW layout (arrays only; images are pixels, HWC) and transposed, and
+    the note says so."""
+    shapes = [(spec.name, spec.shape) for spec in manifest.inputs]
+    try:
+        return read_labelled(data, shapes, manifest.preprocess, labels, limit), None
+    except UserError as first:
+        nchw = nchw_inputs(manifest)
+        if not nchw or Path(data).is_dir():
+            raise
+        try:
+            samples = read_labelled(data, [(n, nchw.get(n, s)) for n, s in shapes],
+                                    manifest.preprocess, labels, limit)
+        except UserError:
+            raise first from None
+    for (name, _), s in zip(shapes, samples):
+        if name in nchw:
+            s.data = np.ascontiguousarray(np.moveaxis(s.data, 1, -1))
+    moved = ", ".join(f"{list(nchw[n][1:])} -> {list(s[1:])}" for n, s in shapes if n in nchw)
+    return samples, (f"data {data} is in the ONNX model's NCHW layout: transposed once to "
+                     f"the converted model's NHWC ({moved}), as the device feeds it")
+
+
+def read_labelled(data: Path, shapes: list, pre, labels: Optional[Path],
+                  limit: Optional[int]) -> list:
+    """One labelled `Samples` per (name, shape)."""
+    if len(shapes) == 1:
+        return [datasets.load_labelled(data, shapes[0][1], pre, labels=labels, limit=limit)]
+    return datasets.load_labelled_inputs(data, shapes, limit=limit)
+
+
+def nchw_inputs(manifest: mf.Manifest) -> dict:
+    """Input name -> the ONNX source's NCHW shape, for the inputs onnx2tf moved to NHWC
+    (what convert records in converter.extra); empty for any other source."""
+    extra = manifest.converter.extra if manifest.converter else None
+    if not isinstance(extra, dict) or extra.get("source_layout") != "NCHW":
+        return {}
+    shapes = extra.get("nchw_inputs")
+    names = {spec.name for spec in manifest.inputs}
+    if not isinstance(shapes, dict):
+        return {}
+    return {n: [int(d) for d in s] for n, s in shapes.items()
+            if n in names and isinstance(s, list) and all(isinstance(d, int) for d in s)}
 
 
 def predict(model_path: Path, samples, manifest: mf.Manifest,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import socket
 
 import numpy as np
@@ -116,6 +117,43 @@ def test_evaluate_and_verify_run_the_onnx_deployment(small_cnn_out, onnx_models,
     assert variant["variant"] == "int8" and len(variant["outputs"][0]["top1"]) == 8
     want = graphs.ort_run(onnx_models["small_cnn"], x[:8]).argmax(1)
     assert (np.asarray(variant["outputs"][0]["top1"]) == want).mean() >= 0.75
+
+
+def test_evaluate_transposes_nchw_labelled_data_once_with_a_note(small_cnn_out, onnx_models,
+                                                                  tmp_path, run_cli):
+    """Labelled data in the ONNX model's NCHW layout scores what the same data in NHWC
+    scores; the note says it was transposed, the stored figures keep it."""
+    from qdeploy.quantize.evaluate import evaluate
+    from qrun import manifest as mf
+
+    assert small_cnn_out.manifest.converter.extra["nchw_inputs"] == {"image": [1, 3, 16, 16]}
+    x = graphs.calibration_nchw(32)
+    labels = graphs.ort_run(onnx_models["small_cnn"], x).argmax(1)
+    np.savez(tmp_path / "nchw.npz", x=x, y=labels)
+    np.savez(tmp_path / "nhwc.npz", x=np.moveaxis(x, 1, -1), y=labels)
+    nhwc = evaluate(small_cnn_out.out_dir, tmp_path / "nhwc.npz", save=False)
+    nchw = evaluate(small_cnn_out.out_dir, tmp_path / "nchw.npz", save=False)
+    assert nhwc.notes == [] and len(nchw.notes) == 1
+    assert "NCHW layout" in nchw.notes[0] and "[3, 16, 16] -> [16, 16, 3]" in nchw.notes[0]
+    assert (nchw.float_accuracy, nchw.int8_accuracy, nchw.agreement) == \
+        (nhwc.float_accuracy, nhwc.int8_accuracy, nhwc.agreement)
+    assert nchw.float_accuracy == 1.0
+
+    copy = tmp_path / "deployment"
+    shutil.copytree(small_cnn_out.out_dir, copy)
+    code, out, err = run_cli("evaluate", copy, "--data", tmp_path / "nchw.npz")
+    assert code == 0, err
+    assert "note: data" in out and "NCHW layout" in " ".join(out.split())
+    assert mf.load(copy).evaluation["notes"] == nchw.notes
+
+
+def test_evaluate_refuses_data_in_neither_layout(small_cnn_out, tmp_path, run_cli):
+    """A shape that is neither NHWC nor NCHW: the NHWC complaint, one line."""
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.zeros(4, int))
+    code, _, err = run_cli("evaluate", small_cnn_out.out_dir, "--data", tmp_path / "bad.npz")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "the model input wants (16, 16, 3)" in lines[0]
 
 
 def test_depthwise_cnn_converts_and_agrees(onnx_models, calib_nchw, tmp_path):
