@@ -222,6 +222,15 @@ def lookup_table(pre: preprocess.Preprocess, spec: TensorSpec) -> np.ndarray:
     return preprocess.to_input(values, pre, spec.dtype, spec.scale, spec.zero_point)
 
 
+def stretched(picture, spec: TensorSpec, table: np.ndarray) -> np.ndarray:
+    """A decoded image resized (LANCZOS) to the input, ignoring its aspect ratio as
+    DeepLab's and MoveNet's examples do, then quantized through `table`."""
+    from PIL import Image
+
+    resized = picture.resize((spec.shape[2], spec.shape[1]), Image.LANCZOS)
+    return to_input(np.asarray(resized, dtype=np.uint8), table, spec)
+
+
 def to_input(pixels: np.ndarray, table: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """uint8 pixels [H, W(, C)] -> a batch of one of the input's dtype, through `table`."""
     _, _, channels = preprocess.image_geometry(spec.shape)

@@ -133,11 +133,7 @@ class PoseFinder:
 
     def preprocess(self, picture, size: tuple) -> tuple:
         """(input data, the image's (w, h)): stretched (LANCZOS) to the input, quantized."""
-        from PIL import Image
-
-        resized = picture.resize((self.spec.shape[2], self.spec.shape[1]), Image.LANCZOS)
-        return pipeline.to_input(np.asarray(resized, dtype=np.uint8), self.table,
-                                 self.spec), size
+        return pipeline.stretched(picture, self.spec, self.table), size
 
     def postprocess(self, interpreter, size: tuple) -> list:
         raw, out_spec = pipeline.output(interpreter, self.position)

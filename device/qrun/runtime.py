@@ -218,6 +218,14 @@ def announcements_dropped():
     if SHOW_RUNTIME_LOG:
         yield
         return
+    with fd2_filtered(lambda line: line.rstrip(b"\r\n") not in ANNOUNCEMENTS):
+        yield
+
+
+@contextlib.contextmanager
+def fd2_filtered(keep):
+    """Point file descriptor 2 at a scratch file for the block (C++ code writes there, which
+    Python-level redirection does not see), then write back the lines `keep(line)` accepts."""
     import tempfile  # lazy: `qrun --help` does not make interpreters
 
     sys.stderr.flush()
@@ -231,8 +239,7 @@ def announcements_dropped():
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            kept = [line for line in sink.read().splitlines(keepends=True)
-                    if line.rstrip(b"\r\n") not in ANNOUNCEMENTS]
+            kept = [line for line in sink.read().splitlines(keepends=True) if keep(line)]
             if kept:
                 os.write(2, b"".join(kept))
 

@@ -162,11 +162,7 @@ class Segmenter:
 
     def preprocess(self, picture, size: tuple) -> tuple:
         """(input data, the image's (w, h)): resized (LANCZOS) to the input, quantized."""
-        from PIL import Image
-
-        resized = picture.resize((self.spec.shape[2], self.spec.shape[1]), Image.LANCZOS)
-        return pipeline.to_input(np.asarray(resized, dtype=np.uint8), self.table,
-                                 self.spec), size
+        return pipeline.stretched(picture, self.spec, self.table), size
 
     def postprocess(self, interpreter, size: tuple) -> tuple:
         """(class map at the model's size, at the image's `size`, class_counts)."""

@@ -84,18 +84,8 @@ PARAM_INPUTS = {
 # feeding a RESHAPE, as Keras writes for a batch of None) they make the TFLite
 # interpreter mark the output dynamic-sized, and compiler 16 fails the whole model
 # ("dynamic-sized tensors", log 19).
-SIZE_INPUTS = {
-    "RESHAPE": (1,),
-    "PAD": (1,),
-    "MEAN": (1,),
-    "SUM": (1,),
-    "SLICE": (1, 2),
-    "STRIDED_SLICE": (1, 2, 3),
-    "RESIZE_BILINEAR": (1,),
-    "RESIZE_NEAREST_NEIGHBOR": (1,),
-    "EXPAND_DIMS": (1,),
-    "SPLIT": (0,),
-}
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+SIZE_INPUTS = {op: inputs for op, inputs in PARAM_INPUTS.items() if op not in WEIGHTED}
 
 # Ops whose weights decide whether the model is quantized at all: a float weight here
 # means the compiler answers "Model not quantized".
