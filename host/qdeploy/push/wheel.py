@@ -34,7 +34,8 @@ DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 INSTALL_TIMEOUT_S = 1800.0
 FALLBACK_REQUIRES = ["numpy", "pillow", "typer>=0.12,<0.29", "ai-edge-litert>=2.3"]
-_DEVICE_EXTRA = re.compile(r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
+_DEVICE_EXTRA = re.compile(
+    r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
 
 
 def device_requirements() -> list[str]:
@@ -124,7 +125,7 @@ def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) 
                 yield from iter(lambda: f.read(1 << 20), b"")
 
     cmd = release.agent_command(python, "put", release.shell_path(remote_dir), shlex.quote(sub))
-    result = conn.run(cmd, stdin=stream())
+    result = conn.run(cmd, stdin=stream(), what=f"the upload of the runner's {sub}")
     if not result.ok:
         raise UserError(f"{conn.name}: uploading the runner failed "
                         f"({release.failure_text(result)})")
@@ -133,7 +134,8 @@ def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) 
 def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
     r = release.shell_path(remote_dir)
     result = conn.run(f'cd {r}/{sub} 2>/dev/null && for f in *.whl; do [ -f "$f" ] && '
-                      'printf "%s %s\\n" "$(wc -c < "$f")" "$f"; done; true')
+                      'printf "%s %s\\n" "$(wc -c < "$f")" "$f"; done; true',
+                      what="the listing of the wheelhouse")
     listing = {}
     for line in result.stdout.decode("utf-8", "replace").splitlines():
         size, _, name = line.strip().partition(" ")
@@ -173,10 +175,12 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
            f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
            f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
            f"--progress-bar off {index} {r}/runner/{wheel.name} || exit {agent.PIP_EXIT}; }} "
-           f"1>&2; {r}/venv/bin/qrun --version")
+           f"1>&2; {venv_py} -m qrun --version")
     # Under the device's lock: two pushes to one device must not build venv/ at once.
+    # The runner is run as `venv/bin/python -m qrun`, never through pip's console-script
+    # trampoline (a #!/bin/sh line that does not quote the venv's path).
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
-                      timeout=INSTALL_TIMEOUT_S)
+                      timeout=INSTALL_TIMEOUT_S, what="the runner install")
     failure = release.agent_answer(result).get("error")
     if failure == "locked":
         raise release.locked_error(conn, remote_dir, result)

@@ -63,7 +63,10 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class ConnectionLost(UserError):
-    """The connection dropped or a command timed out while running."""
+    """The connection dropped or a command timed out while running; `phase` is how far the
+    command got: "starting", "sending" (its stdin) or "waiting" (for its answer)."""
+
+    phase = "waiting"
 
 
 class Stalled(ConnectionLost):
@@ -525,6 +528,7 @@ class Connection:
         timeout = timeout or self.command_timeout
         watch = self.watch
         out, err = _LineSplitter(None), _LineSplitter(on_stderr)
+        phase = "starting"
         try:
             with watch.step(f"starting {what}", self.connect_timeout, "connect"):
                 chan = self.client.get_transport().open_session(
@@ -543,8 +547,10 @@ class Connection:
 
             reader = threading.Thread(target=pump_stderr, daemon=True)
             reader.start()
+            phase = "sending"
             with watch.step(f"sending to {what}", timeout, "command"):
                 self._send(chan, stdin, watch)
+            phase = "waiting"
             with watch.step(f"waiting for {what}", timeout, "command"):
                 for block in iter(lambda: chan.recv(1 << 16), b""):
                     watch.touch()
@@ -557,24 +563,28 @@ class Connection:
             status = chan.recv_exit_status()
             chan.close()
         except (socket.timeout, TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
-            self.close()
-            stalled = watch.stalled(self.name, self.where)
-            if stalled is not None:
-                raise stalled from None
-            if isinstance(exc, (socket.timeout, TimeoutError)):
-                raise ConnectionLost(f"{self.name}: no answer from {self.where} for "
-                                     f"{timeout:g} s (command timeout)") from None
-            raise ConnectionLost(f"{self.name}: connection to {self.where} dropped "
-                                 f"({exc or type(exc).__name__})") from None
+            raise self._lost(exc, timeout, phase) from None
         err.close()
         if status == -1:
-            self.close()
-            stalled = watch.stalled(self.name, self.where)
-            if stalled is not None:
-                raise stalled from None
-            raise ConnectionLost(f"{self.name}: connection to {self.where} dropped before the "
-                                 "command finished")
+            raise self._lost(None, timeout, phase)
         return CommandResult(status, bytes(out.data), bytes(err.data))
+
+    def _lost(self, exc: Optional[BaseException], timeout: float, phase: str) -> ConnectionLost:
+        """Close this connection; the error for a command that did not finish because of
+        `exc` (None: the channel closed without an exit status)."""
+        self.close()
+        lost = self.watch.stalled(self.name, self.where) if self.watch else None
+        if lost is None and isinstance(exc, (socket.timeout, TimeoutError)):
+            lost = ConnectionLost(f"{self.name}: no answer from {self.where} for {timeout:g} s "
+                                  "(command timeout)")
+        elif lost is None and exc is not None:
+            lost = ConnectionLost(f"{self.name}: connection to {self.where} dropped "
+                                  f"({exc or type(exc).__name__})")
+        elif lost is None:
+            lost = ConnectionLost(f"{self.name}: connection to {self.where} dropped before the "
+                                  "command finished")
+        lost.phase = phase
+        return lost
 
     @staticmethod
     def _send(chan, stdin: Stdin, watch: _Watch) -> None:
