@@ -155,10 +155,13 @@ def is_receiver(pid, root):
             return False
     except OSError:
         return False
-    argv = _cmdline(pid)
-    if not argv or len(argv) < 5 or argv[1] != "-c" or ('PROG = "%s"' % PROG) not in argv[2]:
+    argv = _cmdline(pid) or []
+    at = next((i for i, a in enumerate(argv[1:], 1) if not a.startswith("-") or a == "-c"), 0)
+    if not at or argv[at] != "-c" or len(argv) < at + 4:  # python [-options] -c SOURCE ...
         return False
-    return argv[3] == "receive" and os.path.realpath(argv[4]) == os.path.realpath(root)
+    source, command, directory = argv[at + 1:at + 4]
+    return ('PROG = "%s"' % PROG) in source and command == "receive" and \
+        os.path.realpath(directory) == os.path.realpath(root)
 
 
 def abandoned_receiver(root, holder, silent_s):
@@ -416,9 +419,9 @@ def receive(root, stream, keep=KEEP_RELEASES, wait=LOCK_WAIT_S, idle=RECEIVE_IDL
             if n.startswith(".staging-"):
                 shutil.rmtree(os.path.join(releases, n), ignore_errors=True)
         heart = Heartbeat(root, None)
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, _terminated)
             inp = Input(stream, idle, beat=heart.beat)
             head = json.loads(inp.readline())
             rid = head["release"]
@@ -447,6 +450,8 @@ def receive(root, stream, keep=KEEP_RELEASES, wait=LOCK_WAIT_S, idle=RECEIVE_IDL
             answer = switch_to(root, rid, keep)
         finally:
             heart.end()
+            if main:
+                signal.signal(signal.SIGTERM, before)
     return dict(answer, note=notes[0]) if notes else answer
 
 
