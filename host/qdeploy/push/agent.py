@@ -412,7 +412,12 @@ def receive(root, stream, keep=KEEP_RELEASES, wait=LOCK_WAIT_S, idle=RECEIVE_IDL
     `current` to it; the answer."""
     root = os.path.expanduser(root)
     releases = os.path.join(root, "releases")
-    os.makedirs(releases, exist_ok=True)
+    try:
+        os.makedirs(releases, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        raise Failure("remote_dir", "cannot create %s (%s)" % (releases, exc.strerror)) from None
     notes = []
     with take_lock(root, wait, abandoned, notes):
         for n in os.listdir(releases):

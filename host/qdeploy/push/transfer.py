@@ -263,6 +263,10 @@ class Transfer:
             raise UserError(f"{self.conn.name}: {self.python!r} was not found on the device "
                             f"({result.last_error_line()}); install Python 3 there or pass "
                             "--python PATH")
+        if failure == "remote_dir":
+            raise UserError(f"{self.conn.name}: the device cannot use --remote-dir "
+                            f"{self.remote_dir!r} ({answer.get('message')}); pass a "
+                            "directory its file system can hold")
         if failure == "switched":
             raise UserError(f"{self.conn.name}: the device switched `current` to release "
                             f"{plan.release_id}, then failed: {answer.get('message')}; "
