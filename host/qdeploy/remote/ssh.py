@@ -583,6 +583,9 @@ class Connection:
         elif lost is None:
             lost = ConnectionLost(f"{self.name}: connection to {self.where} dropped before the "
                                   "command finished")
+        if self.watch is not None and self.watch.expired:  # where the deadline passed
+            word = self.watch.expired[0].split()[0]
+            phase = word if word in ("starting", "sending", "waiting") else phase
         lost.phase = phase
         return lost
 
