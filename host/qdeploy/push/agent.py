@@ -76,7 +76,7 @@ RECEIVE_IDLE_S = 120.0
 ABANDONED_S = 5.0  # a lock-holding receiver silent this long is ended by the next command
 HEARTBEAT = ".receiving"
 BEAT_EVERY_S = 0.5
-WAITING_SAY_S = 2.0  # while waiting for a lock, a stderr line this often (the host sees life)
+WAITING_SAY_S = 0.5  # while waiting for a lock, a stderr line this often (the host sees life)
 END_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
 PROG = "qdeploy-agent"
 # A test-only fault point: the agent stops itself (SIGSTOP) where this names, to be killed.
@@ -193,8 +193,12 @@ def end_receiver(root, beat):
             os.kill(pid, sig)
         except OSError:
             break
-        end = time.monotonic() + grace
+        end = said = time.monotonic() + grace
         while time.monotonic() < end and is_receiver(pid, root):
+            if time.monotonic() - said >= WAITING_SAY_S:  # the host's deadline sees us
+                said = time.monotonic()
+                print("%s: ending the abandoned receiver pid %d" % (PROG, pid),
+                      file=sys.stderr, flush=True)
             time.sleep(0.05)
     staging = beat.get("staging")
     if isinstance(staging, str) and staging.startswith(".staging-") and "/" not in staging:

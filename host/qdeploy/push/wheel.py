@@ -168,15 +168,17 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
             _put_files(conn, python, remote_dir, "wheelhouse", uploads)
         _put_files(conn, python, remote_dir, "runner", [wheel])
     r = release.shell_path(remote_dir)
-    venv_py = f"{r}/venv/bin/python"
-    index = f"--no-index --find-links {r}/wheelhouse" if wheelhouse is not None else ""
+    # In the remote dir, every path is ours and plain (`./venv`, `./runner/<wheel>`): pip
+    # reads a requirement's `;` as a marker, so the remote dir's name never reaches pip.
+    venv_py = "./venv/bin/python"
+    index = "--no-index --find-links ./wheelhouse" if wheelhouse is not None else ""
     # A venv whose pip does not run (e.g. an interrupted creation) is made again.
-    cmd = (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
-           f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
+    cmd = (f"cd {r} || exit 1; "
+           f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf ./venv; "
+           f"{shlex.quote(python)} -m venv ./venv || exit {agent.VENV_EXIT}; }}; "
            f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
-           f"--progress-bar off {index} {r}/runner/{wheel.name} || exit {agent.PIP_EXIT}; }} "
+           f"--progress-bar off {index} ./runner/{wheel.name} || exit {agent.PIP_EXIT}; }} "
            f"1>&2; {venv_py} -m qrun --version")
-    # Under the device's lock: two pushes to one device must not build venv/ at once.
     # The runner is run as `venv/bin/python -m qrun`, never through pip's console-script
     # trampoline (a #!/bin/sh line that does not quote the venv's path).
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,

@@ -191,17 +191,18 @@ def test_soak_random_faults_leave_a_complete_current_and_the_next_push_completes
     rng = random.Random(SOAK_SEED)
     opts = _fast(tmp_path, sshd, ssh_client_key, device)
     direct = targets.parse_target(sshd.target)
-    outs = [make_deployment(tmp_path / f"out{i}", extra={"blob.bin": os.urandom(3 << 20)})
-            for i in range(2)]
+    def fresh(i):  # a new blob each round: nothing to link, the whole push goes on the wire
+        return make_deployment(tmp_path / f"out{i}", extra={"blob.bin": os.urandom(3 << 20)})
+
     counter = tcp_proxy(sshd.port)
-    first = fleet.push_many([_relayed(counter, tmp_path, sshd)], outs[0], opts)[0]
+    first = fleet.push_many([_relayed(counter, tmp_path, sshd)], fresh("first"), opts)[0]
     assert first.ok, first.error
     total = counter.sent  # one whole push, in client-to-server bytes
     outcomes: Counter = Counter()
     for round_ in range(SOAK_PUSHES):
         kind, offset = KINDS[round_ % 3], rng.randrange(total)
         old = _complete(device, "current")
-        dep = outs[(round_ + 1) % 2]
+        dep = fresh(round_)
         fault = (dict(stall_after=offset) if kind == "stall"
                  else dict(cut_after=offset, how=kind))
         proxy = tcp_proxy(sshd.port, **fault)
@@ -220,8 +221,9 @@ def test_soak_random_faults_leave_a_complete_current_and_the_next_push_completes
         prev = _complete(device, "previous")
         assert prev is None or prev != now
         proxy.close()
-        clean = fleet.push_many([direct], outs[round_ % 2], opts)[0]
+        clean = fleet.push_many([direct], dep, opts)[0]
         assert clean.ok, (kind, offset, clean.error)
+        assert _complete(device, "current") == clean.release_id
         assert _staging(device) == []
         outcomes[("clean push after", "completed")] += 1
     print(f"\nsoak: {SOAK_PUSHES} faults over {total} client-to-server bytes per push (seed "
