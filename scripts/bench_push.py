@@ -18,6 +18,12 @@ falls on both sides alike:
 - the same 1 vs 10 with each sshd behind its own --link-mbit link (a `tc` HTB class per port
   on lo, removed at the end): devices with a network link of their own, as real Pis have.
   Not a target; it shows what the pool does when the link, not this machine's CPU, is the limit.
+- keepalives and deadlines: the same 64 MiB push and unchanged re-push with them (as shipped)
+  and without (no keepalives, the deadline watch thread not started: as before issue 18),
+  interleaved. Target: no more than noise.
+- faults: a link that stalls mid-upload (a relay that stops forwarding, sockets left open):
+  the time from the stall to the push's error line (target <= the timeout + 1 s), and from
+  the abandoned receiver to a successful next push (target <= 10 s).
 qdeploy runs in-process (`push_many`, --no-bench, runner left alone): rsync and scp are
 C programs, so a Python interpreter start would measure imports, not the push. The CLI's
 wall time for the unchanged re-push is printed too.
@@ -38,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +56,7 @@ from qdeploy.push.fleet import push_many
 from qdeploy.remote import targets
 from qdeploy.push import transfer
 from tests.fixtures.sshd import TcpProxy, _keygen, _missing, make_deployment, start_sshd  # noqa: E402
+from qdeploy.remote import ssh  # noqa: E402
 
 TARGETS = {"push_vs_scp": 1.0, "repush_vs_rsync": 0.5, "fleet_vs_one": 3.0}
 
@@ -127,6 +135,44 @@ def per_device_links(ports: list, mbit: int):
         tc("qdisc", "del", "dev", "lo", "root")
 
 
+@contextlib.contextmanager
+def without_watch(opts):
+    """Pushes as before issue 18: no keepalives, no deadline watch thread, no touches."""
+    saved = ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive
+
+    def bare_init(self, transport, keepalive=0, keepalive_count=1):
+        self.transport, self.keepalive, self.keepalive_count = transport, 0, 1
+        self.name = self.limit = self.phase = self.asked = self.expired = None
+        self.kind, self.last, self.alive = "", 0.0, 0.0
+        self.stopped = threading.Event()
+
+    ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive = bare_init, lambda self: None, 0
+    try:
+        yield
+    finally:
+        ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive = saved
+
+
+def stall_figures(server, kh: Path, dep: Path, opts, timeout: float) -> tuple:
+    """(stall -> error line s, abandoned receiver -> next push done s) for one stall."""
+    proxy = TcpProxy(server.port, stall_after=4 << 20)  # mid-upload
+    with open(kh, "a") as f:
+        f.write(server.known_hosts_line().replace(f"]:{server.port} ", f"]:{proxy.port} "))
+    saved = opts.connect_timeout, opts.command_timeout
+    opts.connect_timeout = opts.command_timeout = timeout
+    try:
+        failed = push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], dep,
+                           opts)[0]
+        error_at = time.monotonic()
+        assert not failed.ok and proxy.stalled_at, failed.error
+        again = push_many([targets.parse_target(server.target)], dep, opts)[0]
+        assert again.ok and again.notes, again.error
+        return error_at - proxy.stalled_at, time.monotonic() - proxy.stalled_at
+    finally:
+        opts.connect_timeout, opts.command_timeout = saved
+        proxy.close()
+
+
 def payload_deployment(tmp: Path, size_mib: int) -> Path:
     """A deployment with a random `payload.bin` of size_mib, its hashes cached as on a re-push."""
     os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
@@ -142,6 +188,8 @@ def main() -> int:
     ap.add_argument("--targets", type=int, default=10)
     ap.add_argument("--link-mbit", type=int, default=100,
                     help="per-device link for the extra fleet figure (0: skip it)")
+    ap.add_argument("--stall-timeout", type=float, default=4.0,
+                    help="--connect-timeout and --command-timeout for the stall figures")
     args = ap.parse_args()
     if args.link_mbit and not shutil.which("tc"):
         sys.exit("error: tc (Debian's iproute2) is needed for --link-mbit; install it or pass "
@@ -179,7 +227,8 @@ def main() -> int:
 
         fig = {k: [] for k in ("push", "scp", "scpsum", "repush", "rsync", "one", "fleet",
                                "scp1", "scp10", "one_cpu", "fleet_cpu", "one_link",
-                               "fleet_link")}
+                               "fleet_link", "push_bare", "push_watched", "repush_bare",
+                               "repush_watched", "stall_error", "stall_next")}
 
         def scp_and_verify(dest: Path):
             scp_to(s0, dest)
@@ -221,6 +270,21 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
             for s in servers:
                 shutil.rmtree(s.home / f"rep{rep}", ignore_errors=True)
+
+        # Keepalives and deadlines, with and without, interleaved; then a stall.
+        for rep in range(args.reps):
+            runs = [("watched", contextlib.nullcontext), ("bare", lambda: without_watch(opts))]
+            for name, ctx in (runs if rep % 2 else runs[::-1]):
+                with ctx():
+                    fig[f"push_{name}"].append(timed(lambda: push_to(one, f"~/kw{rep}/{name}"))[0])
+                    fig[f"repush_{name}"].append(
+                        timed(lambda: push_to(one, f"~/kw{rep}/{name}"))[0])
+            for s in servers:
+                shutil.rmtree(s.home / f"kw{rep}", ignore_errors=True)
+            opts.remote_dir = f"~/stall{rep}"
+            to_error, to_next = stall_figures(s0, kh, dep, opts, args.stall_timeout)
+            fig["stall_error"].append(to_error)
+            fig["stall_next"].append(to_next)
 
         if args.link_mbit:
             with per_device_links([s.port for s in servers], args.link_mbit):
@@ -289,7 +353,16 @@ def main() -> int:
             print(f"  {n} targets vs 1 over a {args.link_mbit} Mbit/s link per device (not a "
                   f"target)  {med['fleet_link']:.3f} vs {med['one_link']:.3f}   ratio "
                   f"{med['fleet_link'] / med['one_link']:.2f}")
+        print(f"  keepalives + deadlines vs none (as before): {args.size_mib} MiB push "
+              f"{med['push_watched']:.3f} vs {med['push_bare']:.3f} (ratio "
+              f"{med['push_watched'] / med['push_bare']:.2f}); unchanged re-push "
+              f"{med['repush_watched']:.3f} vs {med['repush_bare']:.3f} (ratio "
+              f"{med['repush_watched'] / med['repush_bare']:.2f})")
+        print(f"  stalled link (timeouts {args.stall_timeout:g} s): stall -> error line "
+              f"{med['stall_error']:.2f} s (target <= {args.stall_timeout + 1:g}); abandoned "
+              f"receiver -> next push done {med['stall_next']:.2f} s (target <= 10)")
         met = all(ratios[k] <= TARGETS[k] for k in TARGETS) and repush_bytes == 0
+        met = met and med["stall_error"] <= args.stall_timeout + 1 and med["stall_next"] <= 10
         print("all targets met" if met else "not all targets met: " + ", ".join(
             k for k in TARGETS if ratios[k] > TARGETS[k]))
         return 0

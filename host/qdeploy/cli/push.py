@@ -74,8 +74,15 @@ def push(
         None, "--connect-timeout", min=0.1,
         help="Seconds to wait for a device to answer (default: ConnectTimeout from the ssh "
              "config, else 10)."),
-    command_timeout: float = typer.Option(1800.0, "--command-timeout", min=1.0,
-                                          help="Seconds a device command may stay silent."),
+    command_timeout: float = typer.Option(
+        1800.0, "--command-timeout", min=1.0,
+        help="Seconds a device command (upload, runner install's steps, bench, verify) may "
+             "stay silent before the push to it fails, naming the step."),
+    keepalive: Optional[float] = typer.Option(
+        None, "--keepalive", min=0.0, metavar="SECONDS",
+        help="Send an SSH keepalive after this many silent seconds; a device that answers "
+             "none for 3 in a row (ServerAliveCountMax) is gone. Default: ServerAliveInterval "
+             "from the ssh config, else 5; 0: off."),
     jobs: int = typer.Option(8, "--jobs", "-j", min=1, help="Targets pushed at once."),
     verify: Optional[bool] = typer.Option(
         None, "--verify/--no-verify",
@@ -112,7 +119,8 @@ def push(
                        bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
-                       command_timeout=command_timeout, jobs=jobs, verify=verify,
+                       command_timeout=command_timeout, keepalive=keepalive, jobs=jobs,
+                       verify=verify,
                        verify_tolerance=verify_tolerance, verify_against=verify_against)
     err = Console(stderr=True)
     run, names = (lambda p: push_many(found, directory, options, p)), [t.name for t in found]
@@ -133,6 +141,8 @@ def push(
     for r in results:
         for path in r.report_files:
             typer.echo(f"{r.target}: report {path}")
+        for note in r.notes:
+            print(f"note: {r.target}: {note}", file=sys.stderr)
     for r in failed:
         print(f"error: {r.error}", file=sys.stderr)
     if failed:

@@ -14,7 +14,18 @@ with a "source" (a copy under R) are hard-linked and checked first: damaged or m
 are named before any byte is read. All goes into ``releases/.staging-<id>``, each sha256
 checked, renamed into place; only then is `current` switched (a new symlink renamed over it)
 and releases beyond --keep pruned. A failure before (a cut stream, stdin silent for --idle s,
-a full disk) removes the staging dir. `put` reads ``[[name, size], ...]``, then those bytes.
+a full disk, SIGTERM) removes the staging dir; after a SIGKILL the next lock holder does.
+`put` reads ``[[name, size], ...]``, then those bytes.
+
+An abandoned receiver (its host gone without closing: no FIN, no RST) must not block the
+device until its idle timer ends. While it holds the lock it keeps a heartbeat beside it,
+``R/.receiving`` (``{"pid", "staging"}``, touched as bytes arrive and as it works); a command
+that finds the lock held by a receiver whose heartbeat is older than --abandoned s ends it
+(SIGTERM, then SIGKILL), but only after checking that the pid is a process of the same user
+whose command line is this agent's `receive` on the same remote dir; it removes that
+receiver's staging dir, takes the lock and says so in the answer (``"note"``) and on stderr
+(``qdeploy-agent: note: ...``). A receiver that gets bytes is never ended, so two live pushes
+never interleave. While it waits for a lock, a command says so on stderr every few seconds.
 
 The answer is ONE JSON line on stdout, on success (receive: ``{"release", "previous",
 "old_previous"}``; rollback, discard: ``{"current", "previous"}``; put: ``{"put": names}``) as
@@ -37,6 +48,7 @@ import os
 import queue
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -61,6 +73,14 @@ COMMAND_KINDS = {VENV_EXIT: "venv", PIP_EXIT: "pip"}  # by a `locked` command's 
 KEEP_RELEASES = 5
 LOCK_WAIT_S = 30.0
 RECEIVE_IDLE_S = 120.0
+ABANDONED_S = 5.0  # a lock-holding receiver silent this long is ended by the next command
+HEARTBEAT = ".receiving"
+BEAT_EVERY_S = 0.5
+WAITING_SAY_S = 0.5  # while waiting for a lock, a stderr line this often (the host sees life)
+END_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
+PROG = "qdeploy-agent"
+# A test-only fault point: the agent stops itself (SIGSTOP) where this names, to be killed.
+STOP_AT = os.environ.get("QDEPLOY_AGENT_STOP_AT", "")
 BLOCK = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux fcntl: set a pipe's buffer size
 
@@ -86,22 +106,141 @@ def report(failure):
     return failure.status
 
 
-def take_lock(root, wait):
-    """`root`/.lock, held (flock) with our pid in it; after `wait` seconds of another holder,
-    Failure "locked" naming that holder's pid."""
-    f = open(os.path.join(root, ".lock"), "a+")
-    end = time.monotonic() + wait
-    while True:
+def stop_at(point):
+    """Stop here (SIGSTOP) when QDEPLOY_AGENT_STOP_AT names `point`: the fault tests kill the
+    agent at exact points of a push."""
+    if STOP_AT == point:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class Heartbeat:
+    """A lock-holding receiver's sign of life: ``R/.receiving``, touched at most every
+    BEAT_EVERY_S while bytes come in or it works."""
+
+    def __init__(self, root, staging):
+        self.path, self.last = os.path.join(root, HEARTBEAT), 0.0
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "staging": staging}, f)
+        os.replace(tmp, self.path)
+
+    def beat(self):
+        now = time.monotonic()
+        if now - self.last >= BEAT_EVERY_S:
+            self.last = now
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def end(self):
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def is_receiver(pid, root):
+    """Whether `pid` is a process of our user running this agent's `receive` on `root`."""
+    try:
+        if os.stat("/proc/%d" % pid).st_uid != os.getuid():
+            return False
+    except OSError:
+        return False
+    argv = _cmdline(pid) or []
+    at = next((i for i, a in enumerate(argv[1:], 1) if not a.startswith("-") or a == "-c"), 0)
+    if not at or argv[at] != "-c" or len(argv) < at + 4:  # python [-options] -c SOURCE ...
+        return False
+    source, command, directory = argv[at + 1:at + 4]
+    return ('PROG = "%s"' % PROG) in source and command == "receive" and \
+        os.path.realpath(directory) == os.path.realpath(root)
+
+
+def abandoned_receiver(root, holder, silent_s):
+    """The heartbeat of the lock holder `holder` (a pid text) when it is a receiver silent
+    for more than `silent_s` seconds, else None."""
+    path = os.path.join(root, HEARTBEAT)
+    try:
+        with open(path) as f:
+            beat = json.load(f)
+        age = time.time() - os.stat(path).st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(beat, dict) or str(beat.get("pid")) != holder or age <= silent_s:
+        return None
+    pid = int(holder)
+    if not is_receiver(pid, root):
+        return None
+    return dict(beat, pid=pid, silent=age)
+
+
+def end_receiver(root, beat):
+    """End the abandoned receiver `beat` names (SIGTERM, SIGKILL after END_GRACE_S, each only
+    while it is still that receiver); the note saying so."""
+    pid = beat["pid"]
+    for sig, grace in ((signal.SIGTERM, END_GRACE_S), (signal.SIGKILL, END_GRACE_S)):
+        if not is_receiver(pid, root):
             break
-        except BlockingIOError:
-            if time.monotonic() >= end:
-                f.seek(0)
-                pid = f.read().strip() or "unknown"
-                f.close()
-                raise Failure("locked", "%s is held by pid %s" % (f.name, pid), pid=pid)
-            time.sleep(0.1)
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            break
+        end = said = time.monotonic() + grace
+        while time.monotonic() < end and is_receiver(pid, root):
+            if time.monotonic() - said >= WAITING_SAY_S:  # the host's deadline sees us
+                said = time.monotonic()
+                print("%s: ending the abandoned receiver pid %d" % (PROG, pid),
+                      file=sys.stderr, flush=True)
+            time.sleep(0.05)
+    staging = beat.get("staging")
+    if isinstance(staging, str) and staging.startswith(".staging-") and "/" not in staging:
+        shutil.rmtree(os.path.join(root, "releases", staging), ignore_errors=True)
+    return ("ended the receiver of an abandoned push (pid %d, silent for %.0f s) and removed "
+            "its staging directory" % (pid, beat["silent"]))
+
+
+def _try_flock(f):
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def take_lock(root, wait, abandoned=ABANDONED_S, notes=None):
+    """`root`/.lock, held (flock) with our pid in it; after `wait` seconds of another holder,
+    Failure "locked" naming that holder's pid. A holder that is a receiver silent for more
+    than `abandoned` seconds is ended first (a note in `notes`)."""
+    f = open(os.path.join(root, ".lock"), "a+")
+    start = time.monotonic()
+    end, said = start + wait, start
+    while not _try_flock(f):
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        beat = abandoned_receiver(root, pid, abandoned) if pid.isdigit() else None
+        if beat is not None:
+            note = end_receiver(root, beat)
+            if notes is not None:
+                notes.append(note)
+            print("%s: note: %s" % (PROG, note), file=sys.stderr, flush=True)
+            continue
+        now = time.monotonic()
+        if now >= end:
+            f.close()
+            raise Failure("locked", "%s is held by pid %s" % (f.name, pid), pid=pid)
+        if now - said >= WAITING_SAY_S:
+            said = now
+            print("%s: waiting for %s, held by pid %s (%.0f s)" % (PROG, f.name, pid,
+                  now - start), file=sys.stderr, flush=True)
+        time.sleep(0.1)
     f.truncate(0)  # "a+": the write goes to the (new) end
     f.write(str(os.getpid()))
     f.flush()
@@ -147,8 +286,10 @@ class Input:
     """The host's stream: an fd (each wait for bytes bounded by `idle` seconds) or a binary
     file; `ended` is what a stream that stops early is told as."""
 
-    def __init__(self, source, idle=None, ended="upload interrupted: the stream ended early"):
+    def __init__(self, source, idle=None, ended="upload interrupted: the stream ended early",
+                 beat=lambda: None):
         self.source, self.idle, self.ended, self.buf = source, idle, ended, b""
+        self.beat = beat
         try:  # a bigger pipe: fewer wake-ups between sshd and us (Linux)
             fcntl.fcntl(source, F_SETPIPE_SZ, 1 << 20)
         except (OSError, TypeError, ValueError):
@@ -164,6 +305,7 @@ class Input:
                           % self.idle)
         if not b:
             raise Failure("interrupted", self.ended)
+        self.beat()
         return b
 
     def take(self, n):  # up to `n` bytes, at least one
@@ -214,10 +356,11 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def link_known(root, stage, files):
+def link_known(root, stage, files, beat=lambda: None):
     """Link (or copy) into `stage` the files the device has; the names of damaged or gone ones."""
     damaged = []
     for f in (f for f in files if f.get("source")):
+        beat()
         src, dst = os.path.join(root, f["source"]), os.path.join(stage, f["name"])
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         try:
@@ -225,6 +368,7 @@ def link_known(root, stage, files):
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
+            stop_at("link")
             if file_sha256(dst) == f["sha256"]:
                 continue
         except FileNotFoundError:
@@ -248,6 +392,7 @@ def switch_to(root, rid, keep):
     old, old_prev = pointed(root, "current"), pointed(root, "previous")
     switch(root, "current", new)
     try:  # `current` is switched: a failure from here on must say so
+        stop_at("switched")
         if old and old != new:
             switch(root, "previous", old)
         fsync_dir(root)
@@ -261,39 +406,62 @@ def switch_to(root, rid, keep):
     return {"release": rid, "previous": old, "old_previous": old_prev}
 
 
-def receive(root, stream, keep=KEEP_RELEASES, wait=LOCK_WAIT_S, idle=RECEIVE_IDLE_S):
+def _terminated(signum, frame):
+    raise Failure("ended", "ended by another push (SIGTERM): this one was silent too long")
+
+
+def receive(root, stream, keep=KEEP_RELEASES, wait=LOCK_WAIT_S, idle=RECEIVE_IDLE_S,
+            abandoned=ABANDONED_S):
     """Take one push from `stream` (an fd or a binary file) into a new release and switch
     `current` to it; the answer."""
     root = os.path.expanduser(root)
     releases = os.path.join(root, "releases")
-    os.makedirs(releases, exist_ok=True)
-    with take_lock(root, wait):
+    try:
+        os.makedirs(releases, exist_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        raise Failure("remote_dir", "cannot create %s (%s)" % (releases, exc.strerror)) from None
+    notes = []
+    with take_lock(root, wait, abandoned, notes):
         for n in os.listdir(releases):
             if n.startswith(".staging-"):
                 shutil.rmtree(os.path.join(releases, n), ignore_errors=True)
-        inp = Input(stream, idle)
-        head = json.loads(inp.readline())
-        rid = head["release"]
-        stage = os.path.join(releases, ".staging-" + rid)
-        os.mkdir(stage)
+        heart = Heartbeat(root, None)
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
-            damaged = link_known(root, stage, head["files"])
-            if damaged:
-                raise Failure("damaged", "the device's copies of %s are damaged or missing"
-                              % ", ".join(damaged), files=damaged)
-            for f in head["files"]:
-                if not f.get("source"):
-                    receive_file(inp, stage, f)
-            fsync_dir(stage)
-            final = os.path.join(releases, rid)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.rename(stage, final)
-            fsync_dir(releases)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        return switch_to(root, rid, keep)
+            inp = Input(stream, idle, beat=heart.beat)
+            head = json.loads(inp.readline())
+            rid = head["release"]
+            stage = os.path.join(releases, ".staging-" + rid)
+            heart = Heartbeat(root, os.path.basename(stage))
+            os.mkdir(stage)
+            try:
+                damaged = link_known(root, stage, head["files"], heart.beat)
+                if damaged:
+                    raise Failure("damaged", "the device's copies of %s are damaged or missing"
+                                  % ", ".join(damaged), files=damaged)
+                for f in head["files"]:
+                    if not f.get("source"):
+                        receive_file(inp, stage, f)
+                fsync_dir(stage)
+                stop_at("fsynced")
+                final = os.path.join(releases, rid)
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                os.rename(stage, final)
+                fsync_dir(releases)
+                stop_at("renamed")
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            answer = switch_to(root, rid, keep)
+        finally:
+            heart.end()
+            if main:
+                signal.signal(signal.SIGTERM, before)
+    return dict(answer, note=notes[0]) if notes else answer
 
 
 def _existing(root):
@@ -303,10 +471,10 @@ def _existing(root):
     return root
 
 
-def rollback(root, to=None, wait=LOCK_WAIT_S):
+def rollback(root, to=None, wait=LOCK_WAIT_S, abandoned=ABANDONED_S):
     """Switch `current` to `previous` (or to release `to`); the links after."""
     root = _existing(root)
-    with take_lock(root, wait):
+    with take_lock(root, wait, abandoned):
         old = pointed(root, "current")
         dest = "releases/" + to if to else pointed(root, "previous")
         if not dest:
@@ -319,12 +487,13 @@ def rollback(root, to=None, wait=LOCK_WAIT_S):
         return links(root)
 
 
-def discard(root, failed, back_to=None, previous=None, wait=LOCK_WAIT_S):
+def discard(root, failed, back_to=None, previous=None, wait=LOCK_WAIT_S,
+            abandoned=ABANDONED_S):
     """Undo the push of release `failed` if it is still current: `current` back to `back_to`
     (removed when None), `previous` to `previous`, the failed release deleted so it can never
     become current again; the links after."""
     root = _existing(root)
-    with take_lock(root, wait):
+    with take_lock(root, wait, abandoned):
         dest = "releases/" + failed
         old = pointed(root, "current")
         if old != dest:
@@ -358,12 +527,12 @@ def relay(pipe):
     return last.decode("utf-8", "replace").strip()
 
 
-def locked(root, command, wait=LOCK_WAIT_S):
+def locked(root, command, wait=LOCK_WAIT_S, abandoned=ABANDONED_S):
     """Run shell `command` holding `root`'s lock; a failing command is a Failure whose kind is
     COMMAND_KINDS[its status] ("failed" otherwise), its exit status kept."""
     root = os.path.expanduser(root)
     os.makedirs(root, exist_ok=True)
-    with take_lock(root, wait):
+    with take_lock(root, wait, abandoned):
         child = subprocess.Popen(["/bin/sh", "-c", command], stderr=subprocess.PIPE)
         last = relay(child.stderr)
         status = child.wait()
@@ -392,7 +561,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser():
-    p = Parser(prog="qdeploy-agent", description="qdeploy's programs on a device (see the "
+    p = Parser(prog=PROG, description="qdeploy's programs on a device (see the "
                "docstring of qdeploy/push/agent.py)")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -404,23 +573,28 @@ def parser():
         if lock:
             c.add_argument("--wait", type=float, default=LOCK_WAIT_S,
                            help="seconds to wait for the remote dir's lock")
+            c.add_argument("--abandoned", type=float, default=ABANDONED_S,
+                           help="end a lock-holding receiver silent this many seconds")
         c.set_defaults(run=run)
         return c
 
     c = command("receive", "take one push from stdin into a new release, switch `current`",
-                lambda a, stdin: receive(a.remote_dir, stdin, a.keep, a.wait, a.idle))
+                lambda a, stdin: receive(a.remote_dir, stdin, a.keep, a.wait, a.idle,
+                                             a.abandoned))
     c.add_argument("--keep", type=int, default=KEEP_RELEASES, help="older releases kept")
     c.add_argument("--idle", type=float, default=RECEIVE_IDLE_S,
                    help="seconds without a byte from the host before giving up")
     command("rollback", "switch `current` to `previous` (or to release --to)",
-            lambda a, stdin: rollback(a.remote_dir, a.to, a.wait)).add_argument("--to")
+            lambda a, stdin: rollback(a.remote_dir, a.to, a.wait, a.abandoned)
+            ).add_argument("--to")
     c = command("discard", "undo the push of `release` while it is `current`",
-                lambda a, stdin: discard(a.remote_dir, a.release, a.back_to, a.previous, a.wait),
+                lambda a, stdin: discard(a.remote_dir, a.release, a.back_to, a.previous, a.wait,
+                                     a.abandoned),
                 "release")
     c.add_argument("--back-to", help="where `current` goes back to (removed without)")
     c.add_argument("--previous", help="where `previous` goes back to (removed without)")
     command("locked", "run shell command `cmd` holding the remote dir's lock",
-            lambda a, stdin: locked(a.remote_dir, a.cmd, a.wait), "cmd")
+            lambda a, stdin: locked(a.remote_dir, a.cmd, a.wait, a.abandoned), "cmd")
     command("put", "write the files on stdin into remote_dir/sub",
             lambda a, stdin: put(a.remote_dir, a.sub, stdin), "sub", lock=False)
     return p

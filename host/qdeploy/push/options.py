@@ -39,6 +39,7 @@ class PushOptions:
     ssh_config: Optional[Path] = None
     connect_timeout: Optional[float] = None
     command_timeout: float = BENCH_TIMEOUT_S
+    keepalive: Optional[float] = None  # s; None: ServerAliveInterval, else ssh.KEEPALIVE_S; 0 off
     jobs: int = DEFAULT_JOBS
     verify: Optional[bool] = None  # None: verify when the bench runs; True: required
     verify_tolerance: float = DEFAULT_STEPS  # output quantization steps
@@ -72,5 +73,6 @@ class PushResult:
     verify: list = field(default_factory=list)  # qdeploy.push.crosscheck.Comparison per variant
     verify_skipped: list = field(default_factory=list)  # {"variant", "reason"}
     verify_note: Optional[str] = None  # why verify did not run
+    notes: list = field(default_factory=list)  # what the device did besides (ended a stale push)
     seconds: float = 0.0
     outcome: Optional[str] = None  # the ansible engine's: rolled back / failed / not attempted

@@ -100,6 +100,9 @@ def send_release(push: TargetPush, deployment: transfer.Shipment, state) -> None
     r.unchanged = plan.unchanged
     r.files_sent, r.files_skipped = sent.files_sent, sent.files_skipped
     r.bytes_sent, r.transfer_s = sent.bytes_sent, sent.seconds
+    if sent.note:
+        r.notes.append(sent.note)
+        push.tell("note", sent.note)
     push.tell("uploaded", "", total, total)
 
 
@@ -183,9 +186,11 @@ def host_side(deployment: transfer.Shipment,
 
 
 def _runner_command(conn, options: PushOptions) -> str:
+    """The runner as a shell command: the venv's python with `-m qrun`, never pip's
+    console-script trampoline (a #!/bin/sh script that does not quote the venv's path)."""
     if conn.is_local:
         return f"{shlex.quote(sys.executable)} -m qrun"
-    return f"{release.shell_path(options.remote_dir)}/venv/bin/qrun"
+    return f"{release.shell_path(options.remote_dir)}/venv/bin/python -m qrun"
 
 
 def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dict:
@@ -197,7 +202,8 @@ def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dic
         args += ["--runs", str(options.bench_runs)]
     cmd = (f"QDEPLOY_HOME={release.shell_path(options.remote_dir)} "
            f"{_runner_command(conn, options)} {' '.join(args)}")
-    result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout)
+    result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout,
+                      what="qrun bench")
     if not result.ok:
         raise UserError(f"{conn.name}: qrun bench failed on the device "
                         f"({result.last_error_line()})")
@@ -295,9 +301,32 @@ def connect(target: targets.Target, options: PushOptions):
     config = targets.load_ssh_config(options.ssh_config)
     endpoint = targets.resolve(target, config, identity=options.identity,
                                known_hosts=options.known_hosts)
+    keepalive, count = keepalives(config, target, options)
     return Connection(endpoint, accept_new=options.accept_new,
                       connect_timeout=options.connect_timeout,
-                      command_timeout=options.command_timeout)
+                      command_timeout=options.command_timeout,
+                      keepalive=keepalive, keepalive_count=count)
+
+
+def keepalives(config, target: targets.Target, options: PushOptions) -> tuple:
+    """(interval s, count): --keepalive, else ServerAliveInterval / ServerAliveCountMax from
+    the ssh config, else qdeploy's defaults (ssh.KEEPALIVE_S, ssh.KEEPALIVE_COUNT)."""
+    found = config.lookup(target.host) if config is not None else {}
+    where = getattr(config, "qdeploy_path", None) or "~/.ssh/config"
+    interval, count = options.keepalive, None
+    text = found.get("serveraliveinterval")
+    if interval is None and text is not None:
+        interval = targets.parse_time(text)
+        if interval is None:
+            raise UserError(f"ssh config {where}: ServerAliveInterval {text!r} for "
+                            f"{target.host} is not a time; write seconds or e.g. 15s, 1m")
+    text = found.get("serveralivecountmax")
+    if text is not None:
+        if not str(text).strip().isdigit() or int(text) < 1:
+            raise UserError(f"ssh config {where}: ServerAliveCountMax {text!r} for "
+                            f"{target.host} is not a count; write a whole number >= 1")
+        count = int(text)
+    return interval, count
 
 
 def check_identity(options: PushOptions) -> None:

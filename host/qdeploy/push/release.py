@@ -40,20 +40,31 @@ RECEIVE_IDLE_S = agent.RECEIVE_IDLE_S  # a receiver without a byte from the host
 
 
 def check_remote_dir(path) -> str:
-    """The remote dir, refused when empty or blank (it would mean the login directory)."""
+    """The remote dir, refused when empty or blank (it would mean the login directory) or
+    when no file system takes it (a NUL byte)."""
     if path is None or not str(path).strip():
         raise UserError(f"--remote-dir {str(path or '')!r} is empty; pass the release directory "
                         f"on the device, e.g. {DEFAULT_REMOTE_DIR}")
+    if "\0" in str(path):
+        raise UserError(f"--remote-dir {str(path)!r} holds a NUL byte, which no path on the "
+                        "device can; pass another directory")
     return str(path)
 
 
 def shell_path(path: str) -> str:
-    """Quote a remote path for /bin/sh, keeping a leading `~/` as $HOME."""
+    """Quote a remote path for /bin/sh as one word that no command takes for an option:
+    a leading `~/` stays $HOME, a relative path starting with `-` becomes `./-...`.
+
+    Every remote command names a path only through this (or shlex.quote), so spaces,
+    quotes, `$`, backticks and `;` in it reach the device's file system as they are.
+    """
     path = str(path)
     if path == "~":
         return '"$HOME"'
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
+    if path.startswith("-"):
+        path = "./" + path
     return shlex.quote(path)
 
 
@@ -83,10 +94,12 @@ def probe_command(remote_dir: str) -> str:
     r = shell_path(remote_dir)
     return (
         f"R={r}; "
-        'for l in current previous; do [ -L "$R/$l" ] && printf "%s %s\\n" "$l" "$(readlink "$R/$l")"; done; '
+        'for l in current previous; do '
+        '[ -L "$R/$l" ] && printf "%s %s\\n" "$l" "$(readlink "$R/$l")"; done; '
         'for d in "$R"/venv/lib/python*/site-packages/qrun-*.dist-info; do '
         '[ -d "$d" ] && printf "runner %s\\n" "${d##*/}"; done; '
-        'for d in "$R"/releases/*/; do [ -d "$d" ] && printf "release %s\\n" "$(basename "$d")"; done; '
+        'for d in "$R"/releases/*/; do '
+        '[ -d "$d" ] && printf "release %s\\n" "$(basename "$d")"; done; '
         f"printf '%s' {shlex.quote(PROBE_MARK.decode())}; "
         'cat "$R/current/manifest.json" 2>/dev/null; '
         f"printf '%s' {shlex.quote(PROBE_MARK.decode())}; "
@@ -117,7 +130,7 @@ def parse_probe(output: bytes) -> RemoteState:
 
 def probe(conn, remote_dir: str) -> RemoteState:
     """The device's release state, in one command."""
-    result = conn.run(probe_command(remote_dir))
+    result = conn.run(probe_command(remote_dir), what="the probe of the release state")
     if not result.ok:
         raise UserError(f"{conn.name}: cannot read {remote_dir} on the device "
                         f"({result.last_error_line()})")
@@ -176,7 +189,8 @@ def _agent_run(conn, remote_dir: str, python: str, command: str, *args: str):
     """Run agent `command` on the remote dir (`args`: plain words, quoted here); a held lock
     is the locked error."""
     result = conn.run(agent_command(python, command, shell_path(remote_dir), "--wait",
-                                    str(LOCK_WAIT_S), *(shlex.quote(a) for a in args)))
+                                    str(LOCK_WAIT_S), *(shlex.quote(a) for a in args)),
+                      what=f"the device's {command}")
     if agent_answer(result).get("error") == "locked":
         raise locked_error(conn, remote_dir, result)
     return result

@@ -153,6 +153,7 @@ class Plan:
     release_id: Optional[str]
     send: list = field(default_factory=list)  # LocalFile
     link: dict = field(default_factory=dict)  # name -> source path relative to remote dir
+    current: Optional[str] = None  # the device's current release id before this push
 
     @property
     def bytes_to_send(self) -> int:
@@ -162,7 +163,7 @@ class Plan:
         """This plan with the files `names` sent rather than linked from the device's copy."""
         link = {n: src for n, src in self.link.items() if n not in names}
         send = [f for f in self.deployment.files if f.name not in link]
-        return Plan(self.deployment, self.unchanged, self.release_id, send, link)
+        return Plan(self.deployment, self.unchanged, self.release_id, send, link, self.current)
 
 
 @dataclass
@@ -174,6 +175,7 @@ class TransferResult:
     seconds: float
     previous: Optional[str] = None  # what `current` pointed at before ("releases/<id>")
     old_previous: Optional[str] = None  # what `previous` pointed at before
+    note: Optional[str] = None  # what the receiver did besides (ended an abandoned push)
 
 
 def _remote_files(state: release.RemoteState) -> dict:
@@ -204,7 +206,8 @@ class Transfer:
                 hashlib.sha256(state.current_manifest).hexdigest() == deployment.manifest_sha256:
             return Plan(deployment, unchanged=True, release_id=state.current)
         have = _remote_files(state)
-        plan = Plan(deployment, unchanged=False, release_id=new_release_id(deployment))
+        plan = Plan(deployment, unchanged=False, release_id=new_release_id(deployment),
+                    current=state.current)
         for f in deployment.files:
             if f.name != qmanifest.MANIFEST_NAME and f.sha256 in have:
                 plan.link[f.name] = have[f.sha256]
@@ -246,10 +249,9 @@ class Transfer:
             return TransferResult(plan.release_id, 0, files, 0, time.perf_counter() - start)
         cmd = release.receive_command(self.python, self.remote_dir)
         try:
-            result = self.conn.run(cmd, stdin=self._stream(plan, progress))
+            result = self.conn.run(cmd, stdin=self._stream(plan, progress), what="the receiver")
         except ConnectionLost as exc:
-            raise ConnectionLost(f"{exc}; the push was interrupted, `current` on the device is "
-                                 "unchanged: push again") from None
+            raise ConnectionLost(f"{exc}; {interrupted(plan, exc.phase)}") from None
         answer = release.agent_answer(result)
         failure = answer.get("error")
         if failure == "disk_full":
@@ -261,6 +263,10 @@ class Transfer:
             raise UserError(f"{self.conn.name}: {self.python!r} was not found on the device "
                             f"({result.last_error_line()}); install Python 3 there or pass "
                             "--python PATH")
+        if failure == "remote_dir":
+            raise UserError(f"{self.conn.name}: the device cannot use --remote-dir "
+                            f"{self.remote_dir!r} ({answer.get('message')}); pass a "
+                            "directory its file system can hold")
         if failure == "switched":
             raise UserError(f"{self.conn.name}: the device switched `current` to release "
                             f"{plan.release_id}, then failed: {answer.get('message')}; "
@@ -281,7 +287,20 @@ class Transfer:
         if "release" not in answer:
             raise UserError(f"{self.conn.name}: unexpected answer from the device's release "
                             f"receiver: {result.stdout[:200]!r}")
+        note = answer.get("note")
         return TransferResult(plan.release_id, len(plan.send), len(plan.link),
                               plan.bytes_to_send, time.perf_counter() - start,
                               previous=answer.get("previous"),
-                              old_previous=answer.get("old_previous"))
+                              old_previous=answer.get("old_previous"),
+                              note=note if isinstance(note, str) else None)
+
+
+def interrupted(plan: Plan, phase: str) -> str:
+    """What a push cut or stalled at `phase` left on the device, for its error line."""
+    kept = f"release {plan.current}" if plan.current else "no release"
+    if phase != "waiting":
+        return (f"the push was interrupted, `current` on the device is unchanged (the device "
+                f"kept {kept}): push again")
+    return (f"the push was interrupted after the upload: `current` on the device is {kept} "
+            f"or, if the device finished first, release {plan.release_id}, each complete: "
+            "push again")

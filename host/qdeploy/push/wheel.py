@@ -34,7 +34,8 @@ DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 INSTALL_TIMEOUT_S = 1800.0
 FALLBACK_REQUIRES = ["numpy", "pillow", "typer>=0.12,<0.29", "ai-edge-litert>=2.3"]
-_DEVICE_EXTRA = re.compile(r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
+_DEVICE_EXTRA = re.compile(
+    r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
 
 
 def device_requirements() -> list[str]:
@@ -124,7 +125,7 @@ def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) 
                 yield from iter(lambda: f.read(1 << 20), b"")
 
     cmd = release.agent_command(python, "put", release.shell_path(remote_dir), shlex.quote(sub))
-    result = conn.run(cmd, stdin=stream())
+    result = conn.run(cmd, stdin=stream(), what=f"the upload of the runner's {sub}")
     if not result.ok:
         raise UserError(f"{conn.name}: uploading the runner failed "
                         f"({release.failure_text(result)})")
@@ -133,7 +134,8 @@ def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) 
 def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
     r = release.shell_path(remote_dir)
     result = conn.run(f'cd {r}/{sub} 2>/dev/null && for f in *.whl; do [ -f "$f" ] && '
-                      'printf "%s %s\\n" "$(wc -c < "$f")" "$f"; done; true')
+                      'printf "%s %s\\n" "$(wc -c < "$f")" "$f"; done; true',
+                      what="the listing of the wheelhouse")
     listing = {}
     for line in result.stdout.decode("utf-8", "replace").splitlines():
         size, _, name = line.strip().partition(" ")
@@ -144,16 +146,23 @@ def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
 
 def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool) -> str:
     """The shell command that installs `<remote_dir>/runner/<wheel_name>` into the device
-    venv (from `<remote_dir>/wheelhouse` only when `offline`) and prints `qrun --version`."""
+    venv (from `<remote_dir>/wheelhouse` only when `offline`) and prints `qrun --version`.
+
+    In the remote dir, every path is ours and plain (`./venv`, `./runner/<wheel>`): pip
+    reads a requirement's `;` as a marker, so the remote dir's name never reaches pip. The
+    runner is run as `venv/bin/python -m qrun`, never through pip's console-script
+    trampoline (a #!/bin/sh line that does not quote the venv's path).
+    """
     r = release.shell_path(remote_dir)
-    venv_py = f"{r}/venv/bin/python"
-    index = f"--no-index --find-links {r}/wheelhouse" if offline else ""
+    venv_py = "./venv/bin/python"
+    index = "--no-index --find-links ./wheelhouse" if offline else ""
     # A venv whose pip does not run (e.g. an interrupted creation) is made again.
-    return (f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf {r}/venv; "
-            f"{shlex.quote(python)} -m venv {r}/venv || exit {agent.VENV_EXIT}; }}; "
+    return (f"cd {r} || exit 1; "
+            f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf ./venv; "
+            f"{shlex.quote(python)} -m venv ./venv || exit {agent.VENV_EXIT}; }}; "
             f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
-            f"--progress-bar off {index} {r}/runner/{shlex.quote(wheel_name)} "
-            f"|| exit {agent.PIP_EXIT}; }} 1>&2; {r}/venv/bin/qrun --version")
+            f"--progress-bar off {index} ./runner/{shlex.quote(wheel_name)} "
+            f"|| exit {agent.PIP_EXIT}; }} 1>&2; {venv_py} -m qrun --version")
 
 
 def ensure_runner(conn, remote_dir: str, python: str = "python3",
@@ -182,7 +191,7 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
     cmd = install_command(remote_dir, python, wheel.name, wheelhouse is not None)
     # Under the device's lock: two pushes to one device must not build venv/ at once.
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
-                      timeout=INSTALL_TIMEOUT_S)
+                      timeout=INSTALL_TIMEOUT_S, what="the runner install")
     failure = release.agent_answer(result).get("error")
     if failure == "locked":
         raise release.locked_error(conn, remote_dir, result)

@@ -9,6 +9,15 @@ unless `accept_new` (then it is recorded, like OpenSSH's StrictHostKeyChecking=a
 a changed key is always refused. Authentication uses ssh-agent, the default keys and the
 identity files of the endpoint; never a password. Every failure a user can meet (unreachable,
 refused, timed out, auth refused, dropped) becomes one `UserError` line.
+
+Every wait has a deadline, kept by one watch thread per connection (`_Watch`): the handshake
+(banner, key exchange, authentication) and each command's channel open and exec request get
+the connect timeout, each command's reads and writes the command timeout, counted from the
+device's last sign of life (a byte of output, an opened send window, a finished handshake
+step). When a step's deadline passes, the watch closes the transport, which wakes every
+paramiko wait, and the step is named in one line (`no answer for 4 s while starting the
+receiver`). Keepalives (ServerAliveInterval / ServerAliveCountMax, answered global requests
+like OpenSSH's) notice a dead peer during long silent phases such as a long bench.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import os
 import socket
 import subprocess
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
@@ -29,6 +40,14 @@ from qdeploy.remote.targets import Endpoint
 
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 600.0
+# OpenSSH's ServerAliveInterval / ServerAliveCountMax when the ssh config gives none: a device
+# that answers no keepalive for 5 s x 3 is gone, even while its command is silent.
+KEEPALIVE_S = 5.0
+KEEPALIVE_COUNT = 3
+WATCH_TICK_S = 0.05
+# paramiko's own handshake timeouts, behind the watch's (so the watch names the step).
+PARAMIKO_BACKSTOP_S = 5.0
+BANNER_STEP = "waiting for the SSH banner"
 # Our receive window; bench reports and progress are small, but a large window costs nothing.
 WINDOW_SIZE = 16 << 20
 # Prefer AES-GCM (one pass with AES-NI, no separate MAC); fall back to paramiko's order.
@@ -44,7 +63,113 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class ConnectionLost(UserError):
-    """The connection dropped or a command timed out while running."""
+    """The connection dropped or a command timed out while running; `phase` is how far the
+    command got: "starting", "sending" (its stdin) or "waiting" (for its answer)."""
+
+    phase = "waiting"
+
+
+class Stalled(ConnectionLost):
+    """The device gave no sign of life for a step's whole deadline."""
+
+
+class _Watch:
+    """The deadline of the step under way on one connection, and its keepalives.
+
+    A thread looks every WATCH_TICK_S: when the step has had no sign of life (`touch`) for
+    its limit, or a keepalive stayed unanswered for interval x count seconds, it records why
+    (`expired`) and closes the transport, which ends every wait on it.
+    """
+
+    def __init__(self, transport, keepalive: float = KEEPALIVE_S,
+                 keepalive_count: int = KEEPALIVE_COUNT):
+        self.transport = transport
+        self.keepalive, self.keepalive_count = keepalive, max(1, keepalive_count)
+        self.name: Optional[str] = None
+        self.limit: Optional[float] = None
+        self.kind = ""  # "connect" or "command": which timeout the limit is
+        self.phase = None  # a callable naming the handshake step, while connecting
+        self.last = self.alive = time.monotonic()
+        self.asked: Optional[float] = None  # when the unanswered keepalive was sent
+        self.expired: Optional[tuple] = None  # (step, seconds, why)
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="qdeploy-ssh-watch").start()
+
+    def start_keepalives(self) -> None:
+        if self.keepalive and self.keepalive > 0:
+            threading.Thread(target=self._keepalives, daemon=True,
+                             name="qdeploy-ssh-keepalive").start()
+
+    def touch(self) -> None:
+        self.last = self.alive = time.monotonic()
+
+    @contextmanager
+    def step(self, name: str, limit: float, kind: str):
+        """Run the body under `limit` seconds without a sign of life, called `name`."""
+        saved = self.name, self.limit, self.kind
+        self.name, self.limit, self.kind = name, limit, kind
+        self.touch()
+        try:
+            yield self
+        finally:
+            self.name, self.limit, self.kind = saved
+            self.touch()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _fire(self, name: str, seconds: float, why: str) -> None:
+        self.expired = (name, seconds, why)
+        self.stopped.set()
+        try:
+            self.transport.close()
+        except Exception:  # closing a broken transport: nothing more to do
+            pass
+
+    def _watch(self) -> None:
+        phase = None
+        while not self.stopped.wait(WATCH_TICK_S):
+            now = time.monotonic()
+            if self.phase is not None:
+                current = self.phase()
+                if current != phase:
+                    phase = current
+                    self.touch()
+                self.name = current
+            if self.limit is not None and now - self.last > self.limit:
+                self._fire(self.name or "waiting", self.limit, self.kind)
+            elif self.asked is not None and \
+                    now - self.asked > self.keepalive * self.keepalive_count:
+                self._fire(self.name or "idle", self.keepalive * self.keepalive_count,
+                           "keepalive")
+
+    def _keepalives(self) -> None:
+        while not self.stopped.wait(self.keepalive):
+            if time.monotonic() - self.alive < self.keepalive:
+                continue  # the device spoke recently
+            self.asked = time.monotonic()
+            try:  # OpenSSH answers any global request with want-reply, if only "failure"
+                self.transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception:
+                return
+            if not self.transport.is_active():
+                return
+            self.asked, self.alive = None, time.monotonic()
+
+    def stalled(self, target: str, where: str) -> Optional["Stalled"]:
+        """The error for an expired deadline, or None."""
+        if self.expired is None:
+            return None
+        name, seconds, why = self.expired
+        if why == "keepalive":
+            return Stalled(f"{target}: no answer from {where} to keepalives for {seconds:g} s "
+                           f"while {name} (ServerAliveInterval x ServerAliveCountMax)")
+        if name == BANNER_STEP:
+            return Stalled(f"{target}: {where} accepted the connection but sent no SSH banner "
+                           f"within {seconds:g} s; check that sshd (not another service) "
+                           "listens on that port (--connect-timeout to wait longer)")
+        return Stalled(f"{target}: no answer from {where} for {seconds:g} s ({why} timeout) "
+                       f"while {name}")
 
 
 @dataclass
@@ -122,7 +247,7 @@ class LocalConnection:
         self.close()
 
     def run(self, command: str, stdin: Stdin = None, on_stderr: LineCallback = None,
-            timeout: Optional[float] = None) -> CommandResult:
+            timeout: Optional[float] = None, what: str = "the command") -> CommandResult:
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = _LineSplitter(None), _LineSplitter(on_stderr)
@@ -239,6 +364,17 @@ def _transport_factory(sock, **kwargs):
     return transport
 
 
+def handshake_step(transport) -> str:
+    """What an SSH handshake on `transport` waits for now, as the error line names it."""
+    if not transport.remote_version:
+        return BANNER_STEP
+    if not transport.initial_kex_done:
+        return "exchanging keys"
+    if not transport.is_authenticated():
+        return "authenticating"
+    return "opening the session"
+
+
 class Connection:
     """One SSH session to an endpoint (paramiko), opened by `open()` or `with`."""
 
@@ -246,13 +382,17 @@ class Connection:
 
     def __init__(self, endpoint: Endpoint, accept_new: bool = False,
                  connect_timeout: Optional[float] = None,
-                 command_timeout: float = COMMAND_TIMEOUT_S):
+                 command_timeout: float = COMMAND_TIMEOUT_S,
+                 keepalive: Optional[float] = None, keepalive_count: Optional[int] = None):
         self.endpoint = endpoint
         self.name = endpoint.name
         self.accept_new = accept_new
         self.connect_timeout = connect_timeout or endpoint.connect_timeout or CONNECT_TIMEOUT_S
         self.command_timeout = command_timeout
+        self.keepalive = KEEPALIVE_S if keepalive is None else keepalive
+        self.keepalive_count = keepalive_count or KEEPALIVE_COUNT
         self.client = None
+        self.watch: Optional[_Watch] = None
 
     @property
     def where(self) -> str:
@@ -266,6 +406,8 @@ class Connection:
         self.close()
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -282,66 +424,36 @@ class Connection:
         client.set_missing_host_key_policy(_HostKeyPolicy(e, self.accept_new, revoked))
         keys = [p for p in e.identity_files if os.path.isfile(p)]
         agent = not e.identities_only
+
+        def watched_transport(sock, **kwargs):
+            transport = _transport_factory(sock, **kwargs)
+            self.watch = _Watch(transport, self.keepalive, self.keepalive_count)
+            self.watch.phase = lambda: handshake_step(transport)
+            self.watch.limit, self.watch.kind = self.connect_timeout, "connect"
+            return transport
+
+        backstop = self.connect_timeout + PARAMIKO_BACKSTOP_S
         try:
+            # The TCP connect here, so paramiko's own handshake timeout can be a backstop.
+            sock = socket.create_connection((e.hostname, e.port), timeout=self.connect_timeout)
             client.connect(
                 e.hostname, port=e.port, username=e.user, key_filename=keys or None,
-                allow_agent=agent, look_for_keys=not e.identities_only,
-                timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
-                transport_factory=_transport_factory)
-        except UserError:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise UserError(
-                f"{self.name}: host key of {e.known_hosts_name} has CHANGED (now "
-                f"{exc.key.get_name()} {fingerprint(exc.key)}, known_hosts has "
-                f"{fingerprint(exc.expected_key)}); refusing to connect. If the device was "
-                f"reinstalled, remove the old key with `ssh-keygen -R '{e.known_hosts_name}'` "
-                "and push again with --accept-new") from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise UserError(f"{self.name}: the key is protected by a passphrase; load it into "
-                            "ssh-agent (`ssh-add KEY`) and push again") from None
-        except paramiko.AuthenticationException:
-            client.close()
-            tried = ", ".join(keys) or "none given"
-            raise UserError(
-                f"{self.name}: {self.where} refused authentication with every key tried "
-                f"(ssh-agent, ~/.ssh/id_*, identity files: {tried}); install your public key on "
-                "the device (ssh-copy-id) or pass --identity FILE") from None
-        except socket.gaierror as exc:
-            client.close()
-            raise UserError(f"{self.name}: cannot resolve host name {e.hostname!r} "
-                            f"({exc.strerror}); check the target or ~/.ssh/config") from None
-        except (socket.timeout, TimeoutError):
-            client.close()
-            raise UserError(f"{self.name}: no answer from {e.hostname}:{e.port} within "
-                            f"{self.connect_timeout:g} s; check that the device is on and the "
-                            "address is right (--connect-timeout to wait longer)") from None
-        except paramiko.ssh_exception.NoValidConnectionsError as exc:
-            client.close()
-            reason = "; ".join(sorted({err.strerror or str(err) for err in exc.errors.values()}))
-            raise UserError(f"{self.name}: cannot connect to {e.hostname}:{e.port} ({reason}); "
-                            "check the address and port and that sshd runs on the "
-                            "device") from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+                allow_agent=agent, look_for_keys=not e.identities_only, sock=sock,
+                timeout=backstop, banner_timeout=backstop,
+                auth_timeout=backstop, channel_timeout=backstop,
+                transport_factory=watched_transport)
+            self.watch.phase, self.watch.limit = None, None
+        except Exception as exc:
             transport = client.get_transport()
             client.close()
-            if transport is None or not transport.remote_version:
-                raise UserError(f"{self.name}: {e.hostname}:{e.port} accepted the connection but "
-                                f"sent no SSH banner within {self.connect_timeout:g} s; check "
-                                "that sshd (not another service) listens on that port "
-                                "(--connect-timeout to wait longer)") from None
-            if "private key" in str(exc):  # paramiko could not load a key file we gave it
-                raise UserError(f"{self.name}: cannot use the key file(s) {', '.join(keys)} "
-                                f"({exc}); pass --identity with an OpenSSH private key (`ssh-"
-                                "keygen -y -f FILE` checks one) or load it into ssh-agent"
-                                ) from None
-            raise UserError(f"{self.name}: SSH to {e.hostname}:{e.port} failed "
-                            f"({exc or type(exc).__name__}); check that an SSH server listens "
-                            "there") from None
+            stalled = self.watch.stalled(self.name, f"{e.hostname}:{e.port}") \
+                if self.watch is not None else None
+            if stalled is not None:
+                raise stalled from None
+            if isinstance(exc, UserError):
+                raise
+            raise self._connect_error(exc, transport, keys) from None
+        self.watch.start_keepalives()
         server_key = client.get_transport().get_remote_server_key()
         if server_key.get_base64() in revoked:
             client.close()
@@ -351,68 +463,147 @@ class Connection:
         self.client = client
         return self
 
+    def _connect_error(self, exc: Exception, transport, keys: list) -> UserError:
+        """The one-line error for a failed `client.connect`."""
+        import paramiko
+
+        e = self.endpoint
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return UserError(
+                f"{self.name}: host key of {e.known_hosts_name} has CHANGED (now "
+                f"{exc.key.get_name()} {fingerprint(exc.key)}, known_hosts has "
+                f"{fingerprint(exc.expected_key)}); refusing to connect. If the device was "
+                f"reinstalled, remove the old key with `ssh-keygen -R '{e.known_hosts_name}'` "
+                "and push again with --accept-new")
+        if isinstance(exc, paramiko.PasswordRequiredException):
+            return UserError(f"{self.name}: the key is protected by a passphrase; load it into "
+                             "ssh-agent (`ssh-add KEY`) and push again")
+        if isinstance(exc, paramiko.AuthenticationException):
+            tried = ", ".join(keys) or "none given"
+            return UserError(
+                f"{self.name}: {self.where} refused authentication with every key tried "
+                f"(ssh-agent, ~/.ssh/id_*, identity files: {tried}); install your public key on "
+                "the device (ssh-copy-id) or pass --identity FILE")
+        if isinstance(exc, socket.gaierror):
+            return UserError(f"{self.name}: cannot resolve host name {e.hostname!r} "
+                             f"({exc.strerror}); check the target or ~/.ssh/config")
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return UserError(f"{self.name}: no answer from {e.hostname}:{e.port} within "
+                             f"{self.connect_timeout:g} s; check that the device is on and the "
+                             "address is right (--connect-timeout to wait longer)")
+        if isinstance(exc, OSError) and transport is None:
+            return UserError(f"{self.name}: cannot connect to {e.hostname}:{e.port} "
+                             f"({exc.strerror or exc}); check the address and port and that "
+                             "sshd runs on the device")
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            reason = "; ".join(sorted({err.strerror or str(err) for err in exc.errors.values()}))
+            return UserError(f"{self.name}: cannot connect to {e.hostname}:{e.port} ({reason}); "
+                             "check the address and port and that sshd runs on the device")
+        if transport is None or not transport.remote_version:
+            return UserError(f"{self.name}: {e.hostname}:{e.port} accepted the connection but "
+                             f"sent no SSH banner within {self.connect_timeout:g} s; check "
+                             "that sshd (not another service) listens on that port "
+                             "(--connect-timeout to wait longer)")
+        if "private key" in str(exc):  # paramiko could not load a key file we gave it
+            return UserError(f"{self.name}: cannot use the key file(s) {', '.join(keys)} "
+                             f"({exc}); pass --identity with an OpenSSH private key (`ssh-"
+                             "keygen -y -f FILE` checks one) or load it into ssh-agent")
+        return UserError(f"{self.name}: SSH to {e.hostname}:{e.port} failed "
+                         f"({exc or type(exc).__name__}); check that an SSH server listens "
+                         "there")
+
     def run(self, command: str, stdin: Stdin = None, on_stderr: LineCallback = None,
-            timeout: Optional[float] = None) -> CommandResult:
+            timeout: Optional[float] = None, what: str = "the command") -> CommandResult:
         """Run `command` on the device, feed it `stdin`, return its status and output.
 
-        A dropped connection or `timeout` seconds without any output raise ConnectionLost.
+        Opening the channel and the exec request may take the connect timeout; each read and
+        write `timeout` seconds (the command timeout) since the device's last sign of life.
+        A stall or a drop raises ConnectionLost naming the step, `what` the command is
+        called there ("starting the receiver", "waiting for qrun bench").
         """
         import paramiko
 
         if self.client is None:
             raise RuntimeError("Connection.run before open()")
         timeout = timeout or self.command_timeout
+        watch = self.watch
         out, err = _LineSplitter(None), _LineSplitter(on_stderr)
+        phase = "starting"
         try:
-            chan = self.client.get_transport().open_session(window_size=WINDOW_SIZE,
-                                                            timeout=self.connect_timeout)
-            chan.settimeout(timeout)
-            chan.exec_command(command)
+            with watch.step(f"starting {what}", self.connect_timeout, "connect"):
+                chan = self.client.get_transport().open_session(
+                    window_size=WINDOW_SIZE, timeout=self.connect_timeout + PARAMIKO_BACKSTOP_S)
+                chan.settimeout(timeout + PARAMIKO_BACKSTOP_S)
+                chan.exec_command(command)
             errors: list[BaseException] = []
 
             def pump_stderr():
                 try:
                     for block in iter(lambda: chan.recv_stderr(1 << 16), b""):
+                        watch.touch()
                         err.feed(block)
                 except BaseException as exc:  # reported by the main thread
                     errors.append(exc)
 
             reader = threading.Thread(target=pump_stderr, daemon=True)
             reader.start()
-            try:
-                piece = max(1024, chan.out_max_packet_size - 64)
-                for chunk in _chunks(stdin):
-                    if chan.exit_status_ready() or chan.closed:
-                        break  # the command stopped reading; its status says why
-                    # One packet's worth at a time: paramiko's sendall re-slices (copies) the
-                    # rest of its argument after every packet, quadratic on large blocks.
-                    view = memoryview(chunk)
-                    for start in range(0, len(view), piece):
-                        chan.sendall(view[start:start + piece].tobytes())
-                chan.shutdown_write()
-            except OSError:
-                if not chan.exit_status_ready():
-                    raise
-            for block in iter(lambda: chan.recv(1 << 16), b""):
-                out.feed(block)
-            reader.join(timeout)
-            if errors:
-                raise errors[0]
-            if not chan.status_event.wait(timeout):
-                raise socket.timeout()
+            phase = "sending"
+            with watch.step(f"sending to {what}", timeout, "command"):
+                self._send(chan, stdin, watch)
+            phase = "waiting"
+            with watch.step(f"waiting for {what}", timeout, "command"):
+                for block in iter(lambda: chan.recv(1 << 16), b""):
+                    watch.touch()
+                    out.feed(block)
+                reader.join(timeout)
+                if errors:
+                    raise errors[0]
+                if not chan.status_event.wait(timeout):
+                    raise socket.timeout()
             status = chan.recv_exit_status()
             chan.close()
-        except (socket.timeout, TimeoutError):
-            self.close()
-            raise ConnectionLost(f"{self.name}: no answer from {self.where} for {timeout:g} s "
-                                 "(command timeout); check the device") from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            self.close()
-            raise ConnectionLost(f"{self.name}: connection to {self.where} dropped "
-                                 f"({exc or type(exc).__name__})") from None
+        except (socket.timeout, TimeoutError, paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(exc, timeout, phase) from None
         err.close()
         if status == -1:
-            self.close()
-            raise ConnectionLost(f"{self.name}: connection to {self.where} dropped before the "
-                                 "command finished")
+            raise self._lost(None, timeout, phase)
         return CommandResult(status, bytes(out.data), bytes(err.data))
+
+    def _lost(self, exc: Optional[BaseException], timeout: float, phase: str) -> ConnectionLost:
+        """Close this connection; the error for a command that did not finish because of
+        `exc` (None: the channel closed without an exit status)."""
+        self.close()
+        lost = self.watch.stalled(self.name, self.where) if self.watch else None
+        if lost is None and isinstance(exc, (socket.timeout, TimeoutError)):
+            lost = ConnectionLost(f"{self.name}: no answer from {self.where} for {timeout:g} s "
+                                  "(command timeout)")
+        elif lost is None and exc is not None:
+            lost = ConnectionLost(f"{self.name}: connection to {self.where} dropped "
+                                  f"({exc or type(exc).__name__})")
+        elif lost is None:
+            lost = ConnectionLost(f"{self.name}: connection to {self.where} dropped before the "
+                                  "command finished")
+        if self.watch is not None and self.watch.expired:  # where the deadline passed
+            word = self.watch.expired[0].split()[0]
+            phase = word if word in ("starting", "sending", "waiting") else phase
+        lost.phase = phase
+        return lost
+
+    @staticmethod
+    def _send(chan, stdin: Stdin, watch: _Watch) -> None:
+        """Feed `stdin` to the command, then EOF; a command that stopped reading ends it."""
+        try:
+            piece = max(1024, chan.out_max_packet_size - 64)
+            for chunk in _chunks(stdin):
+                if chan.exit_status_ready() or chan.closed:
+                    break  # the command stopped reading; its status says why
+                # One packet's worth at a time: paramiko's sendall re-slices (copies) the
+                # rest of its argument after every packet, quadratic on large blocks.
+                view = memoryview(chunk)
+                for start in range(0, len(view), piece):
+                    chan.sendall(view[start:start + piece].tobytes())
+                    watch.touch()  # the device opened its window: it is there
+            chan.shutdown_write()
+        except OSError:
+            if not chan.exit_status_ready():
+                raise

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from qdeploy.push import agent, release
 
@@ -325,3 +326,179 @@ def test_the_command_fits_one_ssh_packet():
     """RFC 4253: every SSH server takes packets of 32768 bytes; the exec request carries the
     whole command, source included."""
     assert len(release.receive_command("python3", "~/qdeploy").encode()) < 32768
+
+
+# -- abandoned receivers and kills at any point --------------------------------------------
+
+def _agent(*argv, env=None, **kw):
+    """The agent as the device runs it (`python3 -c SOURCE ...`), stdin a pipe."""
+    return subprocess.Popen([sys.executable, "-I", "-c", SOURCE, *[str(a) for a in argv]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})), **kw)
+
+
+def _head(rid: str, files: dict, sources: dict = None) -> bytes:
+    return _stream(rid, files, sources).getvalue().split(b"\n", 1)[0] + b"\n"
+
+
+def _wait_for(check, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def _holds_lock(root: Path, pid: int) -> bool:
+    return (root / ".lock").exists() and (root / ".lock").read_text() == str(pid)
+
+
+def test_a_silent_receiver_is_ended_by_the_next_command_which_takes_the_lock(tmp_path, capsys):
+    root = tmp_path / "device"
+    _push(capsys, root, "r1", FILES)
+    stale = _agent("receive", root, "--idle", 60)
+    stale.stdin.write(_head("r2", FILES) + FILES["model.tflite"][:1000])
+    stale.stdin.flush()
+    _wait_for(lambda: _holds_lock(root, stale.pid) and _staging(root))
+    time.sleep(1.2)  # silent for longer than --abandoned 1
+    try:
+        status, answer = _run(capsys, "receive", root, "--wait", 10, "--abandoned", 1,
+                              stdin=_stream("r3", FILES))
+        assert stale.wait(timeout=10) != 0  # ended, not finished
+    finally:
+        stale.kill()
+        stale.wait()
+    assert status == 0 and answer["release"] == "r3"
+    assert answer["note"].startswith(f"ended the receiver of an abandoned push (pid {stale.pid}")
+    assert "removed its staging directory" in answer["note"]
+    assert _links(root) == {"current": "releases/r3", "previous": "releases/r1"}
+    assert _staging(root) == [] and not (root / "releases" / "r2").exists()
+    assert not (root / agent.HEARTBEAT).exists()
+
+
+def test_a_live_receiver_is_never_ended_two_pushes_never_interleave(tmp_path, capsys):
+    """A receiver that gets bytes, however slowly, keeps the lock: the other push waits its
+    --wait and is refused, the live one completes with exactly its own files."""
+    root = tmp_path / "device"
+    data = os.urandom(40)
+    files = {"slow.bin": data, "manifest.json": b'{"slow": 1}'}
+    live = _agent("receive", root, "--idle", 10)
+    live.stdin.write(_head("live", files))
+    live.stdin.flush()
+    _wait_for(lambda: _holds_lock(root, live.pid))
+    import threading
+
+    def trickle():  # a byte every 0.1 s: 4 s in all, 4x the other's --abandoned
+        for i in range(len(data)):
+            live.stdin.write(data[i:i + 1])
+            live.stdin.flush()
+            time.sleep(0.1)
+        live.stdin.write(files["manifest.json"])
+        live.stdin.close()
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    status, answer = _run(capsys, "receive", root, "--wait", 2, "--abandoned", 1,
+                          stdin=_stream("other", FILES))
+    feeder.join()
+    live.wait(timeout=20)
+    out, err = live.stdout.read(), live.stderr.read()
+    assert (status, answer["error"], answer["pid"]) == (agent.LOCKED_EXIT, "locked",
+                                                        str(live.pid))
+    assert live.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["release"] == "live"
+    assert sorted(p.name for p in (root / "current").iterdir()) == sorted(files)
+    assert (root / "current" / "slow.bin").read_bytes() == data
+    assert not (root / "releases" / "other").exists()
+
+
+def test_a_lock_holder_that_is_not_a_receiver_is_never_ended(tmp_path, capsys):
+    """A stale heartbeat naming the holder's pid is not enough: its command line must be
+    this agent's `receive` on this remote dir."""
+    root = tmp_path / "device"
+    root.mkdir()
+    holder = _agent("locked", root, "--", "sleep 30", start_new_session=True)
+    try:
+        _wait_for(lambda: _holds_lock(root, holder.pid))
+        beat = root / agent.HEARTBEAT
+        beat.write_text(json.dumps({"pid": holder.pid, "staging": ".staging-x"}))
+        os.utime(beat, (time.time() - 60, time.time() - 60))
+        status, answer = _run(capsys, "rollback", root, "--wait", 0.5, "--abandoned", 1)
+        assert holder.poll() is None
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert (status, answer["error"]) == (agent.LOCKED_EXIT, "locked")
+
+
+def _complete(root: Path, link: str):
+    """The release id `link` points at when every file of its manifest is there with its
+    sha256 (None when the link is absent); fails on a partial release."""
+    if not (root / link).is_symlink():
+        return None
+    rel = root / os.readlink(root / link)
+    manifest = json.loads((rel / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((rel / name).read_bytes()).hexdigest() == digest, (link, name)
+    return rel.name
+
+
+def _files(tag: str) -> dict:
+    """A release whose manifest lists every file's sha256 (what `_complete` checks)."""
+    files = {"model.tflite": os.urandom(2 << 20), "sub/labels.txt": tag.encode()}
+    digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+    files["manifest.json"] = json.dumps({"tag": tag, "files": digests}).encode()
+    return files
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.parametrize("point", ["link", "mid-file", "fsynced", "renamed", "switched"])
+def test_a_receiver_killed_at_any_point_leaves_a_complete_release(tmp_path, capsys, point):
+    """SIGKILL while linking, mid-file, between fsync and rename, after the rename and
+    between the `current` and `previous` switches: `current` is a complete release (old or
+    new), `previous` a complete one or none, and the next push removes every staging dir."""
+    root = tmp_path / "device"
+    one, two = _files("one"), _files("two")
+    assert _push(capsys, root, "r1", one)[0] == 0
+    assert _push(capsys, root, "r2", two)[0] == 0
+    three = dict(_files("three"), **{"sub/labels.txt": two["sub/labels.txt"]})
+    digests = {n: hashlib.sha256(d).hexdigest() for n, d in three.items()
+               if n != "manifest.json"}
+    three["manifest.json"] = json.dumps({"tag": "three", "files": digests}).encode()
+    sources = {"sub/labels.txt": "releases/r2/sub/labels.txt"}
+    env = {} if point == "mid-file" else {"QDEPLOY_AGENT_STOP_AT": point}
+    proc = _agent("receive", root, "--idle", 30, env=env)
+    body = _stream("r3", three, sources).getvalue()
+    try:
+        if point == "mid-file":
+            proc.stdin.write(body[:len(body) // 2])
+            proc.stdin.flush()
+            _wait_for(lambda: any((root / "releases").glob(".staging-r3/model.tflite")))
+            time.sleep(0.2)
+        else:
+            import threading
+
+            def feed():  # stopped while linking, the agent reads no more: write on the side
+                try:
+                    proc.stdin.write(body)
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+            threading.Thread(target=feed, daemon=True).start()
+            _wait_for(lambda: _stopped(proc.pid))
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+    current, previous = _complete(root, "current"), _complete(root, "previous")
+    assert current in ("r2", "r3")
+    assert previous in ("r1", "r2", None)
+    assert current != previous
+    status, answer = _push(capsys, root, "r4", _files("four"))
+    assert status == 0, answer
+    assert _complete(root, "current") == "r4" and _complete(root, "previous") == current
+    assert _staging(root) == []
