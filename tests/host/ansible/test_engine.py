@@ -101,10 +101,11 @@ def broken_runner(remote: Path) -> None:
     (remote / "venv").unlink()
     dist = remote / "venv/lib/python3/site-packages" / f"qrun-{wheel.runner_version()}.dist-info"
     dist.mkdir(parents=True)
-    qrun = remote / "venv/bin/qrun"
-    qrun.parent.mkdir()
-    qrun.write_text("#!/bin/sh\necho 'qrun: this runner is broken (test)' >&2\nexit 1\n")
-    qrun.chmod(0o755)
+    (remote / "venv/bin").mkdir()
+    for name in ("qrun", "python"):  # the runner runs as venv/bin/python -m qrun
+        broken = remote / "venv/bin" / name
+        broken.write_text("#!/bin/sh\necho 'qrun: this runner is broken (test)' >&2\nexit 1\n")
+        broken.chmod(0o755)
 
 
 def test_failing_host_rolled_back_and_later_batches_not_started(fleet, tmp_path):

@@ -45,7 +45,12 @@ def test_connection_cut_mid_upload_leaves_current_and_next_push_completes(
     cut = fleet.push_many([targets.parse_target(f"root@127.0.0.1:{proxy.port}")], big, opts)[0]
     assert proxy.cut
     assert not cut.ok
-    assert "dropped" in cut.error and "current` on the device is unchanged" in cut.error
+    # Adapted (issue 18: the error says what the device kept by the phase the host saw): when
+    # the host had written every byte into the relay before the cut, it cannot know whether
+    # the device finished, and says "current is X or release Y"; the device kept X either way.
+    assert "dropped" in cut.error
+    assert ("current` on the device is unchanged" in cut.error
+            or f"`current` on the device is release {first.release_id} or" in cut.error)
     assert os.readlink(device / "current") == f"releases/{first.release_id}"
     assert {p.name: p.read_bytes() for p in (device / "current").iterdir()} == before
 
