@@ -30,6 +30,24 @@ def _targets(target: List[str], inventory: Optional[Path]):
     return found
 
 
+def _bench_image(path: Optional[Path]) -> Optional[Path]:
+    """--bench-image checked before connecting: a readable image file."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError:
+        raise UserError(f"--bench-image {path} does not exist; give a JPEG, PNG or BMP file") \
+            from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UserError(f"--bench-image {path} is not an image ({exc.__class__.__name__}); "
+                        "give a JPEG, PNG or BMP file") from None
+    return Path(path)
+
+
 def _options(**kw):
     from qdeploy.push.options import PushOptions
 
@@ -59,6 +77,10 @@ def push(
                                              help="Timed runs for qrun bench (its default: 100)."),
     compare: bool = typer.Option(False, "--compare",
                                  help="Bench every variant (float, int8, edgetpu) and store each."),
+    bench_image: Optional[Path] = typer.Option(
+        None, "--bench-image",
+        help="Also time whole frames of the model's task on this image (qrun bench --image: "
+             "preprocess, invoke, postprocess); qdeploy report shows frames per second."),
     reports: Path = typer.Option(Path("reports"), "--reports",
                                  help="Where reports and the SQLite store go."),
     identity: Optional[Path] = typer.Option(None, "--identity",
@@ -116,7 +138,8 @@ def push(
     found = _targets(target, inventory) if engine != "ansible" else []
     directory = bare_file_import(directory)
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
-                       bench=bench, bench_runs=bench_runs, compare=compare, reports_dir=reports,
+                       bench=bench, bench_runs=bench_runs, compare=compare,
+                       bench_image=_bench_image(bench_image), reports_dir=reports,
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
                        command_timeout=command_timeout, keepalive=keepalive, jobs=jobs,

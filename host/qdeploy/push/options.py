@@ -32,6 +32,7 @@ class PushOptions:
     runner: bool = True  # False: leave the device's runner alone (no check, no install)
     bench_runs: Optional[int] = None
     compare: bool = False
+    bench_image: Optional[Path] = None  # qrun bench --image: whole frames of the task
     reports_dir: Path = DEFAULT_REPORTS
     accept_new: bool = False
     identity: Optional[Path] = None

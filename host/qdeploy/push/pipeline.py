@@ -200,6 +200,8 @@ def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dic
         args.append("--compare")
     if options.bench_runs is not None:
         args += ["--runs", str(options.bench_runs)]
+    if options.bench_image is not None:
+        args += ["--image", bench_image_on_device(conn, options)]
     cmd = (f"QDEPLOY_HOME={release.shell_path(options.remote_dir)} "
            f"{_runner_command(conn, options)} {' '.join(args)}")
     result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout,
@@ -215,6 +217,29 @@ def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dic
     if not isinstance(report, dict):
         raise UserError(f"{conn.name}: qrun bench printed JSON that is not a report")
     return report
+
+
+BENCH_DIR = "bench"  # under the remote dir: the --bench-image frame, kept between pushes
+
+
+def bench_image_on_device(conn, options: PushOptions) -> str:
+    """`--bench-image` as the device sees it, quoted for its shell: the file itself on
+    `local`, else a copy put into `<remote_dir>/bench/` (named by its sha256, so an
+    unchanged image is sent once per name)."""
+    image = Path(options.bench_image)
+    if conn.is_local:
+        return shlex.quote(str(image.resolve()))
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
+    name = f"frame-{digest}{image.suffix.lower()}"
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / name
+        staged.write_bytes(image.read_bytes())
+        release.put_files(conn, options.python, options.remote_dir, BENCH_DIR, [staged],
+                          "the upload of the bench image")
+    return f"{release.shell_path(options.remote_dir)}/{BENCH_DIR}/{name}"
 
 
 def reports_of(document: dict) -> list:

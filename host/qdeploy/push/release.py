@@ -227,3 +227,18 @@ def discard(conn, remote_dir: str, python: str, failed: str, back_to: Optional[s
     if back_to is None:
         return "current removed (there is no previous release to go back to)"
     return f"current rolled back to release {agent_answer(result).get('current')}"
+
+
+def put_files(conn, python: str, remote_dir: str, sub: str, paths: list, what: str) -> None:
+    """Write `paths` into `<remote_dir>/<sub>/` on the device (the agent's `put`: each file
+    through a .part name); `what` names the step in errors and stalls."""
+    def stream():
+        yield (json.dumps([[p.name, p.stat().st_size] for p in paths]) + "\n").encode()
+        for p in paths:
+            with open(p, "rb") as f:
+                yield from iter(lambda: f.read(1 << 20), b"")
+
+    cmd = agent_command(python, "put", shell_path(remote_dir), shlex.quote(sub))
+    result = conn.run(cmd, stdin=stream(), what=what)
+    if not result.ok:
+        raise UserError(f"{conn.name}: {what} failed ({failure_text(result)})")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import shlex
 import tempfile
@@ -117,20 +116,6 @@ class RunnerResult:
     seconds: float
 
 
-def _put_files(conn, python: str, remote_dir: str, sub: str, paths: list[Path]) -> None:
-    def stream():
-        yield (json.dumps([[p.name, p.stat().st_size] for p in paths]) + "\n").encode()
-        for p in paths:
-            with open(p, "rb") as f:
-                yield from iter(lambda: f.read(1 << 20), b"")
-
-    cmd = release.agent_command(python, "put", release.shell_path(remote_dir), shlex.quote(sub))
-    result = conn.run(cmd, stdin=stream(), what=f"the upload of the runner's {sub}")
-    if not result.ok:
-        raise UserError(f"{conn.name}: uploading the runner failed "
-                        f"({release.failure_text(result)})")
-
-
 def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
     r = release.shell_path(remote_dir)
     result = conn.run(f'cd {r}/{sub} 2>/dev/null && for f in *.whl; do [ -f "$f" ] && '
@@ -186,8 +171,10 @@ def ensure_runner(conn, remote_dir: str, python: str = "python3",
     with tempfile.TemporaryDirectory(prefix="qdeploy-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         if uploads:
-            _put_files(conn, python, remote_dir, "wheelhouse", uploads)
-        _put_files(conn, python, remote_dir, "runner", [wheel])
+            release.put_files(conn, python, remote_dir, "wheelhouse", uploads,
+                              "the upload of the runner's wheelhouse")
+        release.put_files(conn, python, remote_dir, "runner", [wheel],
+                          "the upload of the runner")
     cmd = install_command(remote_dir, python, wheel.name, wheelhouse is not None)
     # Under the device's lock: two pushes to one device must not build venv/ at once.
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
