@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import qrun
 from qdeploy.ansible import runner
 from qdeploy.push import wheel
 from qdeploy.push.fleet import push_many
@@ -237,3 +238,43 @@ def test_host_keys_are_checked(fleet, tmp_path):
     assert all(r.ok for r in accepted), [r.error for r in accepted]
     assert len(fleet.known_hosts.read_text().splitlines()) == 5
 
+
+
+def one_host(fleet, tmp_path, name: str = "one.ini") -> Path:
+    """An inventory of dev0 alone."""
+    path = fleet.write_inventory(tmp_path / name)
+    path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n")
+    return path
+
+
+def test_a_host_without_the_runner_gets_it_installed(fleet, tmp_path, device_wheelhouse):
+    """No venv on the device: the playbook uploads the wheel and the wheelhouse and installs
+    the runner under the lock; the bench then runs through it."""
+    remote = fleet.remote_dirs[0]
+    (remote / "venv").unlink()
+    dep = make_deployment(tmp_path / "a")
+    [result] = runner.push_fleet(dep, one_host(fleet, tmp_path),
+                                 fleet.options(wheelhouse=device_wheelhouse, bench=True,
+                                               bench_runs=3, verify=False))
+    assert result.outcome == "updated", result.error
+    assert result.runner_installed and result.runner_version == wheel.runner_version()
+    done = subprocess.run([str(remote / "venv/bin/python"), "-m", "qrun", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["qrun", qrun.__version__]
+    assert len(result.report_files) == 1
+
+
+def test_a_failed_verify_rolls_the_host_back(fleet, tmp_path):
+    """Verify against another model's int8 twin fails on the controller, inside the batch:
+    the host is rolled back to what it had, and the push fails."""
+    first = make_deployment(tmp_path / "a")
+    [before] = runner.push_fleet(first, one_host(fleet, tmp_path), fleet.options())
+    assert before.outcome == "updated", before.error
+    other = make_deployment(tmp_path / "other", {"int8": "mobilenet_v1_0.5_160_quant.tflite"},
+                            reference=True)
+    changed = make_deployment(tmp_path / "b", reference=True, created="2026-12-01T00:00:00Z")
+    [after] = runner.push_fleet(changed, one_host(fleet, tmp_path, "again.ini"),
+                                fleet.options(verify=True, verify_against=other, bench=True,
+                                              bench_runs=3))
+    assert after.outcome == "rolled back" and not after.ok, (after.outcome, after.error)
+    assert links(fleet.remote_dirs[0])["current"] == before.release_id
