@@ -293,16 +293,8 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "detect", device, tpu, threads, watch)
     steps = detector(opened, labels, threshold, iou_threshold, max_objects)
-    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
-
-    with watch.stage("preprocess"):
-        picture, size = pipeline.read_image(image, steps.color,
-                                            None if out else steps.draft_size)
-        data, box = steps.preprocess(picture, size)
-    with watch.stage("invoke"):
-        pipeline.invoke(opened, data)
-    with watch.stage("postprocess"):
-        objects = steps.postprocess(opened.interpreter, box)
+    picture, size, objects = pipeline.timed_frame(opened, steps, image, watch,
+                                                  None if out else steps.draft_size)
     if out is not None:
         from qrun import draw
 

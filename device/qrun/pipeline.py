@@ -82,6 +82,22 @@ class Opened:
                 "runtime": {"name": info.name, "version": info.version}}
 
 
+def timed_frame(opened: Opened, steps, image: Path, watch: "Stopwatch",
+                draft_size: Optional[tuple] = None) -> tuple:
+    """One image through a task's steps, each stage timed on `watch`: read and preprocess,
+    invoke, postprocess. Returns (the decoded picture, its (w, h), what postprocess gave)."""
+    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
+
+    with watch.stage("preprocess"):
+        picture, size = read_image(image, steps.color, draft_size)
+        data, context = steps.preprocess(picture, size)
+    with watch.stage("invoke"):
+        invoke(opened, data)
+    with watch.stage("postprocess"):
+        found = steps.postprocess(opened.interpreter, context)
+    return picture, size, found
+
+
 def frame_timings(opened: Opened, steps, picture, size: tuple, runs: int) -> dict:
     """Run `runs` frames of a decoded image through a task's steps (preprocess, invoke,
     postprocess), each stage timed on its own.

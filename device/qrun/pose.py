@@ -99,15 +99,7 @@ def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "pose", device, tpu, threads, watch)
     steps = pose_finder(opened)
-    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
-
-    with watch.stage("preprocess"):
-        picture, size = pipeline.read_image(image, steps.color)
-        data, _ = steps.preprocess(picture, size)
-    with watch.stage("invoke"):
-        pipeline.invoke(opened, data)
-    with watch.stage("postprocess"):
-        found = steps.postprocess(opened.interpreter, size)
+    picture, size, found = pipeline.timed_frame(opened, steps, image, watch)
     position = steps.position
     if out is not None:
         from qrun import draw

@@ -122,15 +122,7 @@ def segment(image: Path, model: Optional[Path] = None, labels: Optional[Path] = 
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "segment", device, tpu, threads, watch)
     steps = segmenter(opened, labels)
-    from PIL import Image  # noqa: F401 - before the clock: an import is not a frame's cost
-
-    with watch.stage("preprocess"):
-        picture, size = pipeline.read_image(image, steps.color)
-        data, _ = steps.preprocess(picture, size)
-    with watch.stage("invoke"):
-        pipeline.invoke(opened, data)
-    with watch.stage("postprocess"):
-        model_map, full, found = steps.postprocess(opened.interpreter, size)
+    picture, size, (model_map, full, found) = pipeline.timed_frame(opened, steps, image, watch)
     decoder, position, label_file = steps.decoder, steps.position, steps.label_file
     if out is not None or overlay is not None:
         mask = draw.palette_mask(full, colormap)
