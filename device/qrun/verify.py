@@ -117,22 +117,9 @@ def run_samples(interpreter, samples, pre: preprocess.Preprocess,
     return [np.stack(row) for row in rows]
 
 
-def run_outputs(interpreter, samples, pre: preprocess.Preprocess, model_path: Path,
-                position: int = 0) -> np.ndarray:
-    """One output (output 0: a single-output model's) of every sample, raw, [N, values]."""
-    return run_samples(interpreter, samples, pre, model_path)[position]
-
-
 def output_specs(interpreter) -> list:
     """The TensorSpec of every output, in the interpreter's order."""
     return [TensorSpec.from_details(d) for d in interpreter.get_output_details()]
-
-
-def output_spec(interpreter, position: int = 0) -> dict:
-    """dtype, shape, scale and zero point of one output (output 0 by default)."""
-    spec = output_specs(interpreter)[position]
-    return {"dtype": spec.dtype, "shape": spec.shape, "scale": spec.scale,
-            "zero_point": spec.zero_point}
 
 
 def is_score_vector(spec: TensorSpec) -> bool:

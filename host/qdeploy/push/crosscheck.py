@@ -216,12 +216,6 @@ def host_run(model: Path, samples, pre: Preprocess) -> tuple[list, list]:
     return specs, [dequantize(r, s.scale, s.zero_point) for s, r in zip(specs, raw)]
 
 
-def host_outputs(model: Path, samples, pre: Preprocess) -> tuple[np.ndarray, float]:
-    """Dequantized output 0 of `model` on the host for `samples`, and that output's scale."""
-    specs, values = host_run(model, samples, pre)
-    return values[0], specs[0].scale
-
-
 def device_outputs(record: dict) -> list:
     """(TensorSpec, dequantized [N, values]) of each output of one variant record of a
     `qrun verify` document."""

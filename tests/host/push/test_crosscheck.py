@@ -65,13 +65,14 @@ def test_reference_kernels_differ_by_a_few_steps_within_the_tolerance(reference_
     from ai_edge_litert import interpreter as litert
 
     samples, model, pre = _host(reference_deployment)
-    expected, step = crosscheck.host_outputs(model, samples, pre)
+    specs, values = crosscheck.host_run(model, samples, pre)
+    expected, step = values[0], specs[0].scale
     ref = litert.Interpreter(model_path=str(model),
                              experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
     ref.allocate_tensors()
-    raw = device_verify.run_outputs(ref, samples, pre, model)
-    spec = device_verify.output_spec(ref)
-    other = (raw.astype(np.float32) - spec["zero_point"]) * spec["scale"]
+    [raw] = device_verify.run_samples(ref, samples, pre, model)
+    [spec] = device_verify.output_specs(ref)
+    other = (raw.astype(np.float32) - spec.zero_point) * spec.scale
     c = crosscheck.compare_outputs(expected, other, step)
     assert c.agree == 3 and 0 < c.max_steps <= crosscheck.DEFAULT_STEPS and c.ok
     assert c.max_abs_diff == pytest.approx(c.max_steps * step)
@@ -126,7 +127,7 @@ def test_qrun_verify_json_is_exact_and_without_reference_one_error(run_qrun, ref
     [output] = int8["outputs"]  # verify schema 2: one record per output
     raw = [device_verify.decode(t, output["dtype"], 1001) for t in output["values"]]
     samples, model, pre = _host(reference_deployment)
-    expected, _ = crosscheck.host_outputs(model, samples, pre)
+    _, [expected] = crosscheck.host_run(model, samples, pre)
     got = (np.stack(raw).astype(np.float32) - output["zero_point"]) * output["scale"]
     assert np.array_equal(got, expected)
     text = run_qrun("verify", "--model", reference_deployment)
