@@ -5,7 +5,7 @@ Two targets (issue 14), measured side by side in one process, one interpreter, 2
 
 - everything but `invoke()` per frame (resize, letterbox, quantize, decode of the head,
   NMS, box mapping) <= 0.25x `invoke()`;
-- qrun detect's steady-state frame time (qrun.pipeline / qrun.detect, as `qrun bench
+- qrun detect's steady-state frame time (qrun.tasks.pipeline / qrun.tasks.detect, as `qrun bench
   --image` times it) <= 1.1x that of a minimal numpy/PIL script doing the same steps.
 
 There is no YOLOv8n file here, so the script builds a stand-in with TF (seeded): input
@@ -159,7 +159,7 @@ def cached_inputs(rebuild: bool = False) -> tuple:
     from PIL import Image
 
     sys.path[:0] = [str(ROOT / "device")]
-    from qrun import letterbox
+    from qrun.tasks import letterbox
 
     model, jpeg = CACHE / MODEL_NAME, CACHE / "frame_1920x1080.jpg"
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def where_the_time_goes(opened, steps, picture, size, runs: int) -> dict:
     its postprocess, each timed alone (µs medians)."""
     from PIL import Image
 
-    from qrun import letterbox, pipeline
+    from qrun.tasks import letterbox, pipeline
 
     clock = time.perf_counter_ns
     parts = {"letterbox": [], "quantize": [], "postprocess": []}
@@ -291,7 +291,7 @@ def main() -> int:
     model, jpeg, macs = cached_inputs(args.rebuild)
     from PIL import Image
 
-    from qrun import detect, pipeline
+    from qrun.tasks import detect, pipeline
 
     watch = pipeline.Stopwatch()
     opened = pipeline.open_model(model, "detect", "cpu", "", args.threads, watch)

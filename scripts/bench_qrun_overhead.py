@@ -6,7 +6,7 @@ Two measurements, both printed:
   the same model, runtime, thread setting and input, alternating for --rounds
   rounds; ratio = median(qrun medians) / median(bare medians). This is the target.
 - interleaved: in one process on one interpreter, blocks of qrun's own timing
-  loop (qrun.bench.timed_invokes) alternate with blocks of a bare loop, so
+  loop (qrun.measure.bench.timed_invokes) alternate with blocks of a bare loop, so
   machine noise falls on both alike; ratio of the two medians.
 
     .venv/bin/python scripts/bench_qrun_overhead.py [--model M] [--runs 200] [--rounds 5]
@@ -105,7 +105,8 @@ def interleaved(model: Path, runs: int, rounds: int, threads: str) -> tuple[floa
     """Medians of qrun's timing loop and a bare loop, alternating blocks on one interpreter."""
     import time
 
-    from qrun import bench, runtime
+    from qrun.measure import bench
+    from qrun.model import runtime
 
     interpreter = runtime.make_interpreter(model, None if threads == "none" else int(threads))
     bench.fill_inputs(interpreter)

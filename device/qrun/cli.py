@@ -16,7 +16,7 @@ import typer
 
 from qrun import __version__
 from qrun.errors import run
-from qrun.layout import CURRENT, DEFAULT_HOME, HOME_ENV, MANIFEST_NAME
+from qrun.model.layout import CURRENT, DEFAULT_HOME, HOME_ENV, MANIFEST_NAME
 
 CURRENT_HELP = f"${HOME_ENV}/{CURRENT} ({DEFAULT_HOME}/{CURRENT})"
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
@@ -52,7 +52,7 @@ def main_options(
 ) -> None:
     """qrun: classify, detect, segment, pose and benchmark TFLite models on the Edge TPU or
     the CPU."""
-    from qrun import runtime  # light: the runtime itself is imported when a model loads
+    from qrun.model import runtime  # light: the runtime itself is imported when a model loads
 
     runtime.show_runtime_log(verbose)
 
@@ -82,7 +82,7 @@ def classify(
     Reads the output the deployment's manifest names as scores (a bare model file: output
     0); a deployment whose task is not classify is refused, naming the command to use.
     """
-    from qrun.classify import classify as run_classify
+    from qrun.tasks.classify import classify as run_classify
 
     result = run_classify(image, model, labels, top_k, threshold, count, device, tpu, threads)
     if result.fell_back:
@@ -141,7 +141,7 @@ def detect(
     SSD / EfficientDet models (TFLite_Detection_PostProcess) and Ultralytics YOLOv5/v8/v11
     heads (class-aware NMS here); the manifest's task says which output is what.
     """
-    from qrun.detect import detect as run_detect
+    from qrun.tasks.detect import detect as run_detect
 
     result = run_detect(image, model, labels, threshold, iou, max_objects, out, device, tpu,
                         threads)
@@ -183,7 +183,7 @@ def segment(
 ) -> None:
     """Give every pixel of IMAGE a class (DeepLab-style models): print the classes found
     with their share of the image, and the time of each stage."""
-    from qrun.segment import segment as run_segment
+    from qrun.tasks.segment import segment as run_segment
 
     result = run_segment(image, model, labels, out, overlay, colormap, device, tpu, threads)
     if result.fell_back:
@@ -218,7 +218,7 @@ def pose(
 ) -> None:
     """Find a person's 17 keypoints in IMAGE (MoveNet): 'name: score (x, y)' lines in the
     image's pixels, and the time of each stage."""
-    from qrun.pose import pose as run_pose
+    from qrun.tasks.pose import pose as run_pose
 
     result = run_pose(image, model, out, threshold, device, tpu, threads)
     if result.fell_back:
@@ -268,7 +268,7 @@ def bench(
     task (from its manifest) and how many inputs and outputs it has. With --image, what a
     whole frame costs too, stage by stage.
     """
-    from qrun import bench as bench_mod
+    from qrun.measure import bench as bench_mod
 
     target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
     if compare and device is not None:
@@ -347,7 +347,7 @@ def verify(
 ) -> None:
     """Run the deployment's reference inputs through each variant: top-1 where an output is a
     score vector, else the outputs compared (--json: every output's raw values)."""
-    from qrun import verify as verify_mod
+    from qrun.measure import verify as verify_mod
 
     if json_out not in (None, "-"):
         from qrun.errors import UserError

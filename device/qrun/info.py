@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from qrun import runtime
+from qrun.model import runtime
 from qrun.errors import UserError
-from qrun.layout import EDGETPU, FLOAT, INT8
-from qrun.tensors import TensorSpec
+from qrun.model.layout import EDGETPU, FLOAT, INT8
+from qrun.model.tensors import TensorSpec
 
 DEV_ROOT = Path("/dev")
 USB_ROOT = Path("/sys/bus/usb/devices")
@@ -77,8 +77,8 @@ def describe_model(path: Path) -> dict:
 
 def info(model: Optional[Path] = None, tpu: str = "") -> dict:
     """Everything `qrun info` reports, as one dict."""
-    from qrun import deployment
-    from qrun.delegate_probe import probe_delegate
+    from qrun.model import deployment
+    from qrun.model.delegate_probe import probe_delegate
 
     rt = runtime.runtime_info()
     library = runtime.edgetpu_library()

@@ -17,7 +17,7 @@ import numpy as np
 
 from qdeploy.quantize.datasets import read_idx
 from qrun.errors import UserError
-from qrun.manifest import sha256_file
+from qrun.model.manifest import sha256_file
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 RECIPE_NAME = "mnist-demo.json"

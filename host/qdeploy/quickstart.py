@@ -21,7 +21,7 @@ import numpy as np
 from qdeploy import demo
 from qdeploy.quantize.convert import ConvertResult, convert
 from qdeploy.quantize.evaluate import Evaluation, evaluate
-from qrun.preprocess import parse_preprocess
+from qrun.model.preprocess import parse_preprocess
 
 TickFn = Callable[[int, int], None]  # tick(done, total): how far a step is
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from qrun import report_contract
+from qrun.measure import report_contract
 from tests.fixtures.deployments import V1_025
 from tests.paths import CORAL
 
@@ -131,7 +131,7 @@ def test_compare_reports_every_variant(run_qrun, tmp_path):
 
 
 def test_latency_stats_math():
-    from qrun.bench import latency_stats
+    from qrun.measure.bench import latency_stats
 
     stats = latency_stats([4.0, 1.0, 3.0, 2.0])
     assert stats["count"] == 4 and stats["median"] == 2.5 and stats["mean"] == 2.5
@@ -144,7 +144,7 @@ def test_bench_report_holds_the_contract_keys_in_order():
     """BenchReport has an attribute per top-level key of the contract, written in its order."""
     import dataclasses
 
-    from qrun.bench import BenchReport
+    from qrun.measure.bench import BenchReport
 
     attributes = [f.name for f in dataclasses.fields(BenchReport)]
     # Adapted for `frame` (qrun bench --image), a key written only when measured.

@@ -9,7 +9,7 @@ import json
 import pytest
 from PIL import Image
 from qdeploy.modelimport.importer import import_model
-from qrun import report_contract
+from qrun.measure import report_contract
 
 from tests.device import ssd_models
 from tests.fixtures.deployments import V1_025
@@ -143,7 +143,7 @@ def test_bare_segmenter_is_told_to_import(run_qrun):
 
 
 def test_verbose_lets_the_runtimes_log_through(qrun_process):
-    """The runtime's INFO line is dropped by default (qrun.runtime.announcements_dropped);
+    """The runtime's INFO line is dropped by default (qrun.model.runtime.announcements_dropped);
     qrun --verbose shows it. A real process: the runtime writes it on fd 2, once."""
     args = ("bench", "--model", CLASSIFIER, "--runs", 1, "--warmup", 0, "--device", "cpu")
     quiet = qrun_process(*args)

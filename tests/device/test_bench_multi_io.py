@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from qrun import manifest as mf
-from qrun import report_contract
-from qrun.runtime import make_interpreter
+from qrun.model import manifest as mf
+from qrun.measure import report_contract
+from qrun.model.runtime import make_interpreter
 
 from tests.fixtures.deployments import V1_025, make_deployment
 from tests.fixtures.multi_io_models import model_deployment
@@ -18,7 +18,7 @@ RUNS = ("--runs", "3", "--warmup", "1")
 
 def filled(model):
     """An interpreter of `model` after fill_inputs and one invoke, and what it was fed."""
-    from qrun.bench import fill_inputs
+    from qrun.measure.bench import fill_inputs
 
     interp = make_interpreter(model)
     fill_inputs(interp)

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from qrun import adapters
-from qrun.classify import classify
+from qrun.tasks import adapters
+from qrun.tasks.classify import classify
 from qrun.errors import UserError
-from qrun.labels import check_fit, parse_labels, read_labels
-from qrun.preprocess import Preprocess
+from qrun.model.labels import check_fit, parse_labels, read_labels
+from qrun.model.preprocess import Preprocess
 
 from tests.fixtures.deployments import V1_025, make_deployment
 from tests.paths import CORAL

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PIL import Image
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 
 from tests.fixtures.deployments import make_deployment
 from tests.fixtures.multi_io_models import CLASS_NAMES, model_deployment
@@ -105,7 +105,7 @@ def test_a_model_with_two_inputs_is_refused(run_qrun, two_input_model):
 
 
 def test_classify_task_of_a_coral_deployment_reads_output_0(deployment_dir):
-    from qrun.classify import classify
+    from qrun.tasks.classify import classify
 
     result = classify(CORAL / "cat.bmp", deployment_dir, top_k=2)
     assert result.output == 0
@@ -114,8 +114,8 @@ def test_classify_task_of_a_coral_deployment_reads_output_0(deployment_dir):
 
 def test_scores_output_of_a_manifest_without_a_scores_role(tmp_path):
     """A classify task that names no scores output (hand-written) reads output 0."""
-    from qrun import deployment
-    from qrun.classify import scores_output
+    from qrun.model import deployment
+    from qrun.tasks.classify import scores_output
 
     folder = task_deployment(tmp_path / "plain", mf.Task(mf.CLASSIFY))
     assert scores_output(deployment.resolve(folder)) == 0

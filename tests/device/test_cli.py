@@ -38,10 +38,12 @@ def _modules_after(code: str) -> set:
 
 
 def test_qrun_never_imports_tensorflow_or_paramiko():
-    code = ("import qrun.cli, qrun.runtime, qrun.delegate_probe, qrun.deployment, "
-            "qrun.classify, qrun.bench, qrun.info, qrun.labels, qrun.adapters, qrun.hostinfo, "
-            "qrun.manifest, qrun.layout, qrun.tensors, qrun.verify\n"
-            "from qrun.classify import classify\n"
+    code = ("import qrun.cli, qrun.model.runtime, qrun.model.delegate_probe, "
+            "qrun.model.deployment, qrun.tasks.classify, qrun.measure.bench, qrun.info, "
+            "qrun.model.labels, qrun.tasks.adapters, qrun.measure.hostinfo, "
+            "qrun.model.manifest, qrun.model.layout, qrun.model.tensors, qrun.tasks.roles, "
+            "qrun.measure.verify\n"
+            "from qrun.tasks.classify import classify\n"
             f"classify(r'{CORAL / 'cat.bmp'}', r'{CORAL / (V1_025 + '.tflite')}')")
     loaded = _modules_after(code)
     bad = {m for m in loaded if m.split(".")[0] in FORBIDDEN}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from qdeploy.modelimport.importer import import_model
-from qrun import detect as qdetect
+from qrun.tasks import detect as qdetect
 
 from tests.device import ssd_models
 from tests.fixtures.runner import one_error
@@ -177,7 +177,7 @@ def test_ssd_rows_past_count_are_padding():
 
 @pytest.mark.parametrize("decoder", ["yolov8", "yolov5"])
 def test_yolo_threshold_on_quantized_scores(decoder):
-    from qrun.tensors import TensorSpec
+    from qrun.model.tensors import TensorSpec
 
     spec = TensorSpec(shape=[1, 6, 3], dtype="int8", scale=1 / 255, zero_point=-128)
     # three anchors: x, y, w, h (normalised), class 0, class 1 (yolov5: objectness first)

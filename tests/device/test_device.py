@@ -13,9 +13,9 @@ import shutil
 import signal
 
 import pytest
-from qrun import deployment, runtime
-from qrun import manifest as mf
-from qrun.delegate_probe import probe_delegate, read_outcome
+from qrun.model import deployment, runtime
+from qrun.model import manifest as mf
+from qrun.model.delegate_probe import probe_delegate, read_outcome
 from qrun.errors import UserError
 
 from tests.fixtures.deployments import V1_025
@@ -227,7 +227,7 @@ def test_device_cpu_on_a_deployment_names_no_twin(deployment_dir):
 
 
 def test_pi_model_from_device_tree(tmp_path):
-    from qrun.hostinfo import cpu_model, pi_model
+    from qrun.measure.hostinfo import cpu_model, pi_model
 
     model = tmp_path / "model"
     model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
@@ -251,7 +251,7 @@ def test_no_runtime_installed_names_the_package():
     code = ("import sys\n"
             f"sys.path.insert(0, {device_dir!r})\n"
             "from qrun.errors import run\n"
-            "from qrun.runtime import interpreter_module\n"
+            "from qrun.model.runtime import interpreter_module\n"
             "run(interpreter_module)\n")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                           timeout=60)

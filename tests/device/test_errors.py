@@ -120,7 +120,7 @@ def test_the_runtimes_delegate_announcement_is_dropped_and_its_errors_kept(tmp_p
     script = tmp_path / "make.py"
     script.write_text(
         "import os, sys\n"
-        "from qrun import runtime\n"
+        "from qrun.model import runtime\n"
         "with runtime.announcements_dropped():\n"
         "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
         "    os.write(2, b'ERROR: something the runtime says\\n')\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from qrun import manifest as mf
-from qrun.runtime import make_interpreter
+from qrun.model import manifest as mf
+from qrun.model.runtime import make_interpreter
 
 from tests.fixtures.deployments import make_deployment
 from tests.fixtures.multi_io_models import model_deployment
@@ -15,7 +15,7 @@ TENSOR_KEYS = {"name", "index", "shape", "dtype", "scale", "zero_point"}
 
 
 def segment_deployment(directory):
-    """Coral's DeepLab as a segment deployment: the manifest's task set with qrun.manifest.Task."""
+    """Coral's DeepLab as a segment deployment: the manifest's task set with qrun.model.manifest.Task."""
     make_deployment(directory, {mf.INT8: DEEPLAB}, labels="pascal_voc_segmentation_labels.txt")
     manifest = mf.load(directory)
     manifest.task = mf.Task(mf.SEGMENT, labels=mf.LABELS, outputs={mf.MASK: 0},

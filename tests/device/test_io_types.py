@@ -14,7 +14,7 @@ from PIL import Image
 from qdeploy.quantize.convert import convert
 from qdeploy.quantize.evaluate import predict
 from qdeploy.quantize.datasets import Samples
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 
 pytestmark = pytest.mark.slow
 

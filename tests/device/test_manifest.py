@@ -139,7 +139,7 @@ COMPILED = {"compiler_version": "16.0.384591198", "min_runtime": 14, "edgetpu_su
 
 
 def test_converter_and_compiled_are_records_and_the_json_stays_as_written(tmp_path):
-    from qrun import manifest as mf
+    from qrun.model import manifest as mf
 
     deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
     plain = (deploy / "manifest.json").read_text()
@@ -149,7 +149,7 @@ def test_converter_and_compiled_are_records_and_the_json_stays_as_written(tmp_pa
 
     newer = {**CONVERTER, "calibration_method": "minmax"}  # a key a newer qdeploy writes
     data = json.loads(plain) | {"converter": newer, "compiled": {**COMPILED, "seconds": 2.5}}
-    written = json.dumps(data, indent=2) + "\n"  # as qrun.manifest.save formats it
+    written = json.dumps(data, indent=2) + "\n"  # as qrun.model.manifest.save formats it
     (deploy / "manifest.json").write_text(written)
     m = mf.load(deploy)
     assert m.converter.source_model == "mnist.keras" and m.converter.batch_fixed_to_1 is True
@@ -162,7 +162,7 @@ def test_converter_and_compiled_are_records_and_the_json_stays_as_written(tmp_pa
 
 
 def test_a_partial_converter_keeps_only_what_it_records():
-    from qrun.manifest import Compiled, Converter
+    from qrun.model.manifest import Compiled, Converter
 
     assert Converter.from_dict({"source_model": "m.keras"}).to_dict() == {
         "source_model": "m.keras"}
@@ -174,8 +174,8 @@ def test_a_partial_converter_keeps_only_what_it_records():
 
 def test_tensor_spec_from_runtime_details():
     import numpy as np
-    from qrun import runtime
-    from qrun.tensors import TensorSpec
+    from qrun.model import runtime
+    from qrun.model.tensors import TensorSpec
 
     interpreter = runtime.make_interpreter(CORAL / f"{V1_025}.tflite")
     spec = TensorSpec.from_details(interpreter.get_input_details()[0])
@@ -188,8 +188,8 @@ def test_tensor_spec_from_runtime_details():
 
 def test_tensor_spec_records_name_index_and_per_axis_quantization():
     import numpy as np
-    from qrun import runtime
-    from qrun.tensors import PerAxis, TensorSpec
+    from qrun.model import runtime
+    from qrun.model.tensors import PerAxis, TensorSpec
 
     interpreter = runtime.make_interpreter(CORAL / f"{V1_025}.tflite")
     details = interpreter.get_input_details()[0]
@@ -209,7 +209,7 @@ def test_tensor_spec_records_name_index_and_per_axis_quantization():
 
 
 def test_schema_1_manifest_is_migrated_in_memory(tmp_path):
-    from qrun import manifest as mf
+    from qrun.model import manifest as mf
 
     deploy = make_deployment(tmp_path / "deploy", {"int8": f"{V1_025}.tflite"})
     new = mf.load(deploy)
@@ -226,9 +226,9 @@ def test_schema_1_manifest_is_migrated_in_memory(tmp_path):
 
 
 def test_schema_2_round_trip_keeps_every_tensor_and_the_task():
-    from qrun import manifest as mf
-    from qrun.preprocess import Preprocess
-    from qrun.tensors import PerAxis, TensorSpec
+    from qrun.model import manifest as mf
+    from qrun.model.preprocess import Preprocess
+    from qrun.model.tensors import PerAxis, TensorSpec
 
     outputs = [TensorSpec([1, 10, 4], "float32", name="boxes", index=5),
                TensorSpec([1, 10], "float32", name="classes", index=6),

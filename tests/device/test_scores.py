@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qrun import adapters, runtime
-from qrun.preprocess import Preprocess, quantize, to_float
-from qrun.tensors import TensorSpec
+from qrun.tasks import adapters
+from qrun.model import runtime
+from qrun.model.preprocess import Preprocess, quantize, to_float
+from qrun.model.tensors import TensorSpec
 
 pytestmark = pytest.mark.slow
 

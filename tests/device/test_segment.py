@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from qdeploy.modelimport.importer import import_model
-from qrun import draw
-from qrun.segment import segment
+from qrun.tasks import draw
+from qrun.tasks.segment import segment
 
 from tests.fixtures.runner import one_error
 from tests.paths import CORAL

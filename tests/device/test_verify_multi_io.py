@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 import pytest
-from qrun import reference
-from qrun import verify as device_verify
+from qrun.measure import reference
+from qrun.measure import verify as device_verify
 
 from tests.fixtures.multi_io import SAMPLES
 from tests.fixtures.tflite_models import specs_of
@@ -21,7 +21,7 @@ from tests.fixtures.tflite_models import specs_of
 
 def _direct_outputs(model, arrays) -> list:
     """Every output of every sample, raw, running `model` with the runtime directly."""
-    from qrun.runtime import make_interpreter
+    from qrun.model.runtime import make_interpreter
 
     interp = make_interpreter(model)
     inputs, outputs = interp.get_input_details(), interp.get_output_details()

@@ -28,7 +28,7 @@ def bird_deployment(directory: Path) -> Path:
     """A deployment of Coral's iNat birds MobileNet v2 (int8 only), as qdeploy convert writes
     one: model, labels, reference inputs (Coral's test images at 224x224) and a manifest with
     the tensor specs read from the model."""
-    from qrun import manifest as qm
+    from qrun.model import manifest as qm
 
     from tests.fixtures.deployments import make_deployment
 

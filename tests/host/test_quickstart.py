@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 
 pytestmark = pytest.mark.slow
 

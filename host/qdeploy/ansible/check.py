@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from qdeploy.push import crosscheck
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
 
 

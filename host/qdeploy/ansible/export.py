@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 import qrun
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
 from qdeploy.push import release, transfer, wheel
 from qdeploy.push.options import PushOptions

@@ -103,9 +103,10 @@ def bare_file_import(path: Path) -> Path:
     refuses those itself, with the reason)."""
     if not path.is_file():
         return path
-    from qdeploy.edgetpu import preflight, tflite_graph
+    from qdeploy.edgetpu import preflight
+    from qdeploy.modelfile import tflite_graph
     from qdeploy.modelimport import cache
-    from qrun.runtime import is_edgetpu_model
+    from qrun.model.runtime import is_edgetpu_model
 
     if is_edgetpu_model(path) or preflight.not_quantized(tflite_graph.load(path)):
         return path

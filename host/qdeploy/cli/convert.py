@@ -58,7 +58,7 @@ def convert(
     vector, else what the graph shows (detect, segment, pose or raw).
     """
     from qdeploy.quantize.convert import convert as run_convert
-    from qrun.preprocess import parse_preprocess
+    from qrun.model.preprocess import parse_preprocess
 
     pre = parse_preprocess(preprocess)
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
@@ -69,7 +69,7 @@ def convert(
 
 
 def print_conversion(result) -> None:
-    from qrun.manifest import FLOAT, INT8
+    from qrun.model.manifest import FLOAT, INT8
 
     m = result.manifest
     float_size = m.artifacts[FLOAT].size

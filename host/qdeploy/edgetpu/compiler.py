@@ -28,11 +28,12 @@ from typing import Optional
 
 from qdeploy.edgetpu import compiler_log
 from qdeploy.edgetpu import preflight
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
 from qdeploy.edgetpu import ops as ops_table
 from qdeploy.errors import UserError
-from qrun import atomic, manifest
-from qrun.deployment import int8_model
+from qrun import atomic
+from qrun.model import manifest
+from qrun.model.deployment import int8_model
 
 COMPILER_NAME = "edgetpu_compiler"
 DEFAULT_TIMEOUT_S = 180

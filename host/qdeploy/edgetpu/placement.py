@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from qdeploy.edgetpu.tflite_graph import Graph
+from qdeploy.modelfile.tflite_graph import Graph
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Predict, op by op, what the Edge TPU compiler will do with a model, without the compiler.
 
 The compiler runs only on x86-64 Linux; this reads the `.tflite` flatbuffer
-(`qdeploy.edgetpu.tflite_graph`) and applies the rules of `qdeploy.edgetpu.ops`
+(`qdeploy.modelfile.tflite_graph`) and applies the rules of `qdeploy.edgetpu.ops`
 (each cites the twin or compiler log that shows it, `ops.EVIDENCE`):
 
 - model-level refusals: an op version the compiler cannot parse ("Model could not be
@@ -31,7 +31,7 @@ from typing import Optional
 from qdeploy.edgetpu import ops as ops_table
 from qdeploy.edgetpu import placement
 from qdeploy.edgetpu.placement import Boundary
-from qdeploy.edgetpu.tflite_graph import Graph, Op, load
+from qdeploy.modelfile.tflite_graph import Graph, Op, load
 from qdeploy.errors import UserError
 
 FUSED_NONE = 0
@@ -114,8 +114,8 @@ def compiler_version(text: str) -> tuple:
 
 def model_in(target: Path) -> Path:
     """`target` itself, or for a `qdeploy convert` directory its int8 model (as compile)."""
-    from qrun import manifest
-    from qrun.deployment import int8_model
+    from qrun.model import manifest
+    from qrun.model.deployment import int8_model
 
     target = Path(target)
     if not target.is_dir():
@@ -186,7 +186,7 @@ def placed_status(own: tuple, cut: bool) -> tuple:
 def sequence(own: list, multiple_subgraphs: bool) -> list:
     """The placement of a chain of ops (each reads the previous op's output), given each
     op's own (status, reason): the graph rule on the simplest graph."""
-    from qdeploy.edgetpu.tflite_graph import Op as GraphOp
+    from qdeploy.modelfile.tflite_graph import Op as GraphOp
     chain = tuple(GraphOp(index=i, name="OP", version=1, inputs=(i,), outputs=(i + 1,))
                   for i in range(len(own)))
     graph = Graph(path=Path("chain"), ops=chain, tensors=(), inputs=(0,),

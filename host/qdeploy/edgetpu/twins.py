@@ -16,7 +16,7 @@ from typing import Optional
 
 from qdeploy.edgetpu import ops as ops_table
 from qdeploy.edgetpu import preflight
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
 
 TWIN_SUFFIX = "_edgetpu.tflite"
 

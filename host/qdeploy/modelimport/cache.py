@@ -16,8 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from qrun import manifest as mf
-from qrun import runtime
+from qrun.model import manifest as mf
+from qrun.model import runtime
 
 from qdeploy.errors import UserError
 from qdeploy.modelimport import importer

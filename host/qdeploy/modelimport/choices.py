@@ -1,6 +1,6 @@
 """What an imported deployment's labels, preprocessing and task are.
 
-Each comes from what the model file says about itself (qdeploy.modelimport.selfdescribe:
+Each comes from what the model file says about itself (qdeploy.modelfile.selfdescribe:
 Model Maker's TFLITE_METADATA, Ultralytics' temp_meta.txt, the graph) unless an option
 names it; an option that replaces what the file says adds a `note:` line. A quantized
 uint8 input takes camera pixels unchanged, as Coral's examples and the TFLite Support
@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from qrun import manifest as mf
-from qrun.labels import Labels, parse_labels, read_labels
-from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
-from qrun.tensors import TensorSpec
+from qrun.model import manifest as mf
+from qrun.model.labels import Labels, parse_labels, read_labels
+from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
+from qrun.model.tensors import TensorSpec
+from qrun.tasks import roles
 
 from qdeploy.errors import UserError
-from qdeploy.modelimport import selfdescribe, tasks
+from qdeploy.modelfile import selfdescribe, tasks
 
 
 def file_labels(description: selfdescribe.Description) -> tuple:
@@ -62,7 +63,7 @@ def classes_of(task: mf.Task, outputs: list) -> Optional[int]:
         return outputs[task.outputs[mf.SCORES]].shape[-1]
     if task.kind == mf.DETECT and "classes" in task.params:
         return int(task.params["classes"])
-    if task.kind == mf.SEGMENT and task.decoder == "argmax":
+    if task.kind == mf.SEGMENT and task.decoder == roles.ARGMAX:
         return outputs[task.outputs[mf.MASK]].shape[-1]
     return None
 

@@ -21,16 +21,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qrun import __version__
-from qrun import manifest as mf
-from qrun import runtime
-from qrun.deployment import EDGETPU_SUFFIX
-from qrun.labels import check_fit
-from qrun.tensors import TensorSpec
+from qrun.model import manifest as mf
+from qrun.model import runtime
+from qrun.model.deployment import EDGETPU_SUFFIX
+from qrun.model.labels import check_fit
+from qrun.model.tensors import TensorSpec
 
 from qdeploy.edgetpu import ops as ops_table
-from qdeploy.edgetpu import preflight, tflite_graph
+from qdeploy.edgetpu import preflight
+from qdeploy.modelfile import tflite_graph
 from qdeploy.errors import UserError
-from qdeploy.modelimport import choices, references, selfdescribe, tasks
+from qdeploy.modelimport import choices, references
+from qdeploy.modelfile import selfdescribe, tasks
 
 TOOL = "qdeploy import"
 EDGETPU_FILE = "model_int8_edgetpu.tflite"  # what qdeploy compile names the int8 model's twin
@@ -38,7 +40,7 @@ EDGETPU_FILE = "model_int8_edgetpu.tflite"  # what qdeploy compile names the int
 
 @dataclass
 class Models:
-    """The model files an import ships, by role (qrun.layout: INT8, EDGETPU, FLOAT)."""
+    """The model files an import ships, by role (qrun.model.layout: INT8, EDGETPU, FLOAT)."""
 
     files: dict  # role -> Path of the source file
     notes: list = field(default_factory=list)
@@ -221,7 +223,7 @@ class Plan:
     inputs: list
     outputs: list
     task: mf.Task
-    preprocess: object  # qrun.preprocess.Preprocess
+    preprocess: object  # qrun.model.preprocess.Preprocess
     labels_text: Optional[str]
     reference: Optional[tuple]  # (file name, writer) or None
     notes: list

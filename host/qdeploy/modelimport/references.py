@@ -1,4 +1,4 @@
-"""The reference inputs an import writes for verify (see qrun.reference for the forms).
+"""The reference inputs an import writes for verify (see qrun.measure.reference for the forms).
 
 `--reference` images go through the manifest's preprocessing into uint8 pixels (.npy);
 a given .npy/.npz is checked against the model's inputs and copied; without one, 8
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qrun import reference as qref
-from qrun.preprocess import Preprocess, load_image
+from qrun.measure import reference as qref
+from qrun.model.preprocess import Preprocess, load_image
 
 from qdeploy.errors import UserError
 

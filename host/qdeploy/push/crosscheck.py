@@ -1,13 +1,13 @@
 """`qdeploy push --verify`: does the device compute what the host computes?
 
 The device runs the deployment's reference inputs through its models (`qrun verify
---json -`, see qrun.verify); the host runs the same inputs through the same int8
-model with the same runtime code (`qrun.runtime.make_interpreter`, the manifest's
+--json -`, see qrun.measure.verify); the host runs the same inputs through the same int8
+model with the same runtime code (`qrun.model.runtime.make_interpreter`, the manifest's
 preprocessing; `host_side` gathers them) and compares, per variant and per output
 (`compare_output`): the largest difference of dequantized outputs, counted in that
 output's quantization steps (a float output's step is FLOAT_STEP, an integer output
 that is not quantized steps by 1), and top-1 agreement where the output is a score
-vector (qrun.verify.scored_outputs).
+vector (qrun.measure.verify.scored_outputs).
 
 A variant fails when any output's largest difference exceeds the tolerance
 (`DEFAULT_STEPS` steps), or when a top-1 class differs on a sample where the host's
@@ -27,12 +27,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from qrun import deployment
-from qrun import manifest as qmanifest
-from qrun import reference as qreference
-from qrun import verify as device_verify
+from qrun.model import deployment
+from qrun.model import manifest as qmanifest
+from qrun.measure import reference as qreference
+from qrun.measure import verify as device_verify
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess, dequantize
+from qrun.model.preprocess import Preprocess, dequantize
+from qrun.tasks import roles
 
 DEFAULT_STEPS = 16.0  # output quantization steps: 16/256 = 0.0625 of a uint8 softmax's range
 FLOAT_STEP = 1.0 / 256  # the "step" of an output that is not quantized
@@ -208,7 +209,7 @@ def step_of(spec) -> float:
 def host_run(model: Path, samples, pre: Preprocess) -> tuple[list, list]:
     """`model` run on the host for `samples` (a Reference): every output's TensorSpec and
     its dequantized values, [N, values], in the interpreter's order."""
-    from qrun.runtime import make_interpreter
+    from qrun.model.runtime import make_interpreter
 
     interpreter = make_interpreter(model)
     raw = device_verify.run_samples(interpreter, samples, pre, Path(model))
@@ -238,14 +239,14 @@ def device_outputs(record: dict) -> list:
 def drop_padding(task: Optional[qmanifest.Task], specs: list, host: list,
                  device: list) -> tuple:
     """Host and device outputs ([samples, values] each; `specs` their TensorSpecs) with the
-    detections `TFLite_Detection_PostProcess` did not fill set to 0.
+    detections the SSD post-processing op (roles.POSTPROCESS) did not fill set to 0.
 
     The op writes its first `count` detections; the rest of boxes, classes and scores is
     whatever the tensor's memory held (seen on a seeded SSD: values up to ±1e38 that differ
     run to run). Detections past the smaller of the two counts are cleared on both sides;
     a different count still fails on the count output itself.
     """
-    if task is None or task.decoder != "ssd_postprocess" or task.output(qmanifest.COUNT) is None:
+    if task is None or task.decoder != roles.SSD or task.output(qmanifest.COUNT) is None:
         return host, device
     at = task.output(qmanifest.COUNT)
     counts = np.minimum(host[at][:, 0], device[at][:, 0])
@@ -370,7 +371,7 @@ def check(document: dict, samples, model: Path, pre: Preprocess,
       tolerance_steps: see `compare_output`.
       reference_sha256: when given, the device must have used inputs with this sha256.
       task: the manifest's task: which outputs are score vectors (see
-        qrun.verify.scored_outputs); None: every [1, N] output.
+        qrun.measure.verify.scored_outputs); None: every [1, N] output.
     """
     check_schema(document)
     used = str((document.get("reference") or {}).get("sha256") or "")

@@ -34,7 +34,7 @@ from qdeploy.push.options import ProgressFn, PushOptions, PushResult, no_progres
 from qdeploy.remote import targets
 from qdeploy.remote.ssh import Connection, LocalConnection
 from qrun import atomic
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
 
 NO_REFERENCE_NOTE = ("verify skipped: the deployment has no reference inputs; re-run qdeploy "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
 
-from qrun.deployment import DEFAULT_HOME
+from qrun.model.deployment import DEFAULT_HOME
 from qrun.errors import UserError
 from qdeploy.push import agent
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from qrun import atomic
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
 from qdeploy.push import release
 from qdeploy.remote.ssh import ConnectionLost
@@ -41,7 +41,7 @@ class LocalFile:
 @dataclass
 class Shipment:
     """What one push ships: a checked deployment directory, its manifest and its files
-    (qrun.deployment.Deployment is the same directory as the device resolves it)."""
+    (qrun.model.deployment.Deployment is the same directory as the device resolves it)."""
 
     directory: Path
     manifest: qmanifest.Manifest

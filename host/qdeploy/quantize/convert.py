@@ -22,18 +22,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from qdeploy.edgetpu import tflite_graph
-from qdeploy.modelimport import selfdescribe, tasks
+from qdeploy.modelfile import tflite_graph
+from qdeploy.modelfile import selfdescribe, tasks
 from qdeploy.quantize import datasets, signature
 from qdeploy.quantize.tfquiet import keras as import_keras
 from qdeploy.quantize.tfquiet import quiet
 from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun import __version__, atomic
-from qrun import manifest as mf
-from qrun import reference
+from qrun.model import manifest as mf
+from qrun.measure import reference
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess
-from qrun.runtime import make_interpreter
+from qrun.model.preprocess import Preprocess
+from qrun.model.runtime import make_interpreter
 
 FLOAT_NAME = mf.CONVERT_FILES[mf.FLOAT]  # model_float.tflite
 INT8_NAME = mf.CONVERT_FILES[mf.INT8]  # model_int8.tflite
@@ -196,7 +196,7 @@ def write_reference(stage: Path, source: SourceModel, samples: list, pre: Prepro
     """Reference inputs for verify; returns the file name.
 
     One input: `reference_inputs.npy`, the samples as read (pixels or floats), as
-    before. Several: `reference_inputs.npz` (qrun.reference), one array per input in
+    before. Several: `reference_inputs.npz` (qrun.measure.reference), one array per input in
     the int8 interpreter's order, in that input's dtype, fed as they are.
     """
     if len(samples) == 1:
@@ -216,7 +216,7 @@ def write_reference(stage: Path, source: SourceModel, samples: list, pre: Prepro
 
 def read_labels(path: Path):
     """The --labels file, read before any slow work (qrun's reader: both forms)."""
-    from qrun.labels import read_labels as read
+    from qrun.model.labels import read_labels as read
 
     if not path.is_file():
         raise UserError(f"labels file not found: {path}")
@@ -228,7 +228,7 @@ def read_labels(path: Path):
 
 def check_labels(names, path: Path, model: Path, task: mf.Task) -> None:
     """Refuse a labels file that does not fit the scores output, as the device would."""
-    from qrun.labels import check_fit
+    from qrun.model.labels import check_fit
 
     position = task.output(mf.SCORES)
     if position is None:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess, load_image, quantize, to_float, to_input
+from qrun.model.preprocess import Preprocess, load_image, quantize, to_float, to_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -22,12 +22,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from qdeploy.quantize import datasets, signature
-from qrun import adapters, atomic
-from qrun import manifest as mf
-from qrun.deployment import int8_model
+from qrun.tasks import adapters
+from qrun import atomic
+from qrun.model import manifest as mf
+from qrun.model.deployment import int8_model
 from qrun.errors import UserError
-from qrun.preprocess import dequantize
-from qrun.runtime import make_interpreter
+from qrun.model.preprocess import dequantize
+from qrun.model.runtime import make_interpreter
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 from qdeploy.quantize.tfquiet import quiet
 from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun.errors import UserError
-from qrun.runtime import make_interpreter
+from qrun.model.runtime import make_interpreter
 
 ONNX2TF_VERSION = "1.29"  # 2.x needs Python >= 3.12 and clamped negative uint8 outputs
 # onnx2tf and tf-keras pin or pull `tensorflow`, a second TensorFlow beside tensorflow-cpu:
@@ -361,7 +361,7 @@ def transposes(model: OnnxModel, float_path: Path) -> list:
     """One line per TRANSPOSE in the converted model, naming the ONNX op behind it when
     it can: a Flatten or Reshape of an NCHW map with more than one position (PyTorch's
     Flatten -> Linear), which onnx2tf can only keep right by transposing back to NCHW."""
-    from qdeploy.edgetpu import tflite_graph
+    from qdeploy.modelfile import tflite_graph
 
     count = sum(1 for op in tflite_graph.load(float_path).ops if op.name == "TRANSPOSE")
     if not count:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qdeploy.modelimport import selfdescribe
-from qrun.tensors import TensorSpec
+from qdeploy.modelfile import selfdescribe
+from qrun.model.tensors import TensorSpec
 
 
 def names(path: Path) -> tuple[dict, dict]:

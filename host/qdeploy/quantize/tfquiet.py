@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @contextlib.contextmanager
 def quiet():
     """Silence fd 2 and TensorFlow's Python logger for the duration of the block."""
-    from qrun.runtime import fd2_filtered
+    from qrun.model.runtime import fd2_filtered
 
     logger = logging.getLogger("tensorflow")
     level = logger.level

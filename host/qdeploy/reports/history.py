@@ -21,8 +21,8 @@ from qdeploy.reports.schema import ReportRow
 from qdeploy.reports.store import Store, unreadable
 from qrun import atomic
 from qrun.errors import UserError
-from qrun.layout import FLOAT
-from qrun.report_contract import normalize_timestamp
+from qrun.model.layout import FLOAT
+from qrun.measure.report_contract import normalize_timestamp
 
 REGRESSION_THRESHOLD = 0.10  # a median more than 10% slower than the previous one
 BASELINE_VARIANT = FLOAT

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from qrun.layout import MODEL_ROLES
+from qrun.model.layout import MODEL_ROLES
 
 VARIANTS = MODEL_ROLES  # in the order tables and plots show them
 # File-name endings that name a variant rather than the model, longest first.

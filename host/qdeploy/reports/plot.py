@@ -13,7 +13,7 @@ from typing import Sequence
 
 from qdeploy.reports.schema import ReportRow
 from qrun.errors import UserError
-from qrun.layout import EDGETPU, FLOAT, INT8
+from qrun.model.layout import EDGETPU, FLOAT, INT8
 
 WIDTH_PX = 1400
 HEIGHT_PX = 600

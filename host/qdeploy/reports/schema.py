@@ -2,7 +2,7 @@
 
 The `reports` table holds one row per qrun-bench report: the store's own columns
 (id, target, model name; host name, report file, time added) around one column per
-field of the report contract that names one (`qrun.report_contract.FIELDS`). Its
+field of the report contract that names one (`qrun.measure.report_contract.FIELDS`). Its
 CREATE statement, its row type `ReportRow` and the row `insert_row` makes of a
 report are derived from that table, so a new report field needs no edit here.
 
@@ -21,8 +21,8 @@ import sqlite3
 from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
-from qrun import report_contract as contract
-from qrun.report_contract import field_value, normalize_timestamp
+from qrun.measure import report_contract as contract
+from qrun.measure.report_contract import field_value, normalize_timestamp
 
 SCHEMA_VERSION = 3  # of the SQLite file, in PRAGMA user_version (see the docstring)
 TABLES = ("reports", "model_facts", "verifications")

@@ -4,7 +4,7 @@
 report, a compare run gives one row per variant); `qdeploy report` reads it back.
 The file is `<reports_dir>/qdeploy.sqlite`, created with its schema when missing
 (tables, row types and migrations: qdeploy.reports.schema; what a report holds:
-qrun.report_contract).
+qrun.measure.report_contract).
 
 Rows are grouped by a model name (qdeploy.reports.naming): the model file's name
 without its variant suffix, or what a caller that knows better passes as
@@ -36,8 +36,8 @@ from qdeploy.reports import schema
 from qdeploy.reports.naming import VARIANTS, deployment_name, model_name_of, series_order
 from qdeploy.reports.schema import ModelFacts, ReportRow, Verification
 from qrun.errors import UserError
-from qrun.layout import EDGETPU, INT8
-from qrun.report_contract import NUMBER, normalize_timestamp, reports_in
+from qrun.model.layout import EDGETPU, INT8
+from qrun.measure.report_contract import NUMBER, normalize_timestamp, reports_in
 
 STORE_NAME = "qdeploy.sqlite"
 

@@ -16,9 +16,9 @@ import pytest
 
 from qdeploy.edgetpu import compiler
 from qdeploy.errors import UserError
-from qrun import manifest
-from qrun.manifest import Manifest, TensorSpec
-from qrun.preprocess import Preprocess
+from qrun.model import manifest
+from qrun.model.manifest import Manifest, TensorSpec
+from qrun.model.preprocess import Preprocess
 
 from tests.fixtures.compile import MOBILENET, SUCCESS
 from tests.paths import COMPILER_LOGS as LOGS, CORAL, FAKE_COMPILER as DOUBLE

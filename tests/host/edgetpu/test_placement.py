@@ -10,7 +10,7 @@ import pytest
 
 from qdeploy.edgetpu import compiler, placement, preflight, twins
 from qdeploy.edgetpu import ops as t
-from qdeploy.edgetpu.tflite_graph import Graph, Op, Tensor
+from qdeploy.modelfile.tflite_graph import Graph, Op, Tensor
 
 from tests.fixtures.compile import MOBILENET, SUCCESS
 from tests.host.edgetpu.test_compile import make_dir

@@ -15,9 +15,9 @@ import pytest
 
 from qdeploy.edgetpu import ops as t
 from qdeploy.edgetpu import preflight
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
 from qdeploy.errors import UserError
-from qdeploy.edgetpu.tflite_graph import Graph, Op, Tensor
+from qdeploy.modelfile.tflite_graph import Graph, Op, Tensor
 
 from tests.paths import CORAL
 

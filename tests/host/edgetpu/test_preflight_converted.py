@@ -9,10 +9,10 @@ import pytest
 
 from qdeploy.edgetpu import compiler
 from qdeploy.edgetpu import preflight
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
 from qdeploy.edgetpu import ops as t
 from qdeploy.errors import UserError
-from qrun import manifest
+from qrun.model import manifest
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from qdeploy.modelimport import cache
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 
 from tests.fixtures.compile import MOBILENET, SUCCESS
 from tests.fixtures.convert import files_in

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
 from qdeploy.errors import UserError
 from qdeploy.modelimport.importer import import_model
-from qrun import manifest as mf
-from qrun import reference as qref
-from qrun.runtime import make_interpreter
-from qrun.tensors import TensorSpec
+from qrun.model import manifest as mf
+from qrun.measure import reference as qref
+from qrun.model.runtime import make_interpreter
+from qrun.model.tensors import TensorSpec
 
 from tests.fixtures.convert import files_in
 from tests.fixtures.detectors import QUADRANT_BOXES, square_image
@@ -191,7 +191,7 @@ def test_reference_images_go_through_the_preprocessing(tmp_path):
     result = import_model(CORAL / f"{V1}.tflite", reference=images, out=tmp_path / "dep")
     pixels = np.load(tmp_path / "dep" / "reference_inputs.npy")
     assert pixels.shape == (2, 128, 128, 3) and "2 image(s)" in result.reference_line
-    from qrun.preprocess import load_image
+    from qrun.model.preprocess import load_image
     np.testing.assert_array_equal(pixels[0], load_image(images / "cat.bmp", [1, 128, 128, 3],
                                                         result.manifest.preprocess))
 
@@ -331,7 +331,7 @@ def test_ultralytics_names_and_task_are_read_as_literals(tmp_path):
 def test_movenet_uint8_input_without_quantization_takes_pixels_as_they_are(tmp_path):
     """MoveNet's uint8 input has no quantization parameters: pixels go in unchanged, through
     qrun's own input path (verify's and classify's), whatever mean and std say."""
-    from qrun import preprocess
+    from qrun.model import preprocess
 
     result = import_model(CORAL / "movenet_single_pose_lightning_ptq.tflite", out=tmp_path / "d")
     m = result.manifest

@@ -9,10 +9,10 @@ from qdeploy.modelimport.importer import import_model
 from qdeploy.push.fleet import push_many
 from qdeploy.push.options import PushOptions
 from qdeploy.remote import targets
-from qrun import manifest as mf
-from qrun import preprocess
-from qrun.labels import read_labels
-from qrun.runtime import make_interpreter
+from qrun.model import manifest as mf
+from qrun.model import preprocess
+from qrun.model.labels import read_labels
+from qrun.model.runtime import make_interpreter
 from tests.fixtures.yolo import ANCHORS, NAMES, cell_boxes, lit_cell
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from qdeploy.errors import UserError
-from qdeploy.modelimport import selfdescribe
-from qdeploy.modelimport.selfdescribe import describe, infer_task
+from qdeploy.modelfile import selfdescribe
+from qdeploy.modelfile.selfdescribe import describe, infer_task
 
 from tests.paths import CORAL
 

@@ -22,10 +22,10 @@ from qdeploy.push.fleet import push_many
 from qdeploy.push.options import PushOptions
 from qdeploy.remote import targets
 from qdeploy.reports import store
-from qrun import manifest as qm
-from qrun import verify as device_verify
+from qrun.model import manifest as qm
+from qrun.measure import verify as device_verify
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess
+from qrun.model.preprocess import Preprocess
 from tests.fixtures.deployments import make_deployment
 from tests.fixtures.sshd import push_options
 

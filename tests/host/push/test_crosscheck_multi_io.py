@@ -18,8 +18,8 @@ from qdeploy.push.fleet import push_many
 from qdeploy.push.options import PushOptions
 from qdeploy.remote import targets
 from qdeploy.reports import store
-from qrun import manifest as qm
-from qrun import verify as device_verify
+from qrun.model import manifest as qm
+from qrun.measure import verify as device_verify
 from qrun.errors import UserError
 
 from tests.fixtures.multi_io import SAMPLES
@@ -164,8 +164,8 @@ def test_local_push_verifies_every_output_and_stores_the_figures(multi_io_deploy
 
 
 def ssd_task_and_specs(detections: int = 3):
-    from qrun import manifest as mf
-    from qrun.tensors import TensorSpec
+    from qrun.model import manifest as mf
+    from qrun.model.tensors import TensorSpec
 
     specs = [TensorSpec([1, detections, 4], "float32"), TensorSpec([1, detections], "float32"),
              TensorSpec([1, detections], "float32"), TensorSpec([1], "float32")]

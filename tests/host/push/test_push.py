@@ -22,7 +22,7 @@ from qdeploy.push.pipeline import connect, push_local, rollback_target
 from qdeploy.remote import targets
 from qdeploy.reports import store
 from qrun.errors import UserError
-from qrun.manifest import INT8
+from qrun.model.manifest import INT8
 from tests.fixtures.deployments import make_deployment
 from tests.fixtures.sshd import known_hosts, push_options as options, sha
 

@@ -11,7 +11,7 @@ import pytest
 from qdeploy.modelimport.importer import import_model
 from qdeploy.push.fleet import push_many
 from qdeploy.remote import targets
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 
 from tests.fixtures.runner import qrun_env
 from tests.fixtures.sshd import push_options as options, sha

@@ -19,7 +19,7 @@ from qdeploy.push import pipeline as push
 from qdeploy.push import release
 from qdeploy.remote import targets
 from qdeploy.remote.ssh import CommandResult, LocalConnection
-from qrun.preprocess import Preprocess
+from qrun.model.preprocess import Preprocess
 from tests.fixtures.deployments import make_deployment
 
 UNIT = Preprocess(0.0, 255.0, "RGB")  # pixels / 255: the model's outputs move, verify fails

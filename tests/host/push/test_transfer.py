@@ -7,7 +7,7 @@ import json
 import pytest
 
 from qdeploy.push import release, transfer
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from tests.fixtures.deployments import make_deployment
 
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from qdeploy.quantize.convert import INT8_NAME, convert
-from qrun import manifest as mf
+from qrun.model import manifest as mf
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess, parse_preprocess
-from qrun.runtime import make_interpreter
+from qrun.model.preprocess import Preprocess, parse_preprocess
+from qrun.model.runtime import make_interpreter
 from tests.fixtures.convert import files_in
 
 pytestmark = pytest.mark.slow

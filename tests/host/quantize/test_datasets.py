@@ -12,7 +12,7 @@ import pytest
 
 from qdeploy.quantize import datasets
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess
+from qrun.model.preprocess import Preprocess
 
 SHAPE = (1, 4, 4, 1)
 PRE = Preprocess()

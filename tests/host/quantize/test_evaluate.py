@@ -12,7 +12,7 @@ from PIL import Image
 from qdeploy.quantize import datasets
 from qdeploy.quantize.evaluate import evaluate, score
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess
+from qrun.model.preprocess import Preprocess
 
 pytestmark = pytest.mark.slow
 

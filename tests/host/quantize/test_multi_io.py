@@ -13,11 +13,11 @@ import pytest
 
 from qdeploy.quantize.convert import INT8_NAME, REFERENCE_NPZ_NAME, convert
 from qdeploy.quantize.evaluate import evaluate
-from qrun import manifest as mf
-from qrun import reference
+from qrun.model import manifest as mf
+from qrun.measure import reference
 from qrun.errors import UserError
-from qrun.preprocess import dequantize
-from qrun.runtime import make_interpreter
+from qrun.model.preprocess import dequantize
+from qrun.model.runtime import make_interpreter
 from tests.fixtures.convert import files_in
 from tests.fixtures.two_io import CLASSES, keras_answer, two_io_data
 
@@ -329,7 +329,7 @@ def test_labels_are_checked_against_the_scores_output(run_cli, two_io, tmp_path)
 
 def test_npz_inputs_of_different_counts_are_refused(tmp_path):
     from qdeploy.quantize import datasets
-    from qrun.preprocess import Preprocess
+    from qrun.model.preprocess import Preprocess
 
     data = two_io_data(4, 0)
     np.savez(tmp_path / "c.npz", image=data["image"], side=data["side"][:3])

@@ -43,8 +43,8 @@ def small_cnn_out(tmp_path_factory, onnx_models, calib_nchw):
 def int8_scores(int8_path, x_nhwc: np.ndarray) -> np.ndarray:
     """The int8 model's dequantized scores for float NHWC inputs, fed as qrun does."""
     from qdeploy.quantize import datasets
-    from qrun.preprocess import Preprocess
-    from qrun.runtime import make_interpreter
+    from qrun.model.preprocess import Preprocess
+    from qrun.model.runtime import make_interpreter
 
     interpreter = make_interpreter(int8_path)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -104,7 +104,7 @@ def test_evaluate_and_verify_run_the_onnx_deployment(small_cnn_out, onnx_models,
     """evaluate feeds NHWC labelled data (labels: ONNX Runtime's top-1, so the float model
     scores 100% by construction) and qrun verify runs the reference inputs."""
     from qdeploy.quantize.evaluate import evaluate
-    from qrun import verify
+    from qrun.measure import verify
 
     x = graphs.calibration_nchw(32)
     labels = graphs.ort_run(onnx_models["small_cnn"], x).argmax(1)
@@ -124,7 +124,7 @@ def test_evaluate_transposes_nchw_labelled_data_once_with_a_note(small_cnn_out, 
     """Labelled data in the ONNX model's NCHW layout scores what the same data in NHWC
     scores; the note says it was transposed, the stored figures keep it."""
     from qdeploy.quantize.evaluate import evaluate
-    from qrun import manifest as mf
+    from qrun.model import manifest as mf
 
     assert small_cnn_out.manifest.converter.extra["nchw_inputs"] == {"image": [1, 3, 16, 16]}
     x = graphs.calibration_nchw(32)

@@ -106,7 +106,7 @@ def test_convert_and_evaluate_meet_the_accuracy_targets(mnist_onnx, demo_split, 
     assert manifest["calibration"]["samples"] == CALIB
     # tf2onnx keeps Keras's NHWC Flatten with a Transpose; onnx2tf folds it away again,
     # so nothing keeps the Edge TPU from mapping the whole graph
-    from qdeploy.edgetpu import tflite_graph
+    from qdeploy.modelfile import tflite_graph
 
     ops = {op.name for op in tflite_graph.load(out / "model_int8.tflite").ops}
     assert "TRANSPOSE" not in ops and {"CONV_2D", "FULLY_CONNECTED"} <= ops

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from qdeploy.cli import app
 from qdeploy.reports.store import open_store
-from qrun import report_contract
+from qrun.measure import report_contract
 from tests.fixtures.reports import old_store, qrun_bench
 from tests.paths import CORAL
 

@@ -316,7 +316,7 @@ def test_the_task_is_in_the_table_json_and_page(filled, tmp_path):
 def test_a_segment_deployment_beside_an_older_runners_report(tmp_path, int8_report):
     """Real benches in a store of version 2 (migrated): a report of a qrun from before the
     task field shows an empty task; Coral's DeepLab deployed as segment shows segment."""
-    from qrun import manifest as mf
+    from qrun.model import manifest as mf
     from tests.fixtures.deployments import make_deployment
     from tests.fixtures.reports import old_store, qrun_bench
 

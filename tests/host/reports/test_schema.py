@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qdeploy.reports import schema, store
-from qrun import report_contract as contract
+from qrun.measure import report_contract as contract
 from qrun.errors import UserError
 from tests.fixtures.reports import STORE_V1, STORE_V2, old_store
 from tests.paths import ROOT
@@ -98,7 +98,7 @@ def test_version_2_store_opens_and_keeps_its_layout(tmp_path, int8_report):
 EXTENDED = """
 import json, sys
 from pathlib import Path
-from qrun import report_contract as contract
+from qrun.measure import report_contract as contract
 contract.FIELDS += (contract.Field("latency_us.p95", contract.NUMBER, column="p95_us"),
                     contract.Field("temperature_c", contract.NUMBER, nullable=True,
                                    column="temperature_c"))

@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 
 from qdeploy.reports import naming, schema, store
-from qrun import manifest as qmanifest
+from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
-from qrun.preprocess import Preprocess
+from qrun.model.preprocess import Preprocess
 from tests.fixtures.reports import bench, old_store, scaled
 
 

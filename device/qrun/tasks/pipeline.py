@@ -2,14 +2,14 @@
 
 load (resolve the deployment, refuse another task, pick the device, build the
 interpreter), preprocess (decode the image, resize, quantize through a 256-entry lookup
-table), invoke, postprocess (the task's decoder, in qrun.detect / qrun.segment /
-qrun.pose). A `Stopwatch` records each stage in ms; its `timing_ms` is what the commands'
+table), invoke, postprocess (the task's decoder, in qrun.tasks.detect / qrun.tasks.segment /
+qrun.tasks.pose). A `Stopwatch` records each stage in ms; its `timing_ms` is what the commands'
 JSON reports. Option checks that need no model (threshold, `--out` directory) come first.
 
 Each task sets itself up once per model as a small object with `color` and `draft_size`
 (how to decode the image), `preprocess(picture, size)` -> (input data, what postprocess
-needs) and `postprocess(interpreter, that)` -> the task's result (qrun.detect.Detector,
-qrun.segment.Segmenter, qrun.pose.PoseFinder). The commands run it once; `qrun bench
+needs) and `postprocess(interpreter, that)` -> the task's result (qrun.tasks.detect.Detector,
+qrun.tasks.segment.Segmenter, qrun.tasks.pose.PoseFinder). The commands run it once; `qrun bench
 --image` decodes the image once and times `frame_timings` of many frames.
 """
 
@@ -24,10 +24,11 @@ from typing import Optional
 
 import numpy as np
 
-from qrun import deployment, preprocess, runtime
+from qrun.model import deployment, preprocess, runtime
 from qrun.errors import UserError
-from qrun.layout import MANIFEST_NAME
-from qrun.tensors import TensorSpec
+from qrun.model.layout import MANIFEST_NAME
+from qrun.model.tensors import TensorSpec
+from qrun.tasks import roles
 
 STAGES = ("load", "preprocess", "invoke", "postprocess")
 FRAME_STAGES = ("preprocess", "invoke", "postprocess", "total")  # what a frame costs
@@ -63,7 +64,7 @@ class Opened:
     dep: deployment.Deployment
     choice: deployment.Choice
     loaded: deployment.Loaded
-    task: object  # qrun.manifest.Task or None
+    task: object  # qrun.model.manifest.Task or None
 
     @property
     def interpreter(self):
@@ -230,7 +231,7 @@ def image_color(spec: TensorSpec, pre: preprocess.Preprocess) -> str:
 def lookup_table(pre: preprocess.Preprocess, spec: TensorSpec) -> np.ndarray:
     """What each uint8 pixel value becomes in the input tensor: [256] (or [256, C] when
     mean/std differ per channel), so quantizing a frame is one `numpy.take` (see
-    qrun.preprocess.to_input, which it tabulates)."""
+    qrun.model.preprocess.to_input, which it tabulates)."""
     values = np.arange(256, dtype=np.uint8)
     channels = max(np.asarray(pre.mean).size, np.asarray(pre.std).size)
     if channels > 1:
@@ -279,6 +280,29 @@ def output_shapes(interpreter) -> list:
     return [[int(n) for n in d["shape"]] for d in interpreter.get_output_details()]
 
 
+def model_view(interpreter) -> roles.ModelView:
+    """What the interpreter shows of its model, for qrun.tasks.roles: shapes, op names,
+    the SSD op's outputs as output positions, the signature's output names."""
+    positions = {int(d["index"]): i for i, d in enumerate(interpreter.get_output_details())}
+    ops = ops_of(interpreter)
+    postprocess = next((op for op in ops if op.get("op_name") == roles.POSTPROCESS), None)
+    return roles.ModelView(
+        inputs=[[int(n) for n in d["shape"]] for d in interpreter.get_input_details()],
+        outputs=output_shapes(interpreter),
+        op_names=frozenset(op.get("op_name") for op in ops),
+        postprocess_outputs=None if postprocess is None else tuple(
+            positions.get(int(t)) for t in postprocess["outputs"]),
+        signature_outputs=signature_outputs(interpreter))
+
+
+def ops_of(interpreter) -> list:
+    """The interpreter's op details; empty where the runtime does not show them."""
+    try:
+        return list(interpreter._get_ops_details())
+    except (AttributeError, RuntimeError, ValueError):
+        return []
+
+
 def signature_outputs(interpreter) -> dict:
     """Signature output name -> output position (empty when the model has no signature,
     as `_edgetpu` models have none)."""
@@ -299,7 +323,7 @@ def read_labels(opened: Opened, given: Optional[Path], classes: Optional[int]) -
     path = deployment.labels_path(opened.dep, given)
     if path is None:
         return {}, None
-    from qrun.labels import check_fit, read_labels as read
+    from qrun.model.labels import check_fit, read_labels as read
 
     parsed = read(path)
     if classes is not None:

@@ -2,7 +2,7 @@
 
 Written by `qdeploy convert` and `qdeploy import` (and updated by `compile` and
 `evaluate`), read by every later step on the host and by `qrun` on the device.
-Artifacts are listed by role (qrun.layout: "float", "int8", "edgetpu", "labels",
+Artifacts are listed by role (qrun.model.layout: "float", "int8", "edgetpu", "labels",
 "reference") with their sha256 and size, so a push can tell what changed and a device
 can verify what it received. Schema 2 lists every input and output (`inputs`,
 `outputs`: TensorSpec objects in the interpreter's order) and the `task` (`Task`:
@@ -22,19 +22,17 @@ from typing import ClassVar, Optional
 
 from qrun import atomic
 from qrun.errors import UserError
-from qrun.layout import (CONVERT_FILES, EDGETPU, FLOAT, INT8, LABELS, MANIFEST_NAME,  # noqa: F401
+from qrun.model.layout import (CONVERT_FILES, EDGETPU, FLOAT, INT8, LABELS, MANIFEST_NAME,  # noqa: F401
                          MODEL_ROLES, REFERENCE)
-from qrun.preprocess import Preprocess
-from qrun.tensors import PerAxis, TensorSpec
+from qrun.model.preprocess import Preprocess
+from qrun.model.tensors import PerAxis, TensorSpec
+# Task kinds and output roles (the keys of Task.outputs): defined with their rules.
+from qrun.tasks.roles import (BOXES, CLASSES, CLASSIFY, COUNT, DETECT, HEAD,  # noqa: F401
+                              KEYPOINTS, MASK, POSE, RAW, SCORES, SEGMENT, TASK_KINDS)
 
 SCHEMA_VERSION = 2
 READS = (1, 2)  # the schema versions this module reads
 
-# Task kinds, and the roles an output can play in one (the keys of Task.outputs).
-CLASSIFY, DETECT, SEGMENT, POSE, RAW = "classify", "detect", "segment", "pose", "raw"
-TASK_KINDS = (CLASSIFY, DETECT, SEGMENT, POSE, RAW)
-SCORES, BOXES, CLASSES, COUNT = "scores", "boxes", "classes", "count"
-MASK, KEYPOINTS, HEAD = "mask", "keypoints", "head"
 HASH_CHUNK = 1 << 20
 
 

@@ -2,8 +2,8 @@
 
 Two decoder families, named by the manifest's task (`task.decoder`):
 
-- "ssd_postprocess": the graph ends in `TFLite_Detection_PostProcess` (SSD,
-  EfficientDet-Lite), whose four outputs are boxes [1, N, 4] (normalised ymin, xmin,
+- "ssd_postprocess": the graph ends in the SSD post-processing op (roles.POSTPROCESS;
+  SSD, EfficientDet-Lite), whose four outputs are boxes [1, N, 4] (normalised ymin, xmin,
   ymax, xmax), classes [1, N], scores [1, N] and count [1]. Rows past `count` are padding
   and are dropped (pycoral's get_objects reads them too). The image is letterboxed as
   pycoral's `set_resized_input` does it (aspect kept, top-left, zero padding, LANCZOS).
@@ -16,11 +16,9 @@ Two decoder families, named by the manifest's task (`task.decoder`):
   (Ultralytics multiplies them by the input size); a head whose candidates reach past 2
   is taken to be in input pixels already.
 
-A model file without a manifest is read by what it is: the post-processing op's own
-output order (the kernel defines it), then the signature names (`output_0` count,
-`output_1` scores, `output_2` classes, `output_3` boxes) when the shapes agree with them
-(boxes [1, N, 4], count [1]: a function returning the op's tuple names boxes output_0);
-a raw head by its shape. Never by a fixed output index.
+A model file without a manifest is read by the same rules `qdeploy import` applies
+(qrun.tasks.roles): the post-processing op's own output order, then the signature names,
+each only when the shapes agree; a raw head by its shape. Never by a fixed output index.
 """
 
 from __future__ import annotations
@@ -31,17 +29,15 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from qrun import letterbox, pipeline
+from qrun.tasks import letterbox, pipeline
 from qrun.errors import UserError
-from qrun.manifest import BOXES, CLASSES, COUNT, HEAD, SCORES, Task
-from qrun.preprocess import Preprocess, dequantize
+from qrun.model.manifest import Task
+from qrun.tasks import roles
+from qrun.tasks.roles import (BOXES, CLASSES, COUNT, HEAD, POSTPROCESS_ROLES, SCORES, SSD,
+                              YOLOV5, YOLOV8)
+from qrun.model.preprocess import Preprocess, dequantize
 
-POSTPROCESS = "TFLite_Detection_PostProcess"
-POSTPROCESS_ROLES = (BOXES, CLASSES, SCORES, COUNT)  # the op's output order
-SIGNATURE_ROLES = {"output_0": COUNT, "output_1": SCORES, "output_2": CLASSES,
-                   "output_3": BOXES}
-SSD, YOLOV8, YOLOV5 = "ssd_postprocess", "yolov8", "yolov5"
-DECODERS = (SSD, YOLOV8, YOLOV5)
+DECODERS = roles.DECODERS[roles.DETECT]
 MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS, in pixels
 YOLO_PREPROCESS = Preprocess(0.0, 255.0)  # pixels / 255
 
@@ -79,65 +75,17 @@ class Layout:
 def layout_of(interpreter, task: Optional[Task]) -> Layout:
     """The manifest task's decoder and roles, else the ones the model file shows."""
     if task is not None:
-        if task.decoder not in DECODERS:
-            raise UserError(f"the manifest's detect decoder is {task.decoder!r}; qrun detect "
-                            f"knows {', '.join(DECODERS)}")
+        roles.check_decoder(roles.DETECT, task.decoder)
         return Layout(task.decoder, dict(task.outputs), dict(task.params))
     return infer_layout(interpreter)
 
 
 def infer_layout(interpreter) -> Layout:
-    """The layout of a bare model file; a UserError naming the shapes seen when none fits."""
-    shapes = pipeline.output_shapes(interpreter)
-    ops = ops_of(interpreter)
-    if POSTPROCESS in {op.get("op_name") for op in ops} or len(shapes) == 4:
-        roles = postprocess_roles(interpreter, ops, shapes)
-        if roles is not None:
-            return Layout(SSD, roles, source="graph")
-    for i, shape in enumerate(shapes):
-        if len(shape) == 3 and shape[0] == 1:
-            _, a, b = shape
-            if 5 <= a < b:
-                return Layout(YOLOV8, {HEAD: i}, {"classes": a - 4, "anchors": b}, "shape")
-            if 6 <= b < a:
-                return Layout(YOLOV5, {HEAD: i}, {"classes": b - 5, "anchors": a}, "shape")
-    raise UserError(f"no detection decoder fits this model's outputs {shapes} (qrun detect "
-                    f"reads {POSTPROCESS}'s four outputs, a YOLOv8 [1, 4+C, N] or a YOLOv5 "
-                    "[1, N, 5+C] head); import it with qdeploy import --task raw and run it "
-                    "with qrun bench or qrun verify")
-
-
-def ops_of(interpreter) -> list:
-    try:
-        return list(interpreter._get_ops_details())
-    except (AttributeError, RuntimeError, ValueError):
-        return []
-
-
-def postprocess_roles(interpreter, ops: list, shapes: list) -> Optional[dict]:
-    """boxes/classes/scores/count -> output position: by the op's outputs, else the
-    signature names (when the shapes agree); None when neither fits."""
-    positions = {int(d["index"]): i for i, d in enumerate(interpreter.get_output_details())}
-    op = next((op for op in ops if op.get("op_name") == POSTPROCESS), None)
-    if op is not None:
-        found = {role: positions.get(int(t)) for role, t in zip(POSTPROCESS_ROLES,
-                                                                op["outputs"])}
-        if None not in found.values() and ssd_shapes_fit(found, shapes):
-            return found
-    names = pipeline.signature_outputs(interpreter)
-    if set(SIGNATURE_ROLES) <= set(names):
-        found = {SIGNATURE_ROLES[name]: names[name] for name in SIGNATURE_ROLES}
-        if ssd_shapes_fit(found, shapes):
-            return found
-    return None  # two [1, N] outputs: scores and classes cannot be told apart by shape
-
-
-def ssd_shapes_fit(roles: dict, shapes: list) -> bool:
-    """True when boxes are [1, N, 4], scores and classes [1, N] and count has one value."""
-    boxes, count = shapes[roles[BOXES]], shapes[roles[COUNT]]
-    rows = [shapes[roles[SCORES]], shapes[roles[CLASSES]]]
-    return (len(boxes) == 3 and boxes[-1] == 4 and int(np.prod(count)) == 1
-            and all(s == boxes[:2] for s in rows))
+    """The layout of a bare model file, by qrun.tasks.roles; a UserError naming the shapes
+    seen when none fits."""
+    found = roles.detect_roles(pipeline.model_view(interpreter))
+    return Layout(found.decoder, found.outputs, found.params,
+                  "graph" if found.decoder == SSD else "shape")
 
 
 # --- the decoders --------------------------------------------------------------------
@@ -272,7 +220,7 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
            threshold: float = 0.25, iou_threshold: float = 0.45, max_objects: int = 100,
            out: Optional[Path] = None, device: str = "auto", tpu: str = "",
            threads: Optional[int] = None) -> DetectResult:
-    """Detect objects in `image` with the model `--model` names (see qrun.deployment).
+    """Detect objects in `image` with the model `--model` names (see qrun.model.deployment).
 
     Args:
       image: a JPEG, PNG or BMP file.
@@ -296,7 +244,7 @@ def detect(image: Path, model: Optional[Path] = None, labels: Optional[Path] = N
     picture, size, objects = pipeline.timed_frame(opened, steps, image, watch,
                                                   None if out else steps.draft_size)
     if out is not None:
-        from qrun import draw
+        from qrun.tasks import draw
 
         pipeline.save_png(draw.draw_objects(picture, objects), out)
     layout = steps.layout
@@ -376,21 +324,7 @@ def pixels_unchanged(spec) -> Preprocess:
 
 def check_layout(layout: Layout, shapes: list) -> None:
     """Refuse roles whose outputs do not have the shapes the decoder reads."""
-    if layout.decoder == SSD:
-        if set(POSTPROCESS_ROLES) <= set(layout.outputs) and ssd_shapes_fit(layout.outputs,
-                                                                            shapes):
-            return
-    else:
-        shape = shapes[layout.outputs[HEAD]] if HEAD in layout.outputs else []
-        classes = layout.params.get("classes")
-        if len(shape) == 3 and shape[0] == 1:
-            width = shape[1] if layout.decoder == YOLOV8 else shape[2]
-            extra = 4 if layout.decoder == YOLOV8 else 5
-            if classes is None or width == classes + extra:
-                return
-    raise UserError(f"the {layout.decoder} decoder cannot read this model's outputs {shapes} "
-                    f"(roles {layout.outputs}); import it again with qdeploy import, or with "
-                    "--task raw and run it with qrun bench or qrun verify")
+    roles.check_detect(layout.decoder, layout.outputs, layout.params, shapes)
 
 
 def to_objects(ids, scores, boxes_input_px, box: letterbox.Letterbox, names: dict) -> list:

@@ -1,7 +1,7 @@
 """Small functions over an interpreter: input geometry, feeding an image, reading classes.
 
 Modelled on pycoral's `adapters/common.py` and `adapters/classify.py`, without
-pycoral: each function takes the interpreter (from qrun.runtime) and does one thing.
+pycoral: each function takes the interpreter (from qrun.model.runtime) and does one thing.
 Ties between equal scores are broken by the lower class id, so results never
 depend on sort stability or the runtime's kernels. An output is named by its
 position in the interpreter's outputs (what the manifest's `task.outputs` records),
@@ -14,9 +14,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from qrun import preprocess
+from qrun.model import preprocess
 from qrun.errors import UserError
-from qrun.tensors import TensorSpec
+from qrun.model.tensors import TensorSpec
 
 
 class Class(NamedTuple):

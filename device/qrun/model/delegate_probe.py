@@ -2,7 +2,7 @@
 
 A libedgetpu built against another TensorFlow version can segfault the process
 that loads it (google-coral/edgetpu issue 812), so `probe_delegate` runs
-``python -m qrun.delegate_probe`` to load the library, create the delegate and, given a
+``python -m qrun.model.delegate_probe`` to load the library, create the delegate and, given a
 model, allocate and invoke it once. The child prints one JSON line; the parent
 turns it, or the child's death by a signal, into a `DelegateProbe` whose `reason` is one
 line for the user (library missing, no device found, runtime too old, crashed).
@@ -41,18 +41,18 @@ def probe_delegate(library: str, device: str = "", model: Optional[Path] = None,
     """Load the delegate (and run `model` once on it) in a subprocess; never crashes this one.
 
     Args:
-      library: delegate library name or path (see qrun.runtime.edgetpu_library).
+      library: delegate library name or path (see qrun.model.runtime.edgetpu_library).
       device: Edge TPU device option ("", "usb", "pci:0", ...).
       model: an Edge TPU model to allocate and invoke with the delegate, or None.
       timeout: seconds before the probe counts as hung.
     Returns:
       A DelegateProbe; `ok` True only when everything asked for worked in the child.
     """
-    cmd = [sys.executable, "-m", "qrun.delegate_probe", library, device]
+    cmd = [sys.executable, "-m", "qrun.model.delegate_probe", library, device]
     if model is not None:
         cmd.append(str(model))
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -117,7 +117,7 @@ def _child(library: str, device: str, model: Optional[str]) -> dict:
     except AttributeError as exc:
         return {"kind": "not-delegate", "reason": failure("not-delegate", library, str(exc))}
 
-    from qrun import runtime
+    from qrun.model import runtime
 
     module = runtime.interpreter_module()
     try:
@@ -139,7 +139,7 @@ def _child(library: str, device: str, model: Optional[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m qrun.delegate_probe LIBRARY DEVICE [MODEL]``: print one JSON line."""
+    """``python -m qrun.model.delegate_probe LIBRARY DEVICE [MODEL]``: print one JSON line."""
     library, device = argv[0], argv[1] if len(argv) > 1 else ""
     model = argv[2] if len(argv) > 2 else None
     try:

@@ -7,7 +7,7 @@ an Edge TPU model (it holds `edgetpu-custom-op`) runs with the delegate when a
 probe subprocess loaded it; in auto mode it otherwise falls back to its CPU int8
 twin (`int8_model`: the manifest's "int8" artifact; for a bare file ``X.tflite``
 beside ``X_edgetpu.tflite``), and the `Choice` says why in one line. The names of the
-home, the roles and the files are qrun.layout's.
+home, the roles and the files are qrun.model.layout's.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from qrun import runtime
+from qrun.model import runtime
 from qrun.errors import UserError
-from qrun.layout import (CONVERT_FILES, CURRENT, DEFAULT_HOME, EDGETPU, FLOAT, HOME_ENV, INT8,
+from qrun.model.layout import (CONVERT_FILES, CURRENT, DEFAULT_HOME, EDGETPU, FLOAT, HOME_ENV, INT8,
                          LABELS, MANIFEST_NAME, MODEL_ROLES)
-from qrun.preprocess import CORAL_MEAN, CORAL_STD, Preprocess
+from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess
 
 if TYPE_CHECKING:
-    from qrun.manifest import Manifest
+    from qrun.model.manifest import Manifest
 
 DEVICES = ("auto", "edgetpu", "cpu")  # --device values (not roles: "edgetpu" is both)
 EDGETPU_SUFFIX = "_edgetpu"
@@ -86,13 +86,13 @@ def resolve(model: Optional[Path]) -> Deployment:
         model = current
     model = Path(model)
     if model.is_dir():
-        from qrun import manifest as manifest_mod
+        from qrun.model import manifest as manifest_mod
 
         return Deployment(root=model, manifest=manifest_mod.load(model), model=None)
     if not model.is_file():
         raise UserError(f"model not found: {model}; give a .tflite file or a deployment directory")
     if (model.parent / MANIFEST_NAME).is_file():  # a bare model file needs no manifest module
-        from qrun import manifest as manifest_mod
+        from qrun.model import manifest as manifest_mod
 
         # Another tool's manifest.json beside the file (no schema_version) is not ours:
         # the file is then a bare model. A broken qdeploy manifest is still an error.
@@ -160,7 +160,7 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
       dep: what `resolve` returned.
       requested: the `--device` value.
       tpu: the Edge TPU device option ("", "usb", "pci:0", ...).
-      probe: `qrun.delegate_probe.probe_delegate` or a stand-in with its signature.
+      probe: `qrun.model.delegate_probe.probe_delegate` or a stand-in with its signature.
     Returns:
       A Choice; a request that cannot be met raises UserError naming the fix.
     """
@@ -192,7 +192,7 @@ def choose(dep: Deployment, requested: str = "auto", tpu: str = "",
         return Choice(cpu, variant_hint(dep, cpu), requested, "cpu",
                       f"{what}; ran on the CPU{no_int8}", fell_back=bool(no_int8))
     if probe is None:
-        from qrun.delegate_probe import probe_delegate as probe
+        from qrun.model.delegate_probe import probe_delegate as probe
     library = runtime.edgetpu_library()
     result = probe(library, tpu, tpu_model)
     if result.ok:
@@ -233,7 +233,7 @@ def load(choice: Choice, num_threads: Optional[int] = None) -> Loaded:
 
 def variant_of(interpreter) -> str:
     """INT8 when the model computes in 8-bit integers, else FLOAT (from its tensors)."""
-    from qrun.tensors import TensorSpec
+    from qrun.model.tensors import TensorSpec
 
     integer = ("int8", "uint8")
     for details in interpreter.get_input_details() + interpreter.get_output_details():

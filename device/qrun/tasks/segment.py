@@ -16,31 +16,23 @@ from typing import Optional
 
 import numpy as np
 
-from qrun import deployment, pipeline
+from qrun.model import deployment
+from qrun.tasks import pipeline
 from qrun.errors import UserError
-from qrun.manifest import MASK, Task
+from qrun.model.manifest import Task
+from qrun.tasks import roles
+from qrun.tasks.roles import ARGMAX, MASK
 
-CLASS_MAP, ARGMAX = "class_map", "argmax"
-DECODERS = (CLASS_MAP, ARGMAX)
+DECODERS = roles.DECODERS[roles.SEGMENT]
 
 
 def layout_of(interpreter, task: Optional[Task]) -> tuple:
-    """(decoder, position of the mask output): the manifest task's, else by shape."""
-    shapes = pipeline.output_shapes(interpreter)
+    """(decoder, position of the mask output): the manifest task's, else by qrun.tasks.roles."""
     if task is not None and MASK in task.outputs:
-        if task.decoder not in DECODERS:
-            raise UserError(f"the manifest's segment decoder is {task.decoder!r}; qrun segment "
-                            f"knows {', '.join(DECODERS)}")
+        roles.check_decoder(roles.SEGMENT, task.decoder)
         return task.decoder, task.outputs[MASK]
-    height, width = pipeline.input_spec(interpreter).shape[1:3]
-    for i, shape in enumerate(shapes):
-        if len(shape) in (3, 4) and shape[0] == 1 and all(
-                size / 2 <= side <= size * 2 for side, size in zip(shape[1:3], (height, width))):
-            return (ARGMAX if len(shape) == 4 and shape[3] > 1 else CLASS_MAP), i
-    raise UserError(f"no output of this model is a per-pixel map (its outputs are {shapes}, "
-                    f"its input {height}x{width}); qrun segment reads a [1, H, W] class map "
-                    "or [1, H, W, C] scores. Import it with qdeploy import --task raw and run "
-                    "it with qrun bench or qrun verify")
+    found = roles.segment_roles(pipeline.model_view(interpreter))
+    return found.decoder, found.outputs[MASK]
 
 
 def class_map(raw: np.ndarray, decoder: str) -> np.ndarray:
@@ -112,7 +104,7 @@ def segment(image: Path, model: Optional[Path] = None, labels: Optional[Path] = 
     Returns:
       A SegmentResult.
     """
-    from qrun import draw
+    from qrun.tasks import draw
 
     if colormap not in draw.COLORMAPS:
         raise UserError(f"--colormap must be one of {', '.join(draw.COLORMAPS)}, not "

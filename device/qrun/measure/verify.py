@@ -1,7 +1,7 @@
 """`qrun verify`: the deployment's reference inputs through each variant, outputs as JSON.
 
 `qdeploy convert` and `qdeploy import` store reference inputs in every deployment
-(manifest role "reference", read by qrun.reference: an .npy of uint8 pixels or float
+(manifest role "reference", read by qrun.measure.reference: an .npy of uint8 pixels or float
 model inputs for a single-input model, an .npz of raw values, one array per input).
 This module feeds them, one sample at a time and exactly as classify would (an .npy
 through the manifest's preprocessing, then the input tensor's quantization; an .npz
@@ -27,10 +27,11 @@ from typing import Callable, Optional
 import numpy as np
 
 import qrun
-from qrun import deployment, preprocess, reference, runtime
+from qrun.model import deployment, preprocess, runtime
+from qrun.measure import reference
 from qrun.errors import UserError
-from qrun.layout import FLOAT, REFERENCE
-from qrun.tensors import TensorSpec
+from qrun.model.layout import FLOAT, REFERENCE
+from qrun.model.tensors import TensorSpec
 
 SCHEMA_VERSION = 2  # 2: every input fed and every output recorded ("outputs" per variant)
 KIND = "qrun-verify"
@@ -50,7 +51,7 @@ def reference_path(dep: deployment.Deployment) -> Path:
 
 
 def load_reference(path: Path) -> reference.Reference:
-    """Read a reference inputs file, .npy or .npz (see qrun.reference)."""
+    """Read a reference inputs file, .npy or .npz (see qrun.measure.reference)."""
     return reference.load(path)
 
 
@@ -98,7 +99,7 @@ def run_samples(interpreter, samples, pre: preprocess.Preprocess,
                 model_path: Path) -> list:
     """Every output of every sample, raw: one [N, values] array per output, in order.
 
-    `samples` is a qrun.reference.Reference (or an array of input-0 samples); a
+    `samples` is a qrun.measure.reference.Reference (or an array of input-0 samples); a
     UserError when it does not fit the model's inputs.
     """
     ref = as_reference(samples)
@@ -135,7 +136,7 @@ def scored_outputs(specs: list, task=None) -> list:
     without one: none, unless it is "raw" or a classifier; then, as without a
     manifest, every score vector.
     """
-    from qrun.manifest import CLASSIFY, RAW, SCORES
+    from qrun.model.manifest import CLASSIFY, RAW, SCORES
 
     if task is not None and task.output(SCORES) is not None:
         position = task.output(SCORES)
@@ -180,7 +181,7 @@ def variant_choices(dep: deployment.Deployment, device: str = "auto", tpu: str =
     `device` "auto": the CPU int8 model, and the Edge TPU model when its delegate loads;
     "cpu": the CPU int8 model only; "edgetpu": the Edge TPU model, or a UserError.
     """
-    from qrun.bench import compare_choices
+    from qrun.measure.bench import compare_choices
 
     if device not in deployment.DEVICES:
         raise UserError(f"--device must be one of {', '.join(deployment.DEVICES)}, not '{device}'")
@@ -198,7 +199,7 @@ def verify_choice(choice: deployment.Choice, samples, pre: preprocess.Preprocess
 
     `task` is the manifest's (None without one): it says which outputs get a top-1.
     """
-    from qrun.manifest import sha256_file
+    from qrun.model.manifest import sha256_file
 
     loaded = deployment.load(choice, threads)
     raw = run_samples(loaded.interpreter, samples, pre, choice.path)
@@ -230,8 +231,8 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
        "skipped": [...]}; one variant record per model run (see `verify_choice`), each
       with every output (see `output_record`).
     """
-    from qrun.bench import utc_now
-    from qrun.manifest import sha256_file
+    from qrun.measure.bench import utc_now
+    from qrun.model.manifest import sha256_file
 
     runtime.check_threads(threads)
     dep = deployment.resolve(model)

@@ -1,12 +1,12 @@
 """The `qrun bench` report contract, defined once: its kinds, its version and its fields.
 
-The device writes reports in this form (qrun.bench) and the host reads them
+The device writes reports in this form (qrun.measure.bench) and the host reads them
 (qdeploy.reports). `FIELDS` is every field a report must hold: its dotted path,
 the Python types its value may have, whether it may be null, and the column of
 the host's report store that keeps it. `validate` checks a report against it;
 the store derives its `reports` table, its row type and what it inserts from it
 (qdeploy.reports.schema). Adding a field takes a line here and the code in
-qrun.bench that measures it.
+qrun.measure.bench that measures it.
 
 A report may hold more than `FIELDS` lists (`settings.input`, the host facts
 under `host`): readers ignore what they do not know, so a newer device's report
@@ -92,7 +92,7 @@ FIELDS = (
     Field("latency_us.max", NUMBER, column="max_us"),
     Field("timings_us", (list,), column="timings_us", items=NUMBER),  # every timed run
     Field("peak_rss_kb", (int,), nullable=True, column="peak_rss_kb"),  # None: not measurable
-    Field("host", (dict,), column="host_json"),  # qrun.hostinfo.host_facts
+    Field("host", (dict,), column="host_json"),  # qrun.measure.hostinfo.host_facts
     # `qrun bench --image`: whole frames of the model's task (the image decoded once, then
     # per run preprocess, invoke, postprocess; total is their sum per frame). Optional: a
     # report without --image, or of an older qrun, has no `frame`.

@@ -7,7 +7,7 @@ each file by role. The three model roles are also the variants that `qrun bench`
 name, by which a directory without a manifest is still read.
 
 Only constants, no imports: `qrun --help` and classifying a bare model file use these
-names without loading the manifest module (qrun.manifest re-exports them).
+names without loading the manifest module (qrun.model.manifest re-exports them).
 """
 
 HOME_ENV = "QDEPLOY_HOME"

@@ -15,13 +15,14 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from qrun import deployment, pipeline
+from qrun.model import deployment
+from qrun.tasks import pipeline
 from qrun.errors import UserError
-from qrun.manifest import KEYPOINTS, Task
-from qrun.preprocess import dequantize
+from qrun.model.manifest import Task
+from qrun.tasks import roles
+from qrun.tasks.roles import KEYPOINTS, MOVENET
+from qrun.model.preprocess import dequantize
 
-MOVENET = "movenet"
-KEYPOINTS_SHAPE = [1, 1, 17, 3]
 KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
                   "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
                   "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
@@ -36,18 +37,12 @@ class Keypoint(NamedTuple):
 
 
 def keypoints_output(interpreter, task: Optional[Task]) -> int:
-    """The position of the [1, 1, 17, 3] keypoints output."""
-    shapes = pipeline.output_shapes(interpreter)
+    """The position of the [1, 1, 17, 3] keypoints output: the manifest task's, else by
+    qrun.tasks.roles."""
     if task is not None and KEYPOINTS in task.outputs:
-        if task.decoder not in (None, MOVENET):
-            raise UserError(f"the manifest's pose decoder is {task.decoder!r}; qrun pose "
-                            f"knows {MOVENET}")
+        roles.check_decoder(roles.POSE, task.decoder, allow_none=True)
         return task.outputs[KEYPOINTS]
-    if KEYPOINTS_SHAPE in shapes:
-        return shapes.index(KEYPOINTS_SHAPE)
-    raise UserError(f"no output of this model is MoveNet's {KEYPOINTS_SHAPE} keypoints (its "
-                    f"outputs are {shapes}); import it with qdeploy import --task raw and run "
-                    "it with qrun bench or qrun verify")
+    return roles.pose_roles(pipeline.model_view(interpreter)).outputs[KEYPOINTS]
 
 
 def keypoints(values: np.ndarray, size: tuple) -> list:
@@ -102,7 +97,7 @@ def pose(image: Path, model: Optional[Path] = None, out: Optional[Path] = None,
     picture, size, found = pipeline.timed_frame(opened, steps, image, watch)
     position = steps.position
     if out is not None:
-        from qrun import draw
+        from qrun.tasks import draw
 
         pipeline.save_png(draw.draw_pose(picture, found, threshold), out)
     return PoseResult(found, threshold, watch.timing_ms(), opened.device(),

@@ -1,8 +1,8 @@
 """`qrun classify`: one image through a classification model, top-k labels and per-invoke times.
 
 Preprocessing follows Coral's classify example unless the manifest says
-otherwise (see qrun.preprocess); scores are dequantized and ties go to the lower
-class id (see qrun.adapters). The first invoke includes loading the model (onto
+otherwise (see qrun.model.preprocess); scores are dequantized and ties go to the lower
+class id (see qrun.tasks.adapters). The first invoke includes loading the model (onto
 the Edge TPU, when used), so it is reported apart from the rest.
 
 A deployment's manifest says what its model does: classify refuses a task that is
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from qrun import adapters, deployment, runtime
+from qrun.tasks import adapters
+from qrun.model import deployment, runtime
 from qrun.errors import UserError
-from qrun.layout import MANIFEST_NAME
+from qrun.model.layout import MANIFEST_NAME
 
 
 @dataclass
@@ -70,7 +71,7 @@ def check_task(dep: deployment.Deployment) -> None:
     naming the command that runs it."""
     if dep.manifest is None:
         return
-    from qrun.manifest import CLASSIFY, DETECT, POSE, SEGMENT
+    from qrun.model.manifest import CLASSIFY, DETECT, POSE, SEGMENT
 
     commands = {DETECT: "qrun detect", SEGMENT: "qrun segment", POSE: "qrun pose"}
     kind = dep.manifest.task.kind
@@ -86,7 +87,7 @@ def scores_output(dep: deployment.Deployment) -> int:
     """The position of the output holding the scores: the manifest task's, else 0."""
     if dep.manifest is None:
         return 0
-    from qrun.manifest import SCORES
+    from qrun.model.manifest import SCORES
 
     position = dep.manifest.task.output(SCORES)
     return 0 if position is None else position
@@ -104,7 +105,7 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
              top_k: int = 3, threshold: Optional[float] = None, count: int = 1,
              device: str = "auto",
              tpu: str = "", threads: Optional[int] = None) -> ClassifyResult:
-    """Classify `image` with the model `--model` names (see qrun.deployment.resolve).
+    """Classify `image` with the model `--model` names (see qrun.model.deployment.resolve).
 
     Args:
       image: a JPEG, PNG or BMP file.
@@ -137,7 +138,7 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
     names = {}
     label_file = deployment.labels_path(dep, labels)
     if label_file is not None:
-        from qrun.labels import check_fit, read_labels
+        from qrun.model.labels import check_fit, read_labels
 
         parsed = read_labels(label_file)
         check_fit(parsed, adapters.num_classes(interpreter, position), label_file)

@@ -4,7 +4,7 @@
 images that pin it. Neither is imported until an interpreter is needed. The
 Edge TPU delegate is a shared library named per platform (`EDGETPU_LIBRARIES`);
 `QRUN_EDGETPU_LIBRARY` overrides the name, e.g. for a library outside the loader
-path. Load it in-process only after `qrun.delegate_probe` loaded it in a subprocess:
+path. Load it in-process only after `qrun.model.delegate_probe` loaded it in a subprocess:
 a libedgetpu built against another TensorFlow can segfault the process.
 """
 
@@ -119,7 +119,7 @@ def delegate_options(device: str = "") -> dict:
 
 
 def load_edgetpu_delegate(device: str = "", library: Optional[str] = None):
-    """Load the Edge TPU delegate in this process (probe it first: see qrun.delegate_probe).
+    """Load the Edge TPU delegate in this process (probe it first: see qrun.model.delegate_probe).
 
     Args:
       device: "", ":N", "usb", "usb:N", "pci" or "pci:N".

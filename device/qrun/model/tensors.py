@@ -3,7 +3,7 @@
 The manifest stores one per input and per output, in the interpreter's order;
 `from_details` reads one from the TFLite runtime's details dict
 (`get_input_details()[i]`), so the unpacking of ``details["quantization"]`` and
-``details["quantization_parameters"]`` is written once. Kept apart from qrun.manifest
+``details["quantization_parameters"]`` is written once. Kept apart from qrun.model.manifest
 (which re-exports it) so classifying a bare model file does not load the manifest module.
 """
 

@@ -3,7 +3,7 @@
 Field names follow TFLite's benchmark_model (init, first inference, warm-up
 mean, steady-state statistics, memory) plus what a fleet report needs: model
 sha256, runtime, device used and why, host facts, schema version. The fields,
-kinds and version are the report contract's (qrun.report_contract). The
+kinds and version are the report contract's (qrun.measure.report_contract). The
 steady-state loop times nothing but ``interpreter.invoke()`` on fixed random
 input (seed 0), so its median stays within a few percent of a bare loop. Every
 input is fed (`fill_inputs`); the report's `model` says how many inputs and outputs
@@ -13,7 +13,7 @@ With `--image`, whole frames of the model's task are timed too (`frame`): the im
 decoded once, then each run preprocesses it (resize or letterbox, quantize), invokes and
 postprocesses (classify: top-k; detect: decode and NMS; segment: the class map at the
 image's size; pose: the keypoints), exactly as `qrun classify/detect/segment/pose` do,
-each stage timed on its own (qrun.pipeline.frame_timings).
+each stage timed on its own (qrun.tasks.pipeline.frame_timings).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from typing import Callable, Optional
 import numpy as np
 
 import qrun
-from qrun import deployment, hostinfo, report_contract, runtime
+from qrun.model import deployment, runtime
+from qrun.measure import hostinfo, report_contract
 from qrun.errors import UserError
-from qrun.layout import EDGETPU, FLOAT, INT8, MODEL_ROLES
-from qrun.report_contract import BENCH_KIND, COMPARE_KIND, SCHEMA_VERSION
+from qrun.model.layout import EDGETPU, FLOAT, INT8, MODEL_ROLES
+from qrun.measure.report_contract import BENCH_KIND, COMPARE_KIND, SCHEMA_VERSION
 
 INPUT_SEED = 0
 VARIANT_ORDER = MODEL_ROLES
@@ -134,7 +135,7 @@ def task_of(dep: deployment.Deployment) -> Optional[str]:
 
 def model_facts(path: Path, variant: str, interpreter, task: Optional[str]) -> dict:
     """The report's `model` object: the file, its variant, task and input/output counts."""
-    from qrun.manifest import sha256_file
+    from qrun.model.manifest import sha256_file
 
     return {"path": str(path.resolve()), "sha256": sha256_file(path),
             "size": path.stat().st_size, "variant": variant, "task": task,
@@ -150,7 +151,7 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
     """Benchmark the model `choice` names on its device.
 
     Args:
-      choice: from qrun.deployment.choose.
+      choice: from qrun.model.deployment.choose.
       runs: timed steady-state invokes (at least 1).
       warmup: untimed invokes after the first one.
       threads: CPU threads; the runtime's default when None.
@@ -198,9 +199,9 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
 
 
 def frame_steps(opened):
-    """The task's steps for one decoded image (see qrun.pipeline), with the commands'
+    """The task's steps for one decoded image (see qrun.tasks.pipeline), with the commands'
     defaults; a bare model file is taken for a classifier, as qrun classify takes it."""
-    from qrun.manifest import CLASSIFY, DETECT, POSE, SEGMENT
+    from qrun.model.manifest import CLASSIFY, DETECT, POSE, SEGMENT
 
     kind = opened.task.kind if opened.task is not None else CLASSIFY
     count = len(opened.interpreter.get_input_details())
@@ -208,15 +209,15 @@ def frame_steps(opened):
         raise UserError(f"{Path(opened.choice.path).name} has {count} inputs; --image feeds "
                         "one image: drop --image to time invoke() alone")
     if kind == DETECT:
-        from qrun.detect import detector
+        from qrun.tasks.detect import detector
 
         return detector(opened)
     if kind == SEGMENT:
-        from qrun.segment import segmenter
+        from qrun.tasks.segment import segmenter
 
         return segmenter(opened)
     if kind == POSE:
-        from qrun.pose import pose_finder
+        from qrun.tasks.pose import pose_finder
 
         return pose_finder(opened)
     if kind == CLASSIFY and opened.task is None:
@@ -236,10 +237,10 @@ def frame_steps(opened):
 @dataclass(frozen=True)
 class Classifier:
     """What qrun classify does to one decoded image: resize (LANCZOS) and quantize it as
-    qrun.preprocess does (`preprocess`), the top-k classes (`postprocess`)."""
+    qrun.model.preprocess does (`preprocess`), the top-k classes (`postprocess`)."""
 
     position: int  # of the scores output
-    pre: object  # qrun.preprocess.Preprocess
+    pre: object  # qrun.model.preprocess.Preprocess
     spec: object  # the input's TensorSpec
     color: str
     names: dict
@@ -249,7 +250,7 @@ class Classifier:
     def preprocess(self, picture, size: tuple) -> tuple:
         from PIL import Image
 
-        from qrun import preprocess
+        from qrun.model import preprocess
 
         height, width, channels = preprocess.image_geometry(self.spec.shape)
         pixels = np.asarray(picture.resize((width, height), Image.LANCZOS), dtype=np.uint8)
@@ -259,7 +260,7 @@ class Classifier:
         return data[None, ...], None
 
     def postprocess(self, interpreter, _) -> list:
-        from qrun import adapters
+        from qrun.tasks import adapters
 
         return adapters.get_classes(interpreter, self.top_k, float("-inf"), self.names,
                                     self.position)
@@ -267,8 +268,8 @@ class Classifier:
 
 def classifier(opened) -> Classifier:
     """Set qrun classify's steps up for an opened model (its scores output checked)."""
-    from qrun import adapters, pipeline
-    from qrun.classify import scores_output
+    from qrun.tasks import adapters, pipeline
+    from qrun.tasks.classify import scores_output
 
     position = scores_output(opened.dep)
     adapters.check_scores_shape(adapters.output_details(opened.interpreter, position)["shape"])
@@ -282,7 +283,7 @@ def classifier(opened) -> Classifier:
 class DecodedFrame:
     """An image decoded once for a model's task steps, ready to be run as many frames."""
 
-    opened: object  # qrun.pipeline.Opened
+    opened: object  # qrun.tasks.pipeline.Opened
     steps: object  # frame_steps
     image: Path
     picture: object  # the decoded PIL image
@@ -292,8 +293,8 @@ class DecodedFrame:
 
 def loaded_as_opened(dep: deployment.Deployment, choice: deployment.Choice,
                      loaded: deployment.Loaded):
-    """The loaded model as qrun.pipeline opens it for the task commands."""
-    from qrun import pipeline
+    """The loaded model as qrun.tasks.pipeline opens it for the task commands."""
+    from qrun.tasks import pipeline
 
     return pipeline.Opened(dep, choice, loaded,
                            dep.manifest.task if dep.manifest is not None else None)
@@ -301,7 +302,7 @@ def loaded_as_opened(dep: deployment.Deployment, choice: deployment.Choice,
 
 def decoded_frame(opened, image: Path) -> DecodedFrame:
     """Set the task's steps up and decode `image` once, as the task's command does."""
-    from qrun import pipeline
+    from qrun.tasks import pipeline
 
     steps = frame_steps(opened)
     start = time.perf_counter()
@@ -313,7 +314,7 @@ def decoded_frame(opened, image: Path) -> DecodedFrame:
 def frame_report(frame: DecodedFrame, runs: int, warmup: int) -> dict:
     """The report's `frame`: `warmup` untimed and `runs` timed frames of the decoded image,
     each stage's statistics in µs (total: their sum, frame by frame)."""
-    from qrun import pipeline
+    from qrun.tasks import pipeline
 
     run = (frame.opened, frame.steps, frame.picture, frame.size)
     pipeline.frame_timings(*run, warmup)
@@ -328,7 +329,7 @@ def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
           threads: Optional[int] = None, device: str = "auto", tpu: str = "",
           progress: Callable[[str], None] = lambda _: None,
           image: Optional[Path] = None) -> BenchReport:
-    """Benchmark the model `--model` names (see qrun.deployment) on the device `--device`
+    """Benchmark the model `--model` names (see qrun.model.deployment) on the device `--device`
     picks; with `image`, whole frames of its task too."""
     check_settings(runs, warmup, threads, image)
     dep = deployment.resolve(model)
@@ -412,7 +413,7 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
             choices.append(deployment.Choice(path, variant, "cpu", "cpu", "--compare: CPU variant"))
             continue
         if probe is None:
-            from qrun.delegate_probe import probe_delegate as probe
+            from qrun.model.delegate_probe import probe_delegate as probe
         result = probe(runtime.edgetpu_library(), runtime.check_device(tpu), path)
         if result.ok:
             choices.append(deployment.Choice(path, EDGETPU, "edgetpu", "edgetpu",

@@ -14,13 +14,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdeploy.edgetpu import tflite_graph
+from qdeploy.modelfile import tflite_graph
+from qrun.tasks import roles
+
 from qdeploy.errors import UserError
 
 METADATA_NAME = "TFLITE_METADATA"
 ULTRALYTICS_MEMBER = "temp_meta.txt"
 MAX_MEMBER_BYTES = 1 << 20  # a label file or temp_meta.txt is kilobytes; refuse zip bombs
-KEYPOINTS = [1, 1, 17, 3]  # MoveNet single pose: 17 COCO keypoints of (y, x, score)
 TENSOR_AXIS_LABELS = 2  # AssociatedFileType in tflite-support's metadata_schema.fbs
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
 _PARSE_ERRORS = (IndexError, ValueError, TypeError, AttributeError, OverflowError,
@@ -230,41 +231,11 @@ def ultralytics_meta(model_bytes: bytes) -> dict | None:
 # --- the task, from shapes ------------------------------------------------------------
 
 def infer_task(inputs: list, outputs: list, op_names) -> tuple:
-    """(kind, reason): "detect", "segment", "pose", "classify" or "raw", from the
-    input/output shapes (lists of ints) and the names of the ops in the graph."""
-    outputs = [list(s) for s in outputs]
-    if "TFLite_Detection_PostProcess" in op_names:
-        return "detect", "SSD: the graph ends in TFLite_Detection_PostProcess"
-    if KEYPOINTS in outputs:
-        return "pose", "a [1, 1, 17, 3] keypoint tensor (MoveNet single pose)"
-    image = next((list(s)[1:3] for s in inputs if len(s) == 4 and s[0] == 1), None)
-    for shape in outputs:
-        if image and _is_mask(shape, image):
-            return "segment", f"a {shape} per-pixel map for a {image[0]}x{image[1]} input"
-    for shape in outputs:
-        layout = _yolo_layout(shape)
-        if layout:
-            return "detect", f"a raw {shape} detection head ({layout})"
-    if len(outputs) == 1 and len(outputs[0]) == 2 and outputs[0][0] == 1:
-        return "classify", f"one {outputs[0]} score vector"
-    return "raw", f"no known head among outputs {outputs}"
-
-
-def _is_mask(shape: list, image: list) -> bool:
-    if len(shape) not in (3, 4) or shape[0] != 1:
-        return False
-    return all(size / 2 <= side <= size * 2 for side, size in zip(shape[1:3], image))
-
-
-def _yolo_layout(shape: list) -> str | None:
-    if len(shape) != 3 or shape[0] != 1:
-        return None
-    _, a, b = shape
-    if 5 <= a < b:
-        return f"YOLOv8/v11 layout [1, 4+C, N]: {a - 4} classes, {b} anchors"
-    if 6 <= b < a:
-        return f"YOLOv5 layout [1, N, 5+C]: {b - 5} classes, {a} anchors"
-    return None
+    """(kind, reason): "detect", "segment", "pose", "classify" or "raw", by
+    qrun.tasks.roles from the input/output shapes (lists of ints) and the op names alone."""
+    return roles.infer_kind(roles.ModelView(inputs=[list(s) for s in inputs],
+                                            outputs=[list(s) for s in outputs],
+                                            op_names=frozenset(op_names)))
 
 
 # --- all of it, for one file ----------------------------------------------------------
