@@ -68,6 +68,7 @@ def compile_command(
 ):
     """Compile DIR's int8 model for the Edge TPU (help: COMPILE_HELP)."""
     from qdeploy.edgetpu import compiler
+    from qdeploy.modelimport import cache
 
     options = compiler.CompileOptions(min_runtime=min_runtime,
                                       multiple_subgraphs=multiple_subgraphs,
@@ -75,7 +76,13 @@ def compile_command(
                                       segments=segments)
     if timeout is not None:
         options.timeout = timeout
-    target = bare_file_import(target)
+    # A bare quantized CPU model is compiled in its cached import; a directory, an _edgetpu
+    # or a float model goes on unchanged (compile refuses those itself, with the reason).
+    cached = cache.bare_file_import(target, compilable=True)
+    if cached is not None:
+        for line in cached.lines(target):  # on stderr: --json stays one object
+            typer.echo(line, err=True)
+        target = cached.directory
     outcome = compiler.compile_or_preflight(target, options, compiler_path)
     if as_json:
         document = outcome.to_dict()
@@ -95,24 +102,6 @@ def compile_command(
                         "preflight above predicts its verdict")
     if not outcome.ok:
         raise UserError(outcome.result.failure.message())
-
-
-def bare_file_import(path: Path) -> Path:
-    """A bare quantized CPU model's cached import (said in one line on stderr, so --json
-    stays one object); a directory, an _edgetpu or a float model unchanged (compile
-    refuses those itself, with the reason)."""
-    if not path.is_file():
-        return path
-    from qdeploy.edgetpu import preflight
-    from qdeploy.modelfile import tflite_graph
-    from qdeploy.modelimport import cache
-    from qrun.model.runtime import is_edgetpu_model
-
-    if is_edgetpu_model(path) or preflight.not_quantized(tflite_graph.load(path)):
-        return path
-    cached = cache.imported(path)
-    typer.echo(cached.line(path), err=True)
-    return cached.directory
 
 
 @commands.command("preflight", help=PREFLIGHT_HELP)

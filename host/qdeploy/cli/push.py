@@ -133,10 +133,15 @@ def push(
     the reports."""
     from rich.console import Console
 
+    from qdeploy.modelimport import cache
     from qdeploy.push.fleet import push_many
 
     found = _targets(target, inventory) if engine != "ansible" else []
-    directory = bare_file_import(directory)
+    cached = cache.bare_file_import(directory)
+    if cached is not None:  # a bare model file: pushed as its cached import
+        for line in cached.lines(directory):
+            typer.echo(line, err=True)
+        directory = cached.directory
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
                        bench=bench, bench_runs=bench_runs, compare=compare,
                        bench_image=_bench_image(bench_image), reports_dir=reports,
@@ -185,19 +190,6 @@ def ansible_engine(directory, inventory, target, options, serial, max_fail):
     names = runner.inventory_hosts(inventory)
     return (lambda p: runner.push_fleet(directory, inventory, options, serial, max_fail, p,
                                         hosts=names), names)
-
-
-def bare_file_import(path: Path) -> Path:
-    """A bare model file's cached import (saying so in one line); a directory unchanged."""
-    if not path.is_file():
-        return path
-    from qdeploy.modelimport import cache
-
-    cached = cache.imported(path)
-    typer.echo(cached.line(path), err=True)
-    for note in cached.result.notes if cached.result else []:
-        typer.echo(f"note: {note}", err=True)
-    return cached.directory
 
 
 @commands.command()

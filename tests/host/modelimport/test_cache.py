@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from qdeploy.modelimport import cache
+from qrun.errors import UserError
 from qrun.model import manifest as mf
 
 from tests.fixtures.compile import MOBILENET, SUCCESS
@@ -88,4 +89,50 @@ def test_compile_on_a_bare_file_compiles_its_cached_import(tmp_path, xdg_cache, 
 def test_compile_on_a_bare_edgetpu_model_still_refuses_it(tmp_path, xdg_cache, run_cli):
     code, _, err = run_cli("compile", CORAL / f"{V1}_edgetpu.tflite")
     assert code == 1 and "already compiled for the Edge TPU" in err
+    assert not xdg_cache.exists()
+
+
+# -- bare_file_import: the one rule push and compile share ------------------------------
+
+def test_bare_file_import_leaves_directories_and_missing_paths_to_the_command(tmp_path,
+                                                                            xdg_cache):
+    missing = tmp_path / "nothing.tflite"
+    for compilable in (False, True):
+        assert cache.bare_file_import(tmp_path, compilable=compilable) is None
+        assert cache.bare_file_import(missing, compilable=compilable) is None
+    assert not xdg_cache.exists()
+
+
+def test_bare_file_import_of_a_quantized_model_for_push_and_compile(tmp_path, xdg_cache):
+    model = tmp_path / f"{V1}.tflite"
+    shutil.copyfile(CORAL / model.name, model)
+    first = cache.bare_file_import(model)
+    assert first.imported and first.lines(model)[0] == first.line(model)
+    assert all(line.startswith("note: ") for line in first.lines(model)[1:])
+    again = cache.bare_file_import(model, compilable=True)  # compile takes it too: same key
+    assert not again.imported and again.directory == first.directory
+    assert again.lines(model) == [again.line(model)]  # a reused import has no notes to say
+
+
+def test_bare_file_import_for_compile_skips_what_compile_refuses(tmp_path, xdg_cache,
+                                                                 ssd_detectors):
+    edgetpu = tmp_path / f"{V1}_edgetpu.tflite"
+    shutil.copyfile(CORAL / edgetpu.name, edgetpu)
+    assert cache.bare_file_import(edgetpu, compilable=True) is None
+    assert cache.bare_file_import(ssd_detectors.float_model, compilable=True) is None
+    assert not xdg_cache.exists()
+    # push imports both: the compiled model alone, and the float one with a note saying so.
+    assert mf.EDGETPU in mf.load(cache.bare_file_import(edgetpu).directory).artifacts
+    floating = cache.bare_file_import(ssd_detectors.float_model)
+    assert sorted(mf.load(floating.directory).artifacts) == [mf.FLOAT]
+    assert any(line.startswith("note: ") and "float model" in line
+               for line in floating.lines(ssd_detectors.float_model))
+
+
+def test_bare_file_import_refuses_a_file_that_is_no_model(tmp_path, xdg_cache):
+    text = tmp_path / "model.tflite"
+    text.write_text("not a flatbuffer\n")
+    for compilable in (False, True):
+        with pytest.raises(UserError):
+            cache.bare_file_import(text, compilable=compilable)
     assert not xdg_cache.exists()
