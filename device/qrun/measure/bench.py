@@ -29,6 +29,7 @@ import numpy as np
 
 import qrun
 from qrun.model import deployment, runtime
+from qrun.model.inputs import random_array
 from qrun.measure import hostinfo, report_contract
 from qrun.errors import UserError
 from qrun.model.layout import EDGETPU, FLOAT, INT8, MODEL_ROLES
@@ -86,18 +87,12 @@ def latency_stats(timings_us) -> dict:
 
 
 def fill_inputs(interpreter, seed: int = INPUT_SEED) -> None:
-    """Set every input to reproducible random values of its dtype (as benchmark_model does)."""
+    """Set every input to reproducible random values of its dtype (as benchmark_model does;
+    qrun.model.inputs.random_array, drawn in input order from one Generator of `seed`)."""
     rng = np.random.default_rng(seed)
     for details in interpreter.get_input_details():
-        shape, dtype = details["shape"], np.dtype(details["dtype"])
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            data = rng.integers(info.min, int(info.max) + 1, size=shape, dtype=dtype)
-        elif dtype == np.bool_:
-            data = rng.integers(0, 2, size=shape).astype(np.bool_)
-        else:
-            data = rng.random(size=shape).astype(dtype)
-        interpreter.set_tensor(details["index"], data)
+        interpreter.set_tensor(details["index"],
+                               random_array(details["shape"], details["dtype"], rng))
 
 
 def check_settings(runs: int, warmup: int, threads: Optional[int],

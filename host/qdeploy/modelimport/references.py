@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qrun.measure import reference as qref
+from qrun.model.inputs import random_array
 from qrun.model.preprocess import Preprocess, load_image
 
 from qdeploy.errors import UserError
@@ -31,22 +32,11 @@ def is_image_input(inputs: list) -> bool:
 
 
 def random_inputs(inputs: list, count: int = RANDOM_SAMPLES, seed: int = RANDOM_SEED) -> list:
-    """`count` seeded random samples per input, in its dtype: integers over the dtype's
-    range, floats in [0, 1)."""
+    """`count` seeded random samples per input, in its dtype (qrun.model.inputs.random_array:
+    integers over the dtype's range, floats in [0, 1)), drawn in input order from one
+    Generator of `seed`."""
     rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in inputs:
-        shape = [count, *spec.shape[1:]]
-        dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            arrays.append(rng.integers(info.min, info.max, shape, dtype=dtype,
-                                       endpoint=True))
-        elif dtype == np.bool_:
-            arrays.append(rng.integers(0, 2, shape).astype(bool))
-        else:
-            arrays.append(rng.random(shape).astype(dtype))
-    return arrays
+    return [random_array([count, *spec.shape[1:]], spec.dtype, rng) for spec in inputs]
 
 
 def reference_images(path: Path) -> list:
