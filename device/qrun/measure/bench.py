@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,35 +39,47 @@ INPUT_SEED = 0
 VARIANT_ORDER = MODEL_ROLES
 
 
-@dataclass
-class BenchReport:
-    """One `qrun bench` run: one attribute per top-level key of the report contract.
+# The report's values qrun bench does not measure: what every report starts with, and
+# which qrun wrote it.
+REPORT_DEFAULTS = {"schema_version": SCHEMA_VERSION, "kind": BENCH_KIND,
+                   "qrun_version": qrun.__version__}
 
-    `to_dict` gives the JSON object, its keys in the contract's order (`frame` only when
-    measured).
+
+def report_type() -> type:
+    """The BenchReport dataclass, built from the report contract: one attribute per
+    top-level key (`report_contract.keys(optional=True)`), typed by its field.
+
+    The measured attributes come first, in the contract's order and without defaults
+    (bench_choice gives them all by name); then the optional ones (`frame`), None when
+    not measured; then REPORT_DEFAULTS. `to_dict` gives the JSON object, its keys in the
+    contract's order, an optional key left out when it was not measured.
     """
-
-    timestamp: str
-    model: dict
-    runtime: dict
-    device: dict
-    settings: dict
-    init_ms: float
-    first_inference_ms: float
-    warmup_mean_ms: float
-    latency_us: dict
-    timings_us: list
-    peak_rss_kb: Optional[int]
-    host: dict
-    frame: Optional[dict] = None  # `--image`: what a whole frame costs (`frame_report`)
-    schema_version: int = SCHEMA_VERSION
-    kind: str = BENCH_KIND
-    qrun_version: str = qrun.__version__
+    measured, optional = [], []
+    for f in report_contract.top_fields():
+        if f.path in REPORT_DEFAULTS:
+            continue
+        if f.optional:
+            optional.append((f.path, report_contract.value_type(f), field(default=None)))
+        else:
+            measured.append((f.path, report_contract.value_type(f)))
+    defaults = [(key, type(value), field(default=value))
+                for key, value in REPORT_DEFAULTS.items()]
+    unmeasured = {f.path for f in report_contract.top_fields() if f.optional and not f.nullable}
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {key: d[key] for key in report_contract.keys(optional=True)
-                if not (key == "frame" and d[key] is None)}
+                if not (key in unmeasured and d[key] is None)}
+
+    report = make_dataclass("BenchReport", measured + optional + defaults,
+                            namespace={"to_dict": to_dict})
+    report.__module__ = __name__
+    report.__doc__ = ("One `qrun bench` run: one attribute per top-level key of the report "
+                      "contract (see report_type).")
+    return report
+
+
+BenchReport = report_type()
 
 
 def utc_now() -> str:

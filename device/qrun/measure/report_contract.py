@@ -5,8 +5,10 @@ The device writes reports in this form (qrun.measure.bench) and the host reads t
 the Python types its value may have, whether it may be null, and the column of
 the host's report store that keeps it. `validate` checks a report against it;
 the store derives its `reports` table, its row type and what it inserts from it
-(qdeploy.reports.schema). Adding a field takes a line here and the code in
-qrun.measure.bench that measures it.
+(qdeploy.reports.schema), `qdeploy report` its table rows (qdeploy.reports.history),
+and qrun bench the attributes of its report (qrun.measure.bench.BenchReport, one per
+top-level field). Adding a field takes a line here and the code in qrun.measure.bench
+that measures it.
 
 A report may hold more than `FIELDS` lists (`settings.input`, the host facts
 under `host`): readers ignore what they do not know, so a newer device's report
@@ -111,6 +113,19 @@ def keys(optional: bool = False) -> tuple:
     `optional`, those it writes only when measured (`frame`) too, in their place."""
     return HEAD + tuple(f.path for f in FIELDS
                         if "." not in f.path and (optional or not f.optional))
+
+
+def top_fields() -> tuple:
+    """The fields at the top of a report (no dot in their path), optional ones included,
+    in the order a report holds them (`keys(optional=True)` without HEAD)."""
+    return tuple(f for f in FIELDS if "." not in f.path)
+
+
+def value_type(field: Field):
+    """The Python type a field's value has, for a type annotation: `float` for a number,
+    Optional when the report may hold null there or lack the field."""
+    kind = float if float in field.types else field.types[0]
+    return Optional[kind] if field.nullable or field.optional else kind
 
 
 def value_at(report: dict, path: str):

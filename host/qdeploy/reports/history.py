@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
+from qdeploy.reports import schema
 from qdeploy.reports.schema import ReportRow
 from qdeploy.reports.store import Store, unreadable
 from qrun import atomic
@@ -31,33 +32,38 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # an age beyond the calendar means "all"
 
 
-@dataclass
-class TableRow:
-    """One line of the latest-reports table. Latencies in microseconds, as stored."""
+def measured_columns() -> list:
+    """The report store's columns a TableRow holds as they are: every field of the report
+    contract with a column, but objects and lists (the host facts, the raw timings)."""
+    return [f.column for f in schema.stored_fields() if not schema.is_json(f)]
 
-    target: str
-    model: str
-    variant: str
-    task: Optional[str]  # the manifest's task kind; None: a bare file, or an older report
-    device_used: str
-    device_reason: str
-    runtime: str
-    median_us: float
-    p90_us: float
-    p99_us: float
-    init_ms: float
-    first_inference_ms: float
-    peak_rss_kb: Optional[int]
-    model_size: int
-    accuracy: Optional[float]
-    speedup: Optional[float]  # float median / this median; None without a float report
-    timestamp: str
-    report_id: int
-    agreement: Optional[float] = None  # latest verify: top-1 agreement with the host
-    max_abs_diff: Optional[float] = None  # latest verify: largest output difference
-    frame_median_us: Optional[float] = None  # qrun bench --image: a whole frame's median
-    frame_p99_us: Optional[float] = None
-    fps: Optional[float] = None  # frames per second: 1e6 / frame_median_us; None: no frames
+
+def table_row_type() -> type:
+    """The TableRow dataclass: the series (target, model name), the runtime in one string,
+    then every measured column (`measured_columns`, in the contract's order, typed as
+    the store's row types them: latencies in microseconds, as stored), then what the other
+    tables and the other reports add. A field added to the report contract with a column
+    becomes an attribute (and a key of `qdeploy report --json`) without an edit here."""
+    types = {f.column: schema.python_type(f) for f in schema.stored_fields()}
+    fields = [("target", str), ("model", str), ("runtime", str),  # runtime: "name version"
+              *((name, types[name]) for name in measured_columns()),
+              ("accuracy", Optional[float]),  # model_facts, when known
+              ("speedup", Optional[float]),  # float median / this median; None without float
+              ("report_id", int),
+              ("agreement", Optional[float], field(default=None)),  # latest verify: top-1
+              ("max_abs_diff", Optional[float], field(default=None)),  # its largest difference
+              # qrun bench --image: a whole frame's median and p99 (the store's
+              # frame_total_* columns), and frames per second (1e6 / median); None: no frames
+              ("frame_median_us", Optional[float], field(default=None)),
+              ("frame_p99_us", Optional[float], field(default=None)),
+              ("fps", Optional[float], field(default=None))]
+    row = make_dataclass("TableRow", fields)
+    row.__module__ = __name__
+    row.__doc__ = "One line of the latest-reports table (see table_row_type)."
+    return row
+
+
+TableRow = table_row_type()
 
 
 @dataclass
@@ -123,13 +129,10 @@ def table(latest: list[ReportRow]) -> list[TableRow]:
     """The latest-reports table, in the store's order (target, model, variant)."""
     ratio = speedups(latest)
     return [TableRow(
-        target=r.target, model=r.model_name, variant=r.variant, task=r.task,
-        device_used=r.device_used,
-        device_reason=r.device_reason, runtime=f"{r.runtime_name} {r.runtime_version}".strip(),
-        median_us=r.median_us, p90_us=r.p90_us, p99_us=r.p99_us, init_ms=r.init_ms,
-        first_inference_ms=r.first_inference_ms, peak_rss_kb=r.peak_rss_kb,
-        model_size=r.model_size, accuracy=r.accuracy, speedup=ratio[r.id],
-        timestamp=r.timestamp, report_id=r.id, agreement=r.agreement,
+        target=r.target, model=r.model_name,
+        runtime=f"{r.runtime_name} {r.runtime_version}".strip(),
+        **{name: getattr(r, name) for name in measured_columns()},
+        accuracy=r.accuracy, speedup=ratio[r.id], report_id=r.id, agreement=r.agreement,
         max_abs_diff=r.max_abs_diff, frame_median_us=r.frame_total_median_us,
         frame_p99_us=r.frame_total_p99_us,
         fps=frames_per_second(r.frame_total_median_us)) for r in latest]

@@ -102,12 +102,19 @@ from qrun.measure import report_contract as contract
 contract.FIELDS += (contract.Field("latency_us.p95", contract.NUMBER, column="p95_us"),
                     contract.Field("temperature_c", contract.NUMBER, nullable=True,
                                    column="temperature_c"))
-from qdeploy.reports import schema, store
+from qdeploy.reports import history, schema, store
 from qrun.errors import UserError
+from qrun.measure import bench
 
 report = json.loads(Path(sys.argv[1]).read_text())
 out = {"keys": list(contract.keys()), "row_fields": list(schema.ReportRow.__dataclass_fields__),
-       "insert": list(schema.insert_row(report))}
+       "insert": list(schema.insert_row(report)),
+       "bench_fields": list(bench.BenchReport.__dataclass_fields__),
+       "table_fields": list(history.TableRow.__dataclass_fields__)}
+written = bench.BenchReport(**{k: report[k] for k in contract.keys()
+                                if k not in ("schema_version", "kind")})
+out["bench_keys"] = list(written.to_dict())
+out["bench_temperature"] = written.to_dict()["temperature_c"]
 try:
     contract.validate({**report, "latency_us": {k: v for k, v in report["latency_us"].items()
                                                 if k != "p95"}}, "r.json")
@@ -119,13 +126,15 @@ for reports in sys.argv[2:]:
         out[reports] = {
             "columns": {r[1]: [r[2], r[3]] for r in s.connection.execute(
                 "PRAGMA table_info(reports)")},
-            "rows": [[r.p95_us, r.temperature_c] for r in s.history()]}
+            "rows": [[r.p95_us, r.temperature_c] for r in s.history()],
+            "table": [[r.p95_us, r.temperature_c] for r in history.build(s).table]}
 print(json.dumps(out))
 """
 
 
 def test_a_new_report_field_takes_only_its_line_in_the_contract(tmp_path, int8_report):
-    """Two fields added to the contract alone reach validation, table, row and insert."""
+    """Two fields added to the contract alone reach validation, table, row and insert, and
+    the rows of qrun bench's report and of qdeploy report's table."""
     report = {**int8_report, "latency_us": {**int8_report["latency_us"], "p95": 123.5},
               "temperature_c": 48.0}
     (tmp_path / "r.json").write_text(json.dumps(report))
@@ -151,6 +160,14 @@ def test_a_new_report_field_takes_only_its_line_in_the_contract(tmp_path, int8_r
     assert old["rows"] == [[None, None], [123.5, 48.0]]
     with store.open_store(older) as s:  # and the current qdeploy still reads that store
         assert len(s.history()) == 2
+    # qrun bench's report type and qdeploy report's table rows take the fields too: the
+    # top-level one is an attribute of the report qrun bench writes, in the contract's
+    # place; both columns are attributes (and --json keys) of a table row.
+    assert "temperature_c" in out["bench_fields"] and "p95_us" not in out["bench_fields"]
+    assert out["bench_keys"] == out["keys"] and out["bench_temperature"] == 48.0
+    assert {"p95_us", "temperature_c"} <= set(out["table_fields"])
+    assert new["table"] == [[123.5, 48.0]]
+    assert old["table"] == [[123.5, 48.0]]  # the latest report of the series
 
 
 def test_validation_messages_come_from_the_contract(int8_report):
