@@ -2,7 +2,9 @@
 
 The recipe is `models/mnist-demo.json` in the source checkout: which files hold the
 data (with their sha256), how the bundled MNIST test split is divided into a training
-part and a held-out part, the architecture and the training settings.
+part and a held-out part, the architecture and the training settings. Beside the data,
+`models/mnist/samples/` holds one held-out digit per class as a PNG, its true label in
+its name (`digit-7.png`): what to classify once quickstart has deployed the model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from qrun.model.manifest import sha256_file
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 RECIPE_NAME = "mnist-demo.json"
+SAMPLES_DIR = "mnist/samples"  # under the models directory: digit-<label>.png
+SAMPLE_LABEL = 7  # the digit quickstart suggests classifying
 
 
 @dataclass
@@ -53,6 +57,13 @@ def load_recipe(models_dir: Optional[Path] = None) -> Recipe:
         if not f.is_file() or sha256_file(f) != entry["sha256"]:
             raise UserError(f"bundled demo file {f} is missing or changed; restore it from git")
     return recipe
+
+
+def sample_digit(recipe: Recipe, label: int = SAMPLE_LABEL) -> Optional[Path]:
+    """The bundled held-out digit of class `label` (`models/mnist/samples/digit-7.png`, a
+    28x28 grayscale PNG); None when the models directory has none."""
+    path = recipe.root / SAMPLES_DIR / f"digit-{label}.png"
+    return path if path.is_file() else None
 
 
 def load_split(recipe: Recipe) -> Split:

@@ -6,11 +6,14 @@ images, compile it for the Edge TPU (or predict the compiler's verdict when the
 compiler is not installed), and rehearse a deployment by pushing to the `local`
 target, which benchmarks it on this machine. Each step reports through `ui`, which
 the command line supplies, so this module decides what happens and the CLI only
-prints.
+prints; `classify_command` is the command it ends with: `qrun classify` on a bundled
+held-out digit, with the deployment just made.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,8 @@ class QuickstartResult:
     evaluation: Evaluation
     compile_outcome: Optional[object] = None  # qdeploy.edgetpu.compiler.Outcome
     push_result: Optional[object] = None  # qdeploy.push.pipeline.PushResult
+    remote_dir: Optional[Path] = None  # the push's release directory; None: where qrun looks
+    sample: Optional[Path] = None  # a bundled held-out digit to classify (demo.sample_digit)
 
 
 def run(out_dir: Path, ui: UI, epochs: Optional[int] = None,
@@ -54,11 +59,44 @@ def run(out_dir: Path, ui: UI, epochs: Optional[int] = None,
         model_path = train_step(recipe, split, work, ui, epochs)
         conversion = convert_step(recipe, split, model_path, work, out_dir, ui)
         evaluation = evaluate_step(split, work, out_dir, ui)
-    result = QuickstartResult(out_dir, conversion, evaluation)
+    result = QuickstartResult(out_dir, conversion, evaluation, sample=demo.sample_digit(recipe))
     result.compile_outcome = compile_step(out_dir, ui)
     if push:
+        result.remote_dir = Path(remote_dir) if remote_dir is not None else None
         result.push_result = push_step(out_dir, ui, remote_dir, reports_dir)
     return result
+
+
+def classify_command(result: QuickstartResult, cwd: Optional[Path] = None) -> str:
+    """The shell command that classifies the sample digit with the deployment `result`
+    made, its paths relative to `cwd` (default: the working directory) when below it.
+
+    After a push to the default release directory, qrun finds the deployment by itself
+    (`current` under $QDEPLOY_HOME, else ~/qdeploy, as the push did); after a push under
+    another directory the command names its `current`; without a push, the output
+    directory. The program is the `qrun` installed beside this Python (`.venv/bin/qrun`),
+    else `qrun` from PATH; without a sample, the image is IMAGE.
+    """
+    cwd = Path(cwd or Path.cwd()).absolute()
+    qrun = Path(sys.executable).absolute().parent / "qrun"
+    words = [shown(qrun, cwd, program=True) if qrun.is_file() else "qrun", "classify"]
+    if result.push_result is None:
+        words += ["--model", shown(result.out_dir, cwd)]
+    elif result.remote_dir is not None:
+        words += ["--model", shown(result.remote_dir / "current", cwd)]
+    words.append(shown(result.sample, cwd) if result.sample is not None else "IMAGE")
+    return " ".join(w if w == "IMAGE" else shlex.quote(w) for w in words)
+
+
+def shown(path: Path, cwd: Path, program: bool = False) -> str:
+    """`path` as a command line gives it in `cwd`: relative when below it, else absolute;
+    a `program` always with a slash, so that the shell does not look it up on PATH."""
+    path = Path(path).absolute()
+    try:
+        relative = path.relative_to(cwd)
+    except ValueError:
+        return str(path)
+    return f"./{relative}" if program and len(relative.parts) == 1 else str(relative)
 
 
 def train_step(recipe: demo.Recipe, split: demo.Split, work: Path, ui: UI,

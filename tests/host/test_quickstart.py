@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
+import shlex
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qrun.model import manifest as mf
@@ -80,3 +88,65 @@ def test_local_target_defaults_to_qdeploy_home(converted_demo, monkeypatch, tmp_
     code, _, err = run_cli("rollback", "--target", "local")
     assert code == 0, err
     assert (home / "current").resolve() == current
+
+
+def test_samples_are_held_out_digits_labelled_by_name(demo_split):
+    """models/mnist/samples/digit-<label>.png: images of the held-out part, true labels."""
+    from PIL import Image
+
+    from qdeploy import demo
+
+    recipe = demo.load_recipe()
+    samples = sorted((recipe.root / demo.SAMPLES_DIR).glob("*.png"))
+    assert [p.name for p in samples] == [f"digit-{d}.png" for d in range(10)]
+    for path in samples:
+        with Image.open(path) as image:
+            assert (image.mode, image.size) == ("L", (28, 28))
+            pixels = np.asarray(image)
+        found = [i for i, x in enumerate(demo_split.x_heldout) if np.array_equal(x, pixels)]
+        assert found, f"{path.name} is not a held-out image"
+        assert {int(demo_split.y_heldout[i]) for i in found} == {int(path.stem[-1])}
+    assert demo.sample_digit(recipe) == recipe.root / demo.SAMPLES_DIR / "digit-7.png"
+
+
+def test_quickstart_ends_with_the_command_that_classifies_a_sample(converted_demo, run_cli,
+                                                                    monkeypatch):
+    """The last line is a command to paste: run as printed, it classifies the digit with
+    the deployment quickstart pushed (to the default release directory, $QDEPLOY_HOME)."""
+    from qdeploy import demo, quickstart
+
+    home = converted_demo.remote_dir
+    monkeypatch.setenv("QDEPLOY_HOME", str(home))
+    as_pushed = dataclasses.replace(converted_demo, remote_dir=None)  # as the CLI pushes
+    monkeypatch.setattr(quickstart, "run", lambda *args, **kwargs: as_pushed)
+    code, out, err = run_cli("quickstart")
+    assert code == 0, err
+    *_, intro, command = out.splitlines()
+    assert intro.startswith("Next, classify a held-out digit")
+    program, *args = shlex.split(command)
+    sample = demo.sample_digit(demo.load_recipe())
+    assert args == ["classify", os.path.relpath(sample) if not os.path.relpath(
+        sample).startswith("..") else str(sample)]
+    assert Path(program).absolute() == Path(sys.executable).absolute().parent / "qrun"
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QDEPLOY_HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    classes = re.findall(r"^(\d): ([\d.]+)$", done.stdout, flags=re.M)
+    assert len(classes) == 3 and classes[0][0] == "7", done.stdout  # top 3, the true label first
+
+
+def test_classify_command_names_the_deployment_qrun_would_not_find(tmp_path):
+    """Pushed elsewhere than qrun looks: its `current`; not pushed: the output directory."""
+    from qdeploy.quickstart import QuickstartResult, classify_command
+
+    sample = tmp_path / "samples" / "digit 7.png"
+    pushed = QuickstartResult(tmp_path / "out", None, None, push_result=object(),
+                              sample=sample)
+    words = shlex.split(classify_command(pushed, cwd=tmp_path))
+    assert words[1:] == ["classify", "samples/digit 7.png"]
+    elsewhere = dataclasses.replace(pushed, remote_dir=Path("/srv/qdeploy"))
+    assert shlex.split(classify_command(elsewhere, cwd=tmp_path))[1:] == [
+        "classify", "--model", "/srv/qdeploy/current", "samples/digit 7.png"]
+    unpushed = dataclasses.replace(pushed, push_result=None)
+    assert shlex.split(classify_command(unpushed, cwd=tmp_path / "samples"))[1:] == [
+        "classify", "--model", str(tmp_path / "out"), "digit 7.png"]

@@ -25,7 +25,7 @@ def print_table(results: list, console=None, errors: bool = True) -> None:
 
 def render_table(results: list) -> Table:
     """A rich Table: one row per target (and per variant of a compare run)."""
-    table = Table(title="qdeploy push (latency in ms)", title_justify="left", pad_edge=False)
+    table = Table(title="qdeploy push", title_justify="left", pad_edge=False)
     table.add_column("target", min_width=10, overflow="fold")
     for col in ("result", "files", "bytes", "time", "device", "median/p99", "verify"):
         table.add_column(col, justify="left" if col in ("result", "device") else "right",
@@ -45,7 +45,7 @@ def render_table(results: list) -> Table:
             variant = (rep.get("model") or {}).get("variant")
             dev = device_text(rep) + (f" ({variant})" if variant and len(r.reports) > 1 else "")
             table.add_row(*(base if i == 0 else [""] * len(base)), dev,
-                          _latency(lat.get("median"), lat.get("p99")),
+                          latency_text(lat.get("median"), lat.get("p99")),
                           verify_cell(by_variant.get(variant)))
     return table
 
@@ -55,11 +55,17 @@ def device_text(report: dict) -> str:
     return DEVICE_NAMES.get(used, str(used))
 
 
-def _latency(median, p99) -> str:
-    """`1.27/1.29`: median and p99 in ms in one cell, so the table fits 80 columns."""
-    if not all(isinstance(v, (int, float)) for v in (median, p99)):
+def latency_text(*latencies_us) -> str:
+    """Latencies given in µs, in one unit picked by the first, joined by `/` (the median/p99
+    cell, so the table fits 80 columns): `1.27/1.29 ms` from a millisecond up; below it
+    `312/340 µs`, and `41.3 µs`, `0.52 µs` with three significant digits under 100 µs
+    (the demo model's invoke: `0.00 ms` said nothing). "-" when one is not a number."""
+    if not latencies_us or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   for v in latencies_us):
         return "-"
-    return f"{median / 1000:.2f}/{p99 / 1000:.2f}"
+    if latencies_us[0] >= 1000:
+        return "/".join(f"{v / 1000:.2f}" for v in latencies_us) + " ms"
+    return "/".join(f"{v:.0f}" if v >= 100 else f"{v:.3g}" for v in latencies_us) + " µs"
 
 
 def verify_cell(comparison) -> str:

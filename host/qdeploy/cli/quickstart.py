@@ -30,7 +30,8 @@ def quickstart(
     (held out), compiles it for the Edge TPU (or predicts the compiler's verdict when
     edgetpu_compiler is not installed) and rehearses a deployment: a push to the `local`
     target (release under $QDEPLOY_HOME, default ~/qdeploy; report under ./reports) that
-    benchmarks it on this machine. Afterwards `qrun classify IMAGE` uses that deployment.
+    benchmarks it on this machine. It ends with the command that classifies a bundled
+    held-out digit (models/mnist/samples/digit-7.png) with that deployment.
     """
     from qdeploy import quickstart as qs
 
@@ -42,3 +43,16 @@ def quickstart(
         print_table([result.push_result], console=out)
         if not result.push_result.ok:
             raise typer.Exit(1)
+    print_next(result)
+
+
+def print_next(result) -> None:
+    """The last lines: the command that classifies the bundled sample digit (as it is
+    pasted in this directory), on one line of its own whatever its length."""
+    from qdeploy import quickstart as qs
+
+    with_what = "this deployment" if result.push_result is not None else "the converted model"
+    what = ("a held-out digit (its true label is in the file name)" if result.sample
+            is not None else "an image")
+    typer.echo(f"Next, classify {what} with {with_what}:")
+    typer.echo(f"  {qs.classify_command(result)}")
