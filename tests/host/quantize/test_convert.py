@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qdeploy.quantize.convert import INT8_NAME, convert
+from qdeploy.quantize.convert import convert
+from qdeploy.quantize.deployment import INT8_NAME
 from qrun.model import manifest as mf
 from qrun.errors import UserError
 from qrun.model.preprocess import Preprocess, parse_preprocess

@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from qdeploy.quantize.convert import INT8_NAME, REFERENCE_NPZ_NAME, convert
+from qdeploy.quantize.convert import convert
+from qdeploy.quantize.deployment import INT8_NAME, REFERENCE_NPZ_NAME
 from qdeploy.quantize.evaluate import evaluate
 from qrun.model import manifest as mf
 from qrun.measure import reference
