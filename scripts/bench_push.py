@@ -56,7 +56,7 @@ from qdeploy.push.fleet import push_many
 from qdeploy.remote import targets
 from qdeploy.push import transfer
 from tests.fixtures.sshd import TcpProxy, _keygen, _missing, make_deployment, start_sshd  # noqa: E402
-from qdeploy.remote import ssh  # noqa: E402
+from qdeploy.remote import deadline  # noqa: E402
 
 TARGETS = {"push_vs_scp": 1.0, "repush_vs_rsync": 0.5, "fleet_vs_one": 3.0}
 
@@ -138,7 +138,7 @@ def per_device_links(ports: list, mbit: int):
 @contextlib.contextmanager
 def without_watch(opts):
     """Pushes as before issue 18: no keepalives, no deadline watch thread, no touches."""
-    saved = ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive
+    saved = deadline.Watch.__init__, deadline.Watch.touch, opts.keepalive
 
     def bare_init(self, transport, keepalive=0, keepalive_count=1):
         self.transport, self.keepalive, self.keepalive_count = transport, 0, 1
@@ -146,11 +146,11 @@ def without_watch(opts):
         self.kind, self.last, self.alive = "", 0.0, 0.0
         self.stopped = threading.Event()
 
-    ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive = bare_init, lambda self: None, 0
+    deadline.Watch.__init__, deadline.Watch.touch, opts.keepalive = bare_init, lambda self: None, 0
     try:
         yield
     finally:
-        ssh._Watch.__init__, ssh._Watch.touch, opts.keepalive = saved
+        deadline.Watch.__init__, deadline.Watch.touch, opts.keepalive = saved
 
 
 def stall_figures(server, kh: Path, dep: Path, opts, timeout: float) -> tuple:

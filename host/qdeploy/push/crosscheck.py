@@ -34,6 +34,7 @@ from qrun.measure import verify as device_verify
 from qrun.errors import UserError
 from qrun.model.preprocess import Preprocess, dequantize
 from qrun.tasks import roles
+from qdeploy.remote.connection import Link
 
 DEFAULT_STEPS = 16.0  # output quantization steps: 16/256 = 0.0625 of a uint8 softmax's range
 FLOAT_STEP = 1.0 / 256  # the "step" of an output that is not quantized
@@ -389,7 +390,7 @@ def check(document: dict, samples, model: Path, pre: Preprocess,
     return result
 
 
-def run_on_device(conn, runner: str, home: str, timeout: float,
+def run_on_device(conn: Link, runner: str, home: str, timeout: float,
                   on_line: Callable[[str], None]) -> dict:
     """Run `qrun verify --json -` against the device's current release; the parsed document."""
     cmd = f"QDEPLOY_HOME={home} {runner} verify --json -"

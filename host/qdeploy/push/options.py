@@ -40,7 +40,8 @@ class PushOptions:
     ssh_config: Optional[Path] = None
     connect_timeout: Optional[float] = None
     command_timeout: float = BENCH_TIMEOUT_S
-    keepalive: Optional[float] = None  # s; None: ServerAliveInterval, else ssh.KEEPALIVE_S; 0 off
+    # s; None: ServerAliveInterval, else qdeploy.remote.deadline.KEEPALIVE_S; 0: off
+    keepalive: Optional[float] = None
     jobs: int = DEFAULT_JOBS
     verify: Optional[bool] = None  # None: verify when the bench runs; True: required
     verify_tolerance: float = DEFAULT_STEPS  # output quantization steps

@@ -32,7 +32,9 @@ from typing import Callable, Optional
 from qdeploy.push import crosscheck, release, transfer, wheel
 from qdeploy.push.options import ProgressFn, PushOptions, PushResult, no_progress
 from qdeploy.remote import targets
-from qdeploy.remote.ssh import Connection, LocalConnection
+from qdeploy.remote.connection import Link
+from qdeploy.remote.local import LocalConnection
+from qdeploy.remote.ssh import Connection
 from qrun import atomic
 from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
@@ -45,7 +47,7 @@ NO_REFERENCE_NOTE = ("verify skipped: the deployment has no reference inputs; re
 class TargetPush:
     """One target's push under way: its connection, the options, the result so far."""
 
-    conn: object  # an open Connection or LocalConnection
+    conn: Link  # open
     options: PushOptions
     result: PushResult
     progress: ProgressFn
@@ -165,7 +167,7 @@ def undo(push: TargetPush, outcome) -> UserError:
                      f"{undone}")
 
 
-def undo_switch(conn, result: PushResult, options: PushOptions) -> str:
+def undo_switch(conn: Link, result: PushResult, options: PushOptions) -> str:
     """Point `current` and `previous` back where they were before this push and delete the
     failed release, so no later rollback can make it current; says what it did (for the
     error). Under the device's lock, and only while `current` is still this push's release."""
@@ -185,7 +187,7 @@ def host_side(deployment: transfer.Shipment,
                                 against=options.verify_against, required=bool(options.verify))
 
 
-def _runner_command(conn, options: PushOptions) -> str:
+def _runner_command(conn: Link, options: PushOptions) -> str:
     """The runner as a shell command: the venv's python with `-m qrun`, never pip's
     console-script trampoline (a #!/bin/sh script that does not quote the venv's path)."""
     if conn.is_local:
@@ -193,7 +195,7 @@ def _runner_command(conn, options: PushOptions) -> str:
     return f"{release.shell_path(options.remote_dir)}/venv/bin/python -m qrun"
 
 
-def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dict:
+def run_bench(conn: Link, options: PushOptions, on_line: Callable[[str], None]) -> dict:
     """Run `qrun bench --json -` against the device's current release; the parsed report."""
     args = ["bench", "--json", "-"]
     if options.compare:
@@ -222,7 +224,7 @@ def run_bench(conn, options: PushOptions, on_line: Callable[[str], None]) -> dic
 BENCH_DIR = "bench"  # under the remote dir: the --bench-image frame, kept between pushes
 
 
-def bench_image_on_device(conn, options: PushOptions) -> str:
+def bench_image_on_device(conn: Link, options: PushOptions) -> str:
     """`--bench-image` as the device sees it, quoted for its shell: the file itself on
     `local`, else a copy put into `<remote_dir>/bench/` (named by its sha256, so an
     unchanged image is sent once per name)."""
@@ -318,7 +320,7 @@ def for_target(target: targets.Target, options: PushOptions) -> PushOptions:
     return options
 
 
-def connect(target: targets.Target, options: PushOptions):
+def connect(target: targets.Target, options: PushOptions) -> Link:
     """An unopened connection for `target`: local, or SSH resolved through ~/.ssh/config."""
     if target.is_local:
         return LocalConnection(command_timeout=options.command_timeout)
@@ -335,7 +337,7 @@ def connect(target: targets.Target, options: PushOptions):
 
 def keepalives(config, target: targets.Target, options: PushOptions) -> tuple:
     """(interval s, count): --keepalive, else ServerAliveInterval / ServerAliveCountMax from
-    the ssh config, else qdeploy's defaults (ssh.KEEPALIVE_S, ssh.KEEPALIVE_COUNT)."""
+    the ssh config, else qdeploy's defaults (deadline.KEEPALIVE_S, deadline.KEEPALIVE_COUNT)."""
     found = config.lookup(target.host) if config is not None else {}
     where = getattr(config, "qdeploy_path", None) or "~/.ssh/config"
     interval, count = options.keepalive, None
@@ -359,7 +361,7 @@ def check_identity(options: PushOptions) -> None:
         raise UserError(f"--identity {options.identity} does not exist; pass a private key file")
 
 
-def device_python(conn, options: PushOptions) -> str:
+def device_python(conn: Link, options: PushOptions) -> str:
     """The interpreter for the device-side helpers: on `local`, this one unless told otherwise."""
     if conn.is_local and options.python == PushOptions.python:
         return sys.executable

@@ -30,6 +30,7 @@ from typing import Optional
 from qrun.model.deployment import DEFAULT_HOME
 from qrun.errors import UserError
 from qdeploy.push import agent
+from qdeploy.remote.connection import Link
 
 DEFAULT_REMOTE_DIR = DEFAULT_HOME
 PROBE_MARK = b"--qdeploy-manifest--\n"
@@ -128,7 +129,7 @@ def parse_probe(output: bytes) -> RemoteState:
     return state
 
 
-def probe(conn, remote_dir: str) -> RemoteState:
+def probe(conn: Link, remote_dir: str) -> RemoteState:
     """The device's release state, in one command."""
     result = conn.run(probe_command(remote_dir), what="the probe of the release state")
     if not result.ok:
@@ -179,13 +180,13 @@ def receive_command(python: str, remote_dir: str, keep: int = KEEP_RELEASES) -> 
                          "--wait", str(LOCK_WAIT_S), "--idle", str(RECEIVE_IDLE_S))
 
 
-def locked_error(conn, remote_dir: str, result) -> UserError:
+def locked_error(conn: Link, remote_dir: str, result) -> UserError:
     pid = agent_answer(result).get("pid", "unknown")
     return UserError(f"{conn.name}: another push to {remote_dir} is running or a stale one "
                      f"holds its lock (pid {pid}); wait for it or kill it, then try again")
 
 
-def _agent_run(conn, remote_dir: str, python: str, command: str, *args: str):
+def _agent_run(conn: Link, remote_dir: str, python: str, command: str, *args: str):
     """Run agent `command` on the remote dir (`args`: plain words, quoted here); a held lock
     is the locked error."""
     result = conn.run(agent_command(python, command, shell_path(remote_dir), "--wait",
@@ -196,7 +197,8 @@ def _agent_run(conn, remote_dir: str, python: str, command: str, *args: str):
     return result
 
 
-def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] = None) -> dict:
+def rollback(conn: Link, remote_dir: str, python: str = "python3",
+             to: Optional[str] = None) -> dict:
     """Switch `current` back to `previous` (or to release `to`); returns the new links."""
     if to is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", to):
         raise UserError(f"--to {to!r} is not a release id (see {remote_dir}/releases)")
@@ -209,7 +211,7 @@ def rollback(conn, remote_dir: str, python: str = "python3", to: Optional[str] =
     return links
 
 
-def discard(conn, remote_dir: str, python: str, failed: str, back_to: Optional[str],
+def discard(conn: Link, remote_dir: str, python: str, failed: str, back_to: Optional[str],
             previous: Optional[str]) -> str:
     """Undo the push of release `failed`: if it is still `current`, point `current` back at
     `back_to` (or remove it when None) and `previous` at `previous`, and delete the failed
@@ -229,7 +231,7 @@ def discard(conn, remote_dir: str, python: str, failed: str, back_to: Optional[s
     return f"current rolled back to release {agent_answer(result).get('current')}"
 
 
-def put_files(conn, python: str, remote_dir: str, sub: str, paths: list, what: str) -> None:
+def put_files(conn: Link, python: str, remote_dir: str, sub: str, paths: list, what: str) -> None:
     """Write `paths` into `<remote_dir>/<sub>/` on the device (the agent's `put`: each file
     through a .part name); `what` names the step in errors and stalls."""
     def stream():

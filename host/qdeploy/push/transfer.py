@@ -24,7 +24,7 @@ from qrun import atomic
 from qrun.model import manifest as qmanifest
 from qrun.errors import UserError
 from qdeploy.push import release
-from qdeploy.remote.ssh import ConnectionLost
+from qdeploy.remote.connection import ConnectionLost, Link
 
 CHUNK = 1 << 20
 HASH_CACHE_VERSION = 1
@@ -195,7 +195,7 @@ def _remote_files(state: release.RemoteState) -> dict:
 class Transfer:
     """Moves a deployment onto one target through its connection."""
 
-    def __init__(self, conn, remote_dir: str = release.DEFAULT_REMOTE_DIR,
+    def __init__(self, conn: Link, remote_dir: str = release.DEFAULT_REMOTE_DIR,
                  python: str = "python3"):
         self.conn = conn
         self.remote_dir = remote_dir

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import qrun
 from qrun.errors import UserError
 from qdeploy.push import agent, release
+from qdeploy.remote.connection import Link
 
 DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -116,7 +117,7 @@ class RunnerResult:
     seconds: float
 
 
-def _remote_listing(conn, remote_dir: str, sub: str) -> dict:
+def _remote_listing(conn: Link, remote_dir: str, sub: str) -> dict:
     r = release.shell_path(remote_dir)
     result = conn.run(f'cd {r}/{sub} 2>/dev/null && for f in *.whl; do [ -f "$f" ] && '
                       'printf "%s %s\\n" "$(wc -c < "$f")" "$f"; done; true',
@@ -150,7 +151,7 @@ def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool
             f"|| exit {agent.PIP_EXIT}; }} 1>&2; {venv_py} -m qrun --version")
 
 
-def ensure_runner(conn, remote_dir: str, python: str = "python3",
+def ensure_runner(conn: Link, remote_dir: str, python: str = "python3",
                   wheelhouse: Optional[Path] = None, device_version: Optional[str] = None,
                   on_line: Optional[Callable[[str], None]] = None) -> RunnerResult:
     """Install the host's qrun into `<remote_dir>/venv` unless the device has that version."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from qrun.errors import UserError
+from qdeploy.remote import hostkeys
 
 LOCAL = "local"
 DEFAULT_PORT = 22
@@ -181,12 +182,7 @@ def resolve(target: Target, config=None, identity: Optional[Path] = None,
         timeout = seconds or None  # 0: no limit of its own, the default applies
     else:
         timeout = None
-    if known_hosts:
-        known = (str(known_hosts),)
-    else:
-        files = options.get("userknownhostsfile", "").split()
-        known = tuple(os.path.expanduser(f) for f in files) or (
-            str(Path.home() / ".ssh" / "known_hosts"),)
+    known = hostkeys.known_hosts_files(known_hosts, options.get("userknownhostsfile", ""))
     return Endpoint(
         name=target.name, hostname=hostname, port=port, user=user,
         identity_files=tuple(identities),

@@ -18,7 +18,8 @@ from qdeploy.push import fleet
 from qdeploy.push import pipeline as push
 from qdeploy.push import release
 from qdeploy.remote import targets
-from qdeploy.remote.ssh import CommandResult, LocalConnection
+from qdeploy.remote.connection import CommandResult
+from qdeploy.remote.local import LocalConnection
 from qrun.model.preprocess import Preprocess
 from tests.fixtures.deployments import make_deployment
 

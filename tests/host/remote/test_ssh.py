@@ -14,7 +14,8 @@ import pytest
 from qdeploy.remote import inventory
 from qdeploy.push import pipeline as push
 from qdeploy.remote import targets
-from qdeploy.remote.ssh import Connection, fingerprint
+from qdeploy.remote.hostkeys import fingerprint
+from qdeploy.remote.ssh import Connection
 from qrun.errors import UserError
 
 
