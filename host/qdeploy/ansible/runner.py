@@ -25,6 +25,7 @@ from typing import Optional
 from qdeploy.ansible import export
 from qdeploy.push import pipeline, transfer, wheel
 from qdeploy.push.options import ProgressFn, PushOptions, PushResult, no_progress
+from qdeploy.remote import hostkeys, targets
 from qrun.errors import UserError
 
 INSTALL_HINT = "pip install 'qdeploy[ansible]'"
@@ -92,13 +93,20 @@ def inventory_hosts(inventory: Path) -> list:
 
 def ssh_environment(options: PushOptions) -> dict:
     """Connection settings for Ansible's ssh plugin, as qdeploy push applies them: host keys
-    checked (known_hosts file, accept-new on request), key file, ssh config, timeout."""
+    checked (known_hosts file, accept-new on request), key file, ssh config, timeout.
+
+    The known_hosts file is always named, as the native engine resolves it
+    (hostkeys.fleet_known_hosts): OpenSSH's own default is the passwd entry's home, not
+    $HOME, so a key accepted here would otherwise land where a native push never looks. Only
+    an ssh config that names UserKnownHostsFile is left to say it, per host, to both engines.
+    """
     extra = []
     if options.ssh_config is not None:  # a missing one means none, as natively
         config = Path(options.ssh_config)
         extra += ["-F", str(config) if config.is_file() else os.devnull]
-    if options.known_hosts is not None:
-        extra += ["-o", f"UserKnownHostsFile={options.known_hosts}"]
+    known_hosts = known_hosts_file(options)
+    if known_hosts is not None:
+        extra += ["-o", f"UserKnownHostsFile={known_hosts}"]
     if options.accept_new:
         extra += ["-o", "StrictHostKeyChecking=accept-new"]
     env = {"ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_SSH_EXTRA_ARGS": " ".join(extra)}
@@ -107,6 +115,19 @@ def ssh_environment(options: PushOptions) -> dict:
     if options.connect_timeout is not None:
         env["ANSIBLE_TIMEOUT"] = str(max(1, round(options.connect_timeout)))
     return env
+
+
+def known_hosts_file(options: PushOptions) -> Optional[str]:
+    """The known_hosts file Ansible's ssh is pointed at: the one a native push with these
+    options reads and records keys in (hostkeys.fleet_known_hosts, on the ssh config a native
+    push reads), or None when that ssh config names UserKnownHostsFile."""
+    config = None
+    if options.known_hosts is None:
+        try:
+            config = targets.load_ssh_config(options.ssh_config)
+        except UserError:
+            pass  # paramiko cannot parse it: OpenSSH reads it on its own, as before
+    return hostkeys.fleet_known_hosts(options.known_hosts, config)
 
 
 class HostEvents:
@@ -272,6 +293,13 @@ def push_fleet(directory: Path, inventory: Path, options: PushOptions,
         extravars = {"qdeploy_reports": str(fetched)}
         if verifying:
             extravars["qdeploy_verify_check"] = check_command(playbook, options)
+        known_hosts = known_hosts_file(options)
+        if options.accept_new and known_hosts is not None:
+            # OpenSSH creates no directory for a key it accepts outside the passwd home
+            try:
+                Path(known_hosts).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                pass  # ssh then says it could not record the key, as it would anyway
         env = dict(ssh_environment(options), PATH=ansible_path(),
                    ANSIBLE_CONFIG=str(playbook / "ansible.cfg"), ANSIBLE_FORKS=str(options.jobs),
                    ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_NOCOLOR="True")
