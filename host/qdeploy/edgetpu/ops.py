@@ -39,11 +39,73 @@ SUPPORTED_OPS = frozenset({
     "EXPAND_DIMS", "PACK", "QUANTIZE", "SUM", "TRANSPOSE_CONV",
     # mapped whole in Coral's keras_lstm_mnist_ptq twin (its int16 cell state included)
     "UNIDIRECTIONAL_SEQUENCE_LSTM",
+    # in Coral's current table (compiler 16, runtime 14), see ADDED_IN_16
+    "PRELU", "REDUCE_MAX", "REDUCE_MIN", "RSQRT", "SQUARED_DIFFERENCE", "TRANSPOSE",
 })
 
 # Ops the compilers before 2.0.291256449 did not know (CHANGES.md, see SUPPORTED_OPS).
 ADDED_IN_2_0_291256449 = frozenset({"EXPAND_DIMS", "PACK", "QUANTIZE", "SUM",
                                     "TRANSPOSE_CONV"})
+
+# Ops that only compiler 16 maps. TRANSPOSE: "Operation not supported" under compiler 15
+# (log 27), mapped under 16 (log 34). The others are rows of Coral's current table
+# (runtime-14 column, read from the copy of the table published for Axis ARTPEC-7, which
+# uses the Edge TPU); no log shows compiler 15 on them, so the preflight assumes 16 only.
+ADDED_IN_16 = frozenset({"TRANSPOSE", "PRELU", "REDUCE_MAX", "REDUCE_MIN", "RSQRT",
+                         "SQUARED_DIFFERENCE"})
+
+# Coral's table, row by row (compiler 16), and what the preflight does with each caveat
+# (`qdeploy.edgetpu.preflight.LIMITS`). A caveat the preflight cannot check from the
+# flatbuffer alone is marked "not checked".
+CORAL_TABLE = {
+    "ADD": "", "AVERAGE_POOL_2D": "no fused activation",
+    "CONCATENATION": "no fused activation; a constant input only with exactly 2 inputs, "
+                     "all zeros",
+    "CONV_2D": "same dilation in x and y", "DEPTHWISE_CONV_2D": "same dilation in x and y",
+    "EXPAND_DIMS": "", "FULLY_CONNECTED": "default weights format; 1-D output",
+    "L2_NORMALIZATION": "", "LOGISTIC": "", "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional only",
+    "MAXIMUM": "", "MAX_POOL_2D": "no fused activation",
+    "MEAN": "no reduction along batch; a z-reduction needs z a multiple of 4 (compiler 16; "
+            "older tables: x and/or y only)",
+    "MINIMUM": "", "MUL": "", "PACK": "not along batch",
+    "PAD": "not along batch (compiler 15 and 16, log 36; the 2019 table: x and/or y only)",
+    "PRELU": "alpha 1-D (only the innermost dimension > 1): Keras PReLU(shared_axes=[1, 2])",
+    "QUANTIZE": "", "REDUCE_MAX": "not along batch", "REDUCE_MIN": "not along batch",
+    "RELU": "", "RELU6": "", "RELU_N1_TO_1": "",
+    "RESHAPE": "certain reshapes are not mapped for large tensor sizes (RESHAPE_MAX_DIM)",
+    "RESIZE_BILINEAR": "3-D input/output; may stay on the CPU to avoid precision loss",
+    "RESIZE_NEAREST_NEIGHBOR": "3-D input/output; may stay on the CPU to avoid precision "
+                               "loss (not checked: no twin or log shows it refused)",
+    "RSQRT": "", "SLICE": "", "SOFTMAX": "1-D input, at most 16,000 elements",
+    "SPACE_TO_DEPTH": "", "SPLIT": "not along batch", "SQUARED_DIFFERENCE": "",
+    "SQUEEZE": "no relayout (leading 1s only)",
+    "STRIDED_SLICE": "strides 1, ellipsis mask 0, new-axis mask 0", "SUB": "",
+    "SUM": "as MEAN", "TANH": "", "TRANSPOSE": "by size under compiler 16 "
+                                             "(TRANSPOSE_MAPPED_UP_TO, log 34)",
+    "TRANSPOSE_CONV": "",
+}
+
+# Size limits, each bracketed by real compiles. Between the last size seen mapped and the
+# first seen refused the preflight predicts refused and says "likely" in the verdict.
+# TRANSPOSE (compiler 16, log 34, an Ultralytics YOLOv8n at 320): the DFL head's per-level
+# transposes of the 64-channel box map at 1x10x10x64 and 1x20x20x64 and are refused at
+# 1x40x40x64; the two transposes on all 2100 anchors (1x4x16x2100) are refused too.
+TRANSPOSE_MAPPED_UP_TO = 20 * 20 * 64  # elements
+TRANSPOSE_REFUSED_FROM = 40 * 40 * 64
+TRANSPOSE_BRACKET = ("mapped at 1x20x20x64 (25,600 elements), refused at 1x40x40x64 "
+                     "(102,400) in a YOLOv8n export at 320 (log 34)")
+# RESHAPE (compiler 16, log 35, a YOLOv5n at 640, and log 06, a YOLOv5s): per grid the
+# head reshapes [1,g,g,255] -> [1,g*g,3,85] -> [1,3*g*g,85]. All LOGISTIC ops behind the
+# first reshapes are mapped, so the 3 refused reshapes are those with a dimension of
+# 4800 or more (80x80: 6400 and 19200; 40x40: [1,1600,3,85] -> [1,4800,85]) and the 3
+# mapped ones have none above 1600. Coral's movenet twin maps [1,48,48,1] -> [1,2304,1]:
+# the limit lies between 2304 and 4800, which no log or twin pins down.
+RESHAPE_MAX_DIM = 2304
+RESHAPE_REFUSED_DIM = 4800
+RESHAPE_BRACKET = ("mapped with dimensions up to 2304 ([1,48,48,1] -> [1,2304,1], twin "
+                   "movenet_single_pose_lightning_ptq), refused from 4800 ([1,1600,3,85] -> "
+                   "[1,4800,85] in a YOLOv5n export at 640, log 35)")
+MEAN_Z_MULTIPLE = 4
 
 # Compiler versions the preflight can assume (--compiler-version); rules that differ
 # between them are in `rules_for`.
@@ -78,13 +140,17 @@ PARAM_INPUTS = {
     "RESIZE_NEAREST_NEIGHBOR": (1,),
     "EXPAND_DIMS": (1,),
     "SPLIT": (0,),
+    "PRELU": (1,),
+    "TRANSPOSE": (1,),
+    "REDUCE_MAX": (1,),
+    "REDUCE_MIN": (1,),
 }
 
 # Of those, the inputs that decide an output's size: computed at run time (a SHAPE op
 # feeding a RESHAPE, as Keras writes for a batch of None) they make the TFLite
 # interpreter mark the output dynamic-sized, and compiler 16 fails the whole model
 # ("dynamic-sized tensors", log 19).
-WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "PRELU")
 SIZE_INPUTS = {op: inputs for op, inputs in PARAM_INPUTS.items() if op not in WEIGHTED}
 
 # Ops whose weights decide whether the model is quantized at all: a float weight here
@@ -137,4 +203,29 @@ EVIDENCE = {
     "not constant": "log 23",
     "2d output": "log 24",
     "custom op": "twins posenet_* (PosenetDecoderOp on the CPU); log 05",
+    "transpose before 16": "log 27 (compiler 15: TRANSPOSE 'Operation not supported')",
+    "transpose size": "log 34 (compiler 16, YOLOv8n at 320: TRANSPOSE 2 mapped, 3 "
+                      "'unspecified limitation'): " + TRANSPOSE_BRACKET,
+    "reshape size": "twin movenet_single_pose_lightning_ptq and logs 35 and 06 (compiler 16, YOLOv5n at 640 and YOLOv5s: RESHAPE 3 "
+                    "mapped, 3 'unspecified limitation'): " + RESHAPE_BRACKET,
+    "pad channels": "log 36 (compiler 15, BlazeFace with float I/O: PAD 11 mapped, 11 of "
+                    "them padding channels, e.g. [1,64,64,24] -> [1,64,64,28]); docs (the "
+                    "current table: 'no padding in batch dimension')",
+    "pad before 15": "docs (the 2019 table: padding along x and/or y only; no log of an "
+                     "older compiler on a channel pad: a guess)",
+    "mean axes": "docs (the current table: no reduction along batch, z a multiple of 4; "
+                 "the 2019 table: x and/or y only)",
+    "batch axis": "docs (the current table: PACK, SPLIT, REDUCE_MAX/MIN not along batch)",
+    "prelu alpha": "docs (the current table: alpha must be 1-D, Keras shared_axes=[1, 2])",
+    "dilation": "docs (the current table: same dilation in x and y)",
+    "softmax": "docs (1-D input, at most 16,000 elements); log 24",
+    "fused activation": "docs (pooling and concatenation without fused activation)",
+    "concatenation constant": "docs (a constant input only with 2 inputs, all zeros)",
+    "fully connected": "docs (default weights format, 1-D output); log 24",
+    "squeeze": "docs (no relayout)",
+    "strided slice": "docs (strides 1, no ellipsis or new-axis mask)",
+    "added in 16": "docs (Coral's current table, runtime 14) for PRELU, REDUCE_MAX, "
+                   "REDUCE_MIN, RSQRT, SQUARED_DIFFERENCE; log 27 vs log 34 for TRANSPOSE",
+    "num segments": "guess from Coral's pipelining docs: the compiler cuts the model into N "
+                    "segments of about equal parameter data",
 }

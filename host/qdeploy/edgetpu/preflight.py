@@ -28,14 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from qdeploy.edgetpu import limits
 from qdeploy.edgetpu import ops as ops_table
 from qdeploy.edgetpu import placement
 from qdeploy.edgetpu.placement import Boundary
 from qdeploy.modelfile.tflite_graph import Graph, Op, load
 from qdeploy.errors import UserError
 
-FUSED_NONE = 0
-WEIGHTS_FORMAT_DEFAULT = 0
+FUSED_NONE = limits.FUSED_NONE
+WEIGHTS_FORMAT_DEFAULT = limits.WEIGHTS_FORMAT_DEFAULT
 
 FIXES = {
     ops_table.VERSION_NOT_SUPPORTED: "re-convert with a TensorFlow whose converter emits an "
@@ -62,10 +63,30 @@ class OpPrediction:
     version: int
     status: str
     reason: str = ""
+    rule: str = ""  # key of ops.EVIDENCE: the rule that decided, when not mapped
+    evidence: str = ""  # ops.EVIDENCE[rule]: the log, twin or docs that show it
+    fix: str = ""  # what to change in the model for this op
+    stage: Optional[int] = None  # Edge TPU subgraph of a mapped op
 
     @property
     def mapped(self) -> bool:
         return self.status == ops_table.MAPPED
+
+
+@dataclass
+class Segment:
+    """One part of the compiled model, in execution order: an Edge TPU subgraph (one
+    edgetpu-custom-op) or a run of ops left on the CPU; with --segments, a pipeline
+    segment model holding both."""
+
+    index: int
+    kind: str  # "edgetpu", "cpu" or "pipeline"
+    ops: list = field(default_factory=list)  # op indices of the original model
+    cpu_ops: list = field(default_factory=list)  # names of its ops left on the CPU
+
+    @property
+    def count(self) -> int:
+        return len(self.ops)
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Prediction:
     edgetpu_custom_ops: int = 0
     cpu_ops: list = field(default_factory=list)  # op names left on the CPU, in order
     notes: list = field(default_factory=list)  # rules applied that the user should know
+    segments: list = field(default_factory=list)  # Segment, in execution order
 
     @property
     def ok(self) -> bool:
@@ -129,16 +151,51 @@ def model_in(target: Path) -> Path:
 
 
 def preflight(model: Path, multiple_subgraphs: bool = False,
-              compiler: str = ops_table.DEFAULT_COMPILER) -> Prediction:
+              compiler: str = ops_table.DEFAULT_COMPILER,
+              num_segments: Optional[int] = None) -> Prediction:
     """Read `model` (a .tflite, or a convert directory's int8 model) and predict the
-    verdict of edgetpu_compiler version `compiler` (see the module docstring)."""
+    verdict of edgetpu_compiler version `compiler` (see the module docstring); with
+    `num_segments` (the compiler's -n), also each pipeline segment."""
     version = compiler_version(compiler)
     graph = load(model_in(model))
     if any(op.name == ops_table.EDGETPU_CUSTOM_OP for op in graph.ops):
         return compiled_report(graph)
     prediction = predict(graph, multiple_subgraphs, version)
     prediction.compiler_version = str(compiler)
+    if num_segments and num_segments > 1 and not prediction.refusal:
+        prediction.segments = pipeline(graph, num_segments, version)
+        prediction.notes.append(f"{num_segments} pipeline segments cut by parameter size "
+                                "(ops.EVIDENCE['num segments'], a guess)")
     return prediction
+
+
+def parameter_bytes(graph: Graph, op: Op) -> int:
+    """Bytes of the constant inputs (weights, biases) an op reads."""
+    return sum(len(t.data) for t in (graph.tensor(i) for i in op.inputs)
+               if t is not None and t.constant)
+
+
+def pipeline(graph: Graph, n: int, compiler: tuple = (16,)) -> list:
+    """The compiler's -n N: N consecutive segments of about equal parameter data (a guess,
+    ops.EVIDENCE['num segments']), each placed as a model of its own."""
+    sizes = [parameter_bytes(graph, op) for op in graph.ops]
+    total, done, chunks = sum(sizes) or 1, 0, [[]]
+    for op, size in zip(graph.ops, sizes):
+        left = len(graph.ops) - op.index
+        if chunks[-1] and len(chunks) < n and (done >= total * len(chunks) / n
+                                               or left <= n - len(chunks)):
+            chunks.append([])
+        chunks[-1].append(op)
+        done += size
+    out = []
+    for i, chunk in enumerate(chunks):
+        part = Graph(path=graph.path, ops=tuple(chunk), tensors=graph.tensors,
+                     inputs=graph.inputs, outputs=graph.outputs)
+        own = [op_status(graph, op, compiler)[0] == ops_table.MAPPED for op in chunk]
+        where = placement.place(part, own)
+        out.append(Segment(index=i, kind="pipeline", ops=[op.index for op in chunk],
+                           cpu_ops=[op.name for op, m in zip(chunk, where.mapped) if not m]))
+    return out
 
 
 def compiled_report(graph: Graph) -> Prediction:
@@ -156,23 +213,66 @@ def compiled_report(graph: Graph) -> Prediction:
 def predict(graph: Graph, multiple_subgraphs: bool = False,
             compiler: tuple = (16,)) -> Prediction:
     """Judge each op on its own, place them by the graph, and find the first blocker."""
-    own = [op_status(graph, op, compiler) for op in graph.ops]
+    judged = [judge(graph, op, compiler) for op in graph.ops]
+    own = [(status, reason) for status, reason, _, _ in judged]
     refusal, fix = model_refusal(graph, own, compiler)
     where = placement.place(graph, [s == ops_table.MAPPED for s, _ in own],
                             multiple_subgraphs)
-    rows = [OpPrediction(op.index, op.name, op.version, *placed_status(status, cut))
-            for op, status, cut in zip(graph.ops, own, where.cut)]
+    rows = [row_for(op, j, cut, stage)
+            for op, j, cut, stage in zip(graph.ops, judged, where.cut, where.stage)]
     mapped = [row.mapped and not refusal for row in rows]
     leaves = placement.boundary(graph, where)
     blocker = rows[leaves.op] if leaves else first_blocker(rows)
     return Prediction(
         model=str(graph.path), ops=rows, on_edgetpu=sum(mapped),
         on_cpu=len(rows) - sum(mapped), subgraphs=0 if refusal else where.subgraphs,
-        refusal=refusal, fix=fix or (FIXES.get(blocker.status, "") if blocker else ""),
+        refusal=refusal, fix=fix or (blocker_fix(blocker) if blocker else ""),
         first_blocker=blocker, leaves_from=None if refusal else leaves,
         multiple_subgraphs=multiple_subgraphs,
         cpu_ops=[row.op for row, m in zip(rows, mapped) if not m],
-        notes=model_notes(graph, compiler))
+        notes=model_notes(graph, compiler),
+        segments=[] if refusal else segments(rows))
+
+
+def row_for(op: Op, judged: tuple, cut: bool, stage: Optional[int]) -> OpPrediction:
+    status, reason, rule, fix = judged
+    if cut:
+        status, reason = placed_status((status, reason), cut)
+        rule, fix = "connectivity", ""
+    return OpPrediction(op.index, op.name, op.version, status, reason, rule,
+                        ops_table.EVIDENCE.get(rule, "") if status != ops_table.MAPPED else "",
+                        fix, stage)
+
+
+def blocker_fix(row: OpPrediction) -> str:
+    return row.fix or FIXES.get(row.status, "")
+
+
+def segments(rows: list) -> list:
+    """The compiled model's parts in execution order, as the compiler lays them out: each
+    Edge TPU subgraph becomes one edgetpu-custom-op where its first op was, the ops left
+    on the CPU stay in place between them."""
+    out, seen = [], {}
+    for row in rows:
+        if row.mapped:
+            if row.stage not in seen:
+                seen[row.stage] = Segment(index=len(out), kind="edgetpu")
+                out.append(seen[row.stage])
+            seen[row.stage].ops.append(row.index)
+            continue
+        if not out or out[-1].kind != "cpu":
+            out.append(Segment(index=len(out), kind="cpu"))
+        out[-1].ops.append(row.index)
+        out[-1].cpu_ops.append(row.op)
+    return out
+
+
+def layout(p: "Prediction") -> list:
+    """The predicted compiled model's op names: edgetpu-custom-op for each Edge TPU part."""
+    names = []
+    for seg in p.segments:
+        names += [ops_table.EDGETPU_CUSTOM_OP] if seg.kind == "edgetpu" else seg.cpu_ops
+    return names
 
 
 def placed_status(own: tuple, cut: bool) -> tuple:
@@ -283,35 +383,54 @@ def dynamic_status(graph: Graph, op: Op, compiler: tuple) -> str:
 
 def op_status(graph: Graph, op: Op, compiler: tuple = (16,)) -> tuple:
     """(status, reason) of one op judged on its own, before placement by the graph."""
+    status, reason, _, _ = judge(graph, op, compiler)
+    return status, reason
+
+
+def judge(graph: Graph, op: Op, compiler: tuple = (16,)) -> tuple:
+    """(status, reason, rule, fix) of one op on its own; `rule` keys ops.EVIDENCE."""
     rejected = rejected_version(op, compiler)
     if rejected and op.version >= rejected:
         name = ".".join(str(p) for p in compiler)
-        return ops_table.VERSION_NOT_SUPPORTED, f"compiler {name} parses {op.name} only " \
-                                                f"below version {rejected}"
+        return (ops_table.VERSION_NOT_SUPPORTED, f"compiler {name} parses {op.name} only "
+                f"below version {rejected}", "op versions", "")
     acts = activations(graph, op)
     dynamic = dynamic_status(graph, op, compiler)
     if dynamic:
-        return ops_table.DYNAMIC_SHAPE, dynamic
+        return ops_table.DYNAMIC_SHAPE, dynamic, "dynamic size", ""
     float_tensors = [t for t in acts if t.dtype not in ops_table.QUANTIZED_DTYPES]
     if float_tensors:
         t = float_tensors[0]
         if op.name == "QUANTIZE" and all(o.dtype in ops_table.QUANTIZED_DTYPES
                                          for o in acts if o.index in op.outputs):
-            return ops_table.LIMITATION, f"quantizes a {t.dtype} input (float model I/O)"
-        return ops_table.UNSUPPORTED_DTYPE, f"tensor '{t.name}' is {t.dtype}"
-    if op.custom or op.name not in ops_table.SUPPORTED_OPS or (
-            compiler < (2, 0, 291256449) and op.name in ops_table.ADDED_IN_2_0_291256449):
-        return ops_table.NOT_SUPPORTED, f"{op.name} is not in the Edge TPU op table"
+            return (ops_table.LIMITATION, f"quantizes a {t.dtype} input (float model I/O)",
+                    "float io", "convert with uint8/int8 input and output to map it too")
+        return (ops_table.UNSUPPORTED_DTYPE, f"tensor '{t.name}' is {t.dtype}", "float io",
+                "")
+    if op.custom or op.name not in ops_table.SUPPORTED_OPS:
+        return (ops_table.NOT_SUPPORTED, f"{op.name} is not in the Edge TPU op table",
+                "custom op" if op.custom else "op table", "")
+    if compiler < (2, 0, 291256449) and op.name in ops_table.ADDED_IN_2_0_291256449:
+        return (ops_table.NOT_SUPPORTED, f"{op.name} is not in the op table of compilers "
+                "before 2.0.291256449", "op table", "compile with edgetpu_compiler 16")
+    if compiler < (16,) and op.name in ops_table.ADDED_IN_16:
+        rule = "transpose before 16" if op.name == "TRANSPOSE" else "added in 16"
+        return (ops_table.NOT_SUPPORTED, f"compiler {compiler[0]} has no {op.name}; "
+                "compiler 16 maps it", rule, "compile with edgetpu_compiler 16, or replace "
+                f"the {op.name}")
     for position in ops_table.PARAM_INPUTS.get(op.name, ()):
         t = graph.tensor(op.inputs[position]) if position < len(op.inputs) else None
         if t is not None and not t.constant:
-            return ops_table.NOT_CONSTANT, f"input {position} ('{t.name}') is computed at " \
-                                           "run time"
+            return (ops_table.NOT_CONSTANT, f"input {position} ('{t.name}') is computed at "
+                    "run time", "not constant", "")
     for t in acts:
         if not rank_ok(t.shape):
-            return ops_table.UNSUPPORTED_RANK, f"tensor '{t.name}' has shape {list(t.shape)}"
-    return limit_status(graph, op)
-
+            return (ops_table.UNSUPPORTED_RANK, f"tensor '{t.name}' has shape "
+                    f"{list(t.shape)}", "rank", "")
+    refusal = limits.check(graph, op, compiler)
+    if refusal:
+        return refusal.status, refusal.reason, refusal.rule, refusal.fix
+    return ops_table.MAPPED, "", "", ""
 
 
 def rank_ok(shape: tuple) -> bool:
@@ -320,126 +439,13 @@ def rank_ok(shape: tuple) -> bool:
 
 
 def non_unit_dims(shape: tuple) -> int:
-    return sum(1 for d in shape if d != 1)
+    return limits.non_unit_dims(shape)
 
 
-def limit_status(graph: Graph, op: Op) -> tuple:
+def limit_status(graph: Graph, op: Op, compiler: tuple = (16,)) -> tuple:
     """(status, reason) from the op's documented limits; MAPPED when within them."""
-    checker = LIMITS.get(op.name)
-    reason = checker(graph, op) if checker else ""
-    if not reason:
-        return ops_table.MAPPED, ""
-    if reason.startswith("2-D"):
-        return ops_table.TWO_D_OUTPUT, reason
-    return ops_table.LIMITATION, reason
-
-
-def _fused_activation(graph: Graph, op: Op) -> str:
-    if op.options.get("fused_activation", FUSED_NONE) != FUSED_NONE:
-        return f"{op.name} has a fused activation; the Edge TPU needs none here"
-    return ""
-
-
-def _concatenation(graph: Graph, op: Op) -> str:
-    reason = _fused_activation(graph, op)
-    if reason:
-        return reason
-    constants = [graph.tensor(i) for i in op.inputs if graph.tensor(i) is not None
-                 and graph.tensor(i).constant]
-    if constants and (len(op.inputs) != 2 or any(c.data.any() for c in constants)):
-        return "a constant input is allowed only with exactly 2 inputs and all zeros"
-    return ""
-
-
-def _fully_connected(graph: Graph, op: Op) -> str:
-    if op.options.get("weights_format", WEIGHTS_FORMAT_DEFAULT) != WEIGHTS_FORMAT_DEFAULT:
-        return "weights are not in the default format"
-    out = graph.tensor(op.outputs[0])
-    if non_unit_dims(out.shape) > 1:
-        return f"2-D output {list(out.shape)}: the output must be 1-dimensional"
-    return ""
-
-
-def _softmax(graph: Graph, op: Op) -> str:
-    t = graph.tensor(op.inputs[0])
-    if non_unit_dims(t.shape) > 1:
-        return f"2-D input {list(t.shape)}: the input must be 1-dimensional"
-    size = 1
-    for d in t.shape:
-        size *= d
-    if size > ops_table.SOFTMAX_MAX_ELEMENTS:
-        return f"{size} elements, more than {ops_table.SOFTMAX_MAX_ELEMENTS}"
-    return ""
-
-
-def _spatial_axes(rank: int) -> set:
-    """Axes of y and x: (1, 2) for NHWC, (0, 1) for HWC."""
-    return {rank - 3, rank - 2} if rank >= 3 else set()
-
-
-def _mean(graph: Graph, op: Op) -> str:
-    rank = len(graph.tensor(op.inputs[0]).shape)
-    axes = {int(a) % rank for a in graph.tensor(op.inputs[1]).values("int32")} if rank else set()
-    if not axes <= _spatial_axes(rank):
-        return f"reduces along axes {sorted(axes)}; only x and/or y are supported"
-    return ""
-
-
-def _pad(graph: Graph, op: Op) -> str:
-    rank = len(graph.tensor(op.inputs[0]).shape)
-    pads = graph.tensor(op.inputs[1]).values("int32").reshape(-1, 2)
-    padded = {i for i, row in enumerate(pads) if row.any()}
-    if not padded <= _spatial_axes(rank):
-        return f"pads along axes {sorted(padded)}; only x and/or y are supported"
-    return ""
-
-
-def _resize_bilinear(graph: Graph, op: Op) -> str:
-    """Heuristic for "may stay unmapped to avoid precision loss": the scale from input to
-    output must be a whole number (align_corners: (out-1)/(in-1)). It reproduces the
-    real compiler on Coral's deeplabv3 twin (1x1 -> 33x33 with align_corners stays on CPU)."""
-    src = graph.tensor(op.inputs[0]).shape
-    dst = graph.tensor(op.outputs[0]).shape
-    if len(src) < 3 or len(dst) < 3:
-        return ""
-    align = op.options.get("align_corners", False)
-    for i, o in zip(src[-3:-1], dst[-3:-1]):
-        whole = (i > 1 and (o - 1) % (i - 1) == 0) if align else (o % i == 0)
-        if not whole:
-            return f"resizes {list(src[-3:-1])} to {list(dst[-3:-1])}: not a whole scale " \
-                   "factor (the compiler avoids precision loss)"
-    return ""
-
-
-def _squeeze(graph: Graph, op: Op) -> str:
-    src = graph.tensor(op.inputs[0]).shape
-    dst = graph.tensor(op.outputs[0]).shape
-    if tuple(src[len(src) - len(dst):]) != tuple(dst):
-        return f"squeezes {list(src)} to {list(dst)}: only leading 1s can be dropped"
-    return ""
-
-
-def _strided_slice(graph: Graph, op: Op) -> str:
-    if op.options.get("ellipsis_mask", 0) or op.options.get("new_axis_mask", 0):
-        return "ellipsis or new-axis mask is set"
-    strides = graph.tensor(op.inputs[3]) if len(op.inputs) > 3 else None
-    if strides is not None and strides.constant and (strides.values("int32") != 1).any():
-        return "strides other than 1"
-    return ""
-
-
-LIMITS = {
-    "AVERAGE_POOL_2D": _fused_activation,
-    "MAX_POOL_2D": _fused_activation,
-    "CONCATENATION": _concatenation,
-    "FULLY_CONNECTED": _fully_connected,
-    "SOFTMAX": _softmax,
-    "MEAN": _mean,
-    "PAD": _pad,
-    "RESIZE_BILINEAR": _resize_bilinear,
-    "SQUEEZE": _squeeze,
-    "STRIDED_SLICE": _strided_slice,
-}
+    refusal = limits.check(graph, op, compiler)
+    return (refusal.status, refusal.reason) if refusal else (ops_table.MAPPED, "")
 
 
 def summarize(names: list) -> str:
@@ -470,8 +476,9 @@ def verdict(p: Prediction) -> str:
     if p.leaves_from is not None:
         f = p.leaves_from
         source = f"; it reads '{f.tensor}' from op {f.producer} {f.producer_op} on the Edge TPU"
+    rule = f"; rule: {b.rule} ({b.evidence})" if b.rule and b.evidence else ""
     return (f"{head}; first on CPU: op {b.index} {b.op} v{b.version}: {b.status}"
-            f"{f' ({b.reason})' if b.reason else ''}{source}; fix: {p.fix}; {assumed}")
+            f"{f' ({b.reason})' if b.reason else ''}{source}{rule}; fix: {p.fix}; {assumed}")
 
 
 def report_lines(p: Prediction) -> list:
@@ -481,5 +488,17 @@ def report_lines(p: Prediction) -> list:
     if not p.compiled:
         lines.append(f"predicted on the Edge TPU: {p.on_edgetpu} of {len(p.ops)} ops"
                      + (f"; on the CPU: {summarize(p.cpu_ops)}" if p.cpu_ops else ""))
+        lines += [f"segment {seg.index}: {segment_line(seg)}" for seg in p.segments
+                  if len(p.segments) > 1]
         lines += [f"note: {n}" for n in p.notes]
     return lines
+
+
+def segment_line(seg: Segment) -> str:
+    if seg.kind == "edgetpu":
+        return f"Edge TPU subgraph of {seg.count} ops (ops {seg.ops[0]}-{seg.ops[-1]})"
+    if seg.kind == "cpu":
+        return f"CPU: {summarize(seg.cpu_ops)}"
+    cpu = f"; on the CPU: {summarize(seg.cpu_ops)}" if seg.cpu_ops else ""
+    return (f"pipeline segment of ops {seg.ops[0]}-{seg.ops[-1]}, "
+            f"{seg.count - len(seg.cpu_ops)} of {seg.count} on the Edge TPU{cpu}")

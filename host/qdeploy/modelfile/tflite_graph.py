@@ -231,8 +231,23 @@ def _squeeze(t) -> dict:
     return {"squeeze_dims": dims}
 
 
+def _convolution(cls):
+    def read(t):
+        o = _init(cls, t)
+        return {"fused_activation": o.FusedActivationFunction(),
+                "dilation_h": o.DilationHFactor(), "dilation_w": o.DilationWFactor()}
+    return read
+
+
+def _pack(t) -> dict:
+    from tflite.PackOptions import PackOptions
+    return {"axis": _init(PackOptions, t).Axis()}
+
+
 def _option_readers() -> dict:
     from tflite.ConcatenationOptions import ConcatenationOptions
+    from tflite.Conv2DOptions import Conv2DOptions
+    from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
     from tflite.Pool2DOptions import Pool2DOptions
     from tflite.ResizeBilinearOptions import ResizeBilinearOptions
     from tflite.ResizeNearestNeighborOptions import ResizeNearestNeighborOptions
@@ -246,6 +261,9 @@ def _option_readers() -> dict:
         "RESIZE_NEAREST_NEIGHBOR": _resize(ResizeNearestNeighborOptions),
         "STRIDED_SLICE": _strided_slice,
         "SQUEEZE": _squeeze,
+        "CONV_2D": _convolution(Conv2DOptions),
+        "DEPTHWISE_CONV_2D": _convolution(DepthwiseConv2DOptions),
+        "PACK": _pack,
     }
 
 

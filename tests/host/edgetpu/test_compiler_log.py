@@ -103,6 +103,14 @@ EXPECTED = {
     "33-console-v16-i-intermediate-tensors-tflite-model-maker.txt": (
         dict(compiler_version=None, operation_log="detector_edgetpu.log", total_ops=267,
              ops_on_edgetpu=261, ops_on_cpu=6, partial=True), 5, None),
+    "34-logfile-v16-yolov8n-320-transpose-partly-mapped.txt": (
+        dict(compiler_version=V16, input_model="yolov8n_saved_model/yolov8n_full_integer_quant"
+             ".tflite", ops_on_edgetpu=233, ops_on_cpu=23), 26, None),
+    "35-logfile-v16-yolov5n-640-reshape-limitation.txt": (
+        dict(compiler_version=V16, input_model="yolov5n-int8.tflite", ops_on_edgetpu=240,
+             ops_on_cpu=16), 18, None),
+    "36-logfile-v15-blazeface-float-io-channel-pad.txt": (
+        dict(compiler_version=V15, ops_on_edgetpu=75, ops_on_cpu=3), 10, None),
 }
 
 
