@@ -357,9 +357,8 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
         compiled = stage / next(n for n in outputs if n.endswith(".tflite"))
         result.first_cpu_op = first_cpu_op(compiled, log)
         result.verdict = success_verdict(log, result.first_cpu_op)
-        if not options.segments:
-            result.predicted, result.differences = against_preflight(model, compiled,
-                                                                     options, version)
+        result.predicted, result.differences = against_preflight(
+            model, [stage / n for n in outputs if n.endswith(".tflite")], options, version)
         if owned:
             result.manifest_updated = record(stage, directory, outputs, version, min_runtime,
                                              log)
@@ -370,13 +369,25 @@ def compile_model(target: Path, options: Optional[CompileOptions] = None,
     return result
 
 
-def against_preflight(model: Path, compiled: Path, options: CompileOptions,
+def against_preflight(model: Path, compiled: list, options: CompileOptions,
                       version: str) -> tuple:
-    """(the preflight's verdict, where it differs from the compiled model) for `model`."""
+    """(the preflight's verdict, where it differs from the compiled model(s)) for `model`:
+    op counts, first CPU op and Edge TPU subgraph by subgraph; with --segments, segment
+    model by segment model."""
     from qdeploy.edgetpu import twins
 
-    prediction = preflight.preflight(model, options.multiple_subgraphs, str(major(version)))
-    return prediction.verdict, twins.compare(prediction, twins.read_twin(compiled))
+    prediction = preflight.preflight(model, options.multiple_subgraphs, str(major(version)),
+                                     num_segments=options.segments)
+    if options.segments:
+        segments = [twins.read_twin(path) for path in sorted(compiled, key=segment_number)]
+        return prediction.verdict, twins.compare_pipeline(prediction, segments)
+    return prediction.verdict, twins.compare(prediction, twins.read_twin(compiled[0], model))
+
+
+def segment_number(path: Path) -> int:
+    """model_segment_3_of_4_edgetpu.tflite -> 3."""
+    m = re.search(r"_segment_(\d+)_of_\d+_edgetpu", Path(path).name)
+    return int(m.group(1)) if m else 0
 
 
 def comparison_lines(result: CompileResult) -> list:

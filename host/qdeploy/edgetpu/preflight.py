@@ -267,6 +267,11 @@ def segments(rows: list) -> list:
     return out
 
 
+def summarize_layout(names: list) -> str:
+    """[QUANTIZE, edgetpu-custom-op, ARG_MAX] -> 'QUANTIZE | Edge TPU | ARG_MAX'."""
+    return " | ".join("Edge TPU" if n == ops_table.EDGETPU_CUSTOM_OP else n for n in names)
+
+
 def layout(p: "Prediction") -> list:
     """The predicted compiled model's op names: edgetpu-custom-op for each Edge TPU part."""
     names = []

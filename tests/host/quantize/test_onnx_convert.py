@@ -175,7 +175,8 @@ def test_flatten_into_linear_names_the_transpose(onnx_models, calib_nchw, tmp_pa
     text = " ".join(out.split())
     assert "1 TRANSPOSE op left by onnx2tf; from Flatten flatten of a [1, 4, 8, 8] NCHW map" \
         in text
-    prediction = preflight.preflight(tmp_path / "out" / "model_int8.tflite")
+    # compiler 15 has no TRANSPOSE (log 27); compiler 16 maps one this small (log 34)
+    prediction = preflight.preflight(tmp_path / "out" / "model_int8.tflite", compiler="15")
     assert prediction.first_blocker.op == "TRANSPOSE"
 
 
