@@ -187,3 +187,45 @@ def test_cli_preflight_takes_a_and_the_compiler_version():
     bad = subprocess.run([str(qdeploy), "preflight", "--compiler-version", "x", model],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("error: --compiler-version 'x'")
+
+
+@pytest.mark.parametrize("name,replaced", [(DEEPLAB, [64]), (MOVENET, [98])])
+def test_each_custom_op_is_traced_back_to_the_ops_it_replaced(name, replaced):
+    """The compiler keeps tensor names: walking back from a custom op's outputs to its
+    inputs in the uncompiled model finds exactly the ops it mapped."""
+    compiled = twins.read_twin(CORAL / f"{name}_edgetpu.tflite", CORAL / f"{name}.tflite")
+    assert compiled.parts == replaced
+    assert compiled.layout.count(t.EDGETPU_CUSTOM_OP) == 1
+
+
+def test_compile_with_a_compares_edgetpu_subgraph_by_subgraph(tmp_path, double):
+    """-a: the preflight predicts deeplab in 2 Edge TPU subgraphs (64 ops, then 6 behind
+    the first RESIZE_BILINEAR); the twin the double copies was compiled without -a (one
+    custom op of 64 ops): the differences name the segment layout."""
+    d = make_dir(tmp_path, DEEPLAB)
+    double(DEEPLAB)
+    result = compiler.compile_model(d, compiler.CompileOptions(multiple_subgraphs=True),
+                                    DOUBLE)
+    assert result.ok
+    layout = next(line for line in result.differences if line.startswith("segments:"))
+    assert layout.startswith("segments: predicted Edge TPU | RESIZE_BILINEAR | Edge TPU | "
+                             "ARG_MAX, compiler Edge TPU | RESIZE_BILINEAR | QUANTIZE")
+    p = preflight.preflight(CORAL / f"{DEEPLAB}.tflite", multiple_subgraphs=True)
+    assert [s.count for s in p.segments if s.kind == "edgetpu"] == [64, 6]
+
+
+def test_compile_with_segments_compares_segment_by_segment(tmp_path, double):
+    """--segments 2: the double writes the same compiled twin for both segments; the
+    comparison is made segment model by segment model."""
+    d = make_dir(tmp_path, DEEPLAB)
+    double(DEEPLAB)
+    result = compiler.compile_model(d, compiler.CompileOptions(segments=2), DOUBLE)
+    assert result.ok and result.differences is not None
+    p = preflight.preflight(CORAL / f"{DEEPLAB}.tflite", num_segments=2)
+    assert [s.kind for s in p.segments] == ["pipeline", "pipeline"]
+    # segment 0 (ops 0-56) keeps nothing on the CPU, the copied twin 8 ops: a difference;
+    # segment 1 (ops 57-71) keeps the deeplab twin's 8 CPU ops: none
+    assert p.segments[1].cpu_ops == twins.read_twin(CORAL / f"{DEEPLAB}_edgetpu.tflite").cpu_ops
+    assert result.differences == [
+        "segment 0: CPU ops predicted [], compiler [RESIZE_BILINEAR x3, QUANTIZE, "
+        "CONCATENATION, CONV_2D x2, ARG_MAX]"]
