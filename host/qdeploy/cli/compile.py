@@ -115,12 +115,16 @@ def preflight_command(
         "16", "--compiler-version", help="The edgetpu_compiler version to predict for "
         "(16, 15, 14, 2.1, 2.0.267685300 ...): older ones refuse a batch of -1 and know "
         "fewer ops and op versions. The verdict says which it assumed."),
+    segments: Optional[int] = typer.Option(
+        None, "--segments", min=1, help="Predict for compile --segments N (edgetpu_compiler "
+        "-n): the ops of each pipeline segment and those it leaves on the CPU."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
     """Predict the compiler's verdict on MODEL (help: PREFLIGHT_HELP)."""
     from qdeploy.edgetpu import preflight
 
-    prediction = preflight.preflight(model, multiple_subgraphs, compiler_version)
+    prediction = preflight.preflight(model, multiple_subgraphs, compiler_version,
+                                     num_segments=segments)
     if as_json:
         typer.echo(json.dumps(prediction.to_dict()))
     else:

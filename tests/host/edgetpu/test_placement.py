@@ -229,3 +229,19 @@ def test_compile_with_segments_compares_segment_by_segment(tmp_path, double):
     assert result.differences == [
         "segment 0: CPU ops predicted [], compiler [RESIZE_BILINEAR x3, QUANTIZE, "
         "CONCATENATION, CONV_2D x2, ARG_MAX]"]
+
+
+def test_cli_preflight_predicts_each_segment():
+    qdeploy = Path(sys.executable).parent / "qdeploy"
+    model = str(CORAL / f"{DEEPLAB}.tflite")
+    run = subprocess.run([str(qdeploy), "preflight", "-a", model], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert "segment 0: Edge TPU subgraph of 64 ops (ops 0-63)" in run.stdout
+    assert "segment 1: CPU: RESIZE_BILINEAR" in run.stdout
+    run = subprocess.run([str(qdeploy), "preflight", "--segments", "2", "--json", model],
+                         capture_output=True, text=True)
+    import json
+    segments = json.loads(run.stdout)["segments"]
+    assert [s["kind"] for s in segments] == ["pipeline", "pipeline"]
+    assert sum(len(s["ops"]) for s in segments) == 72

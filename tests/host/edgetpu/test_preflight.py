@@ -252,3 +252,47 @@ def test_leading_cpu_ops_do_not_end_the_edgetpu_segment():
     own = [(t.MAPPED, ""), (t.NOT_SUPPORTED, ""), (t.MAPPED, "")]
     assert [s for s, _ in preflight.sequence(own, False)][2] == t.MORE_THAN_ONE_SUBGRAPH
     assert [s for s, _ in preflight.sequence(own, True)][2] == t.MAPPED
+
+
+def test_op_table_is_coral_table_row_by_row():
+    """Every op the preflight maps is a row of Coral's table (ops.CORAL_TABLE, with its
+    caveat) and every row is an op the preflight knows; the ops the current table added
+    for compiler 16 are refused by compiler 15."""
+    assert set(t.CORAL_TABLE) == set(t.SUPPORTED_OPS)
+    assert t.ADDED_IN_16 <= t.SUPPORTED_OPS
+    g = one_op("RSQRT", [tensor(0, [1, 8]), tensor(1, [1, 8])], [0], [1])
+    assert (status(g, (16,)), status(g, (15, 0))) == (t.MAPPED, t.NOT_SUPPORTED)
+
+
+def test_prelu_needs_a_per_channel_alpha():
+    def prelu(alpha_shape):
+        return one_op("PRELU", [tensor(0, [1, 8, 8, 4]),
+                                tensor(1, alpha_shape, data=np.ones(int(np.prod(alpha_shape)))),
+                                tensor(2, [1, 8, 8, 4])], [0, 1], [2])
+    assert status(prelu([1, 1, 4])) == t.MAPPED
+    p = preflight.predict(prelu([8, 8, 4]))
+    assert p.ops[0].status == t.LIMITATION and p.ops[0].rule == "prelu alpha"
+    assert "replace PRELU's per-element alpha with shared axes" in p.fix
+
+
+def test_convolution_dilation_must_match_and_split_not_along_batch():
+    conv = one_op("CONV_2D", [tensor(0, [1, 8, 8, 3]), tensor(1, [4, 3, 3, 3], data=np.ones(27)),
+                              tensor(2, [4], "INT32", data=np.zeros(4)), tensor(3, [1, 8, 8, 4])],
+                  [0, 1, 2], [3], options={"dilation_h": 2, "dilation_w": 1})
+    assert status(conv) == t.LIMITATION
+    split = one_op("SPLIT", [tensor(0, [1], "INT32", data=[0]), tensor(1, [2, 8, 8, 4]),
+                             tensor(2, [1, 8, 8, 4])], [0, 1], [2])
+    assert preflight.op_status(split, split.ops[0])[1].startswith("tensor 't1' has shape")
+    split1 = one_op("SPLIT", [tensor(0, [1], "INT32", data=[3]), tensor(1, [1, 8, 8, 4]),
+                              tensor(2, [1, 8, 8, 2])], [0, 1], [2])
+    assert status(split1) == t.MAPPED
+
+
+def test_sizes_between_the_bracketed_limits_say_likely():
+    """RESHAPE: mapped up to a dimension of 2304 (movenet twin), refused from 4800 (log 35);
+    3000 lies between: predicted refused, and the reason says 'likely' and the bracket."""
+    g = one_op("RESHAPE", [tensor(0, [1, 30, 100, 8]), tensor(1, [3], "INT32", data=[1, 3000, 8]),
+                           tensor(2, [1, 3000, 8])], [0, 1], [2])
+    status_, reason = preflight.op_status(g, g.ops[0])
+    assert status_ == t.LIMITATION and "likely refused" in reason
+    assert "2304" in reason and "4800" in reason
