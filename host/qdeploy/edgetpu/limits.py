@@ -72,8 +72,22 @@ def fused_activation(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]
     return None
 
 
+def large_join(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
+    """CONCATENATION and QUANTIZE: mappable with a dimension of 6400, refused at 25200
+    (logs 35 and 06); in between predicted refused, "likely"."""
+    shape = _shape(graph, op.outputs[0])
+    largest = max(shape, default=0)
+    if largest <= ops_table.JOIN_MAX_DIM:
+        return None
+    likely = "" if largest >= ops_table.JOIN_REFUSED_DIM else "likely "
+    return Refusal(f"{op.name} of {dims(shape)} (a dimension of {largest}) {likely}refused: "
+                   f"{ops_table.JOIN_BRACKET}", "join size",
+                   "end the model before the head's last concatenation (concatenate the "
+                   "levels on the CPU), or export at a smaller input (e.g. export at 320)")
+
+
 def concatenation(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
-    refusal = fused_activation(graph, op, compiler)
+    refusal = fused_activation(graph, op, compiler) or large_join(graph, op, compiler)
     if refusal:
         return refusal
     constants = [graph.tensor(i) for i in op.inputs if graph.tensor(i) is not None
@@ -274,6 +288,7 @@ LIMITS = {
     "REDUCE_MAX": not_along_batch,
     "REDUCE_MIN": not_along_batch,
     "PAD": pad,
+    "QUANTIZE": large_join,
     "PRELU": prelu,
     "RESHAPE": reshape,
     "RESIZE_BILINEAR": resize_bilinear,

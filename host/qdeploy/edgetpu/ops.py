@@ -60,7 +60,7 @@ ADDED_IN_16 = frozenset({"TRANSPOSE", "PRELU", "REDUCE_MAX", "REDUCE_MIN", "RSQR
 CORAL_TABLE = {
     "ADD": "", "AVERAGE_POOL_2D": "no fused activation",
     "CONCATENATION": "no fused activation; a constant input only with exactly 2 inputs, "
-                     "all zeros",
+                     "all zeros; large tensors refused (JOIN_MAX_DIM, log 35)",
     "CONV_2D": "same dilation in x and y", "DEPTHWISE_CONV_2D": "same dilation in x and y",
     "EXPAND_DIMS": "", "FULLY_CONNECTED": "default weights format; 1-D output",
     "L2_NORMALIZATION": "", "LOGISTIC": "", "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional only",
@@ -70,7 +70,7 @@ CORAL_TABLE = {
     "MINIMUM": "", "MUL": "", "PACK": "not along batch",
     "PAD": "not along batch (compiler 15 and 16, log 36; the 2019 table: x and/or y only)",
     "PRELU": "alpha 1-D (only the innermost dimension > 1): Keras PReLU(shared_axes=[1, 2])",
-    "QUANTIZE": "", "REDUCE_MAX": "not along batch", "REDUCE_MIN": "not along batch",
+    "QUANTIZE": "large tensors refused (JOIN_MAX_DIM, log 35)", "REDUCE_MAX": "not along batch", "REDUCE_MIN": "not along batch",
     "RELU": "", "RELU6": "", "RELU_N1_TO_1": "",
     "RESHAPE": "certain reshapes are not mapped for large tensor sizes (RESHAPE_MAX_DIM)",
     "RESIZE_BILINEAR": "3-D input/output; may stay on the CPU to avoid precision loss",
@@ -106,6 +106,15 @@ RESHAPE_REFUSED_DIM = 4800
 RESHAPE_BRACKET = ("mapped with dimensions up to 2304 ([1,48,48,1] -> [1,2304,1], twin "
                    "movenet_single_pose_lightning_ptq), refused from 4800 ([1,1600,3,85] -> "
                    "[1,4800,85] in a YOLOv5n export at 640, log 35)")
+# CONCATENATION and QUANTIZE (compiler 16, logs 35 and 06, YOLOv5n/s at 640): the head's
+# last CONCATENATION [1,25200,85] and the output QUANTIZE of that tensor are 'unspecified
+# limitation'; the concatenation of the cut 80x80 level, [1,6400,3,85], is 'More than one
+# subgraph', i.e. mappable on its own. Between 6400 and 25200 no log decides.
+JOIN_MAX_DIM = 6400
+JOIN_REFUSED_DIM = 25200
+JOIN_BRACKET = ("mappable with a dimension of 6400 ([1,6400,3,85]), refused at 25200 "
+                "([1,25200,85], the last concatenation and output QUANTIZE of a YOLOv5n "
+                "export at 640, log 35)")
 MEAN_Z_MULTIPLE = 4
 
 # Compiler versions the preflight can assume (--compiler-version); rules that differ
@@ -209,6 +218,8 @@ EVIDENCE = {
                       "'unspecified limitation'): " + TRANSPOSE_BRACKET,
     "reshape size": "twin movenet_single_pose_lightning_ptq and logs 35 and 06 (compiler 16, YOLOv5n at 640 and YOLOv5s: RESHAPE 3 "
                     "mapped, 3 'unspecified limitation'): " + RESHAPE_BRACKET,
+    "join size": "logs 35 and 06 (compiler 16, YOLOv5n and YOLOv5s at 640: CONCATENATION "
+                 "and QUANTIZE one each 'unspecified limitation'): " + JOIN_BRACKET,
     "pad channels": "log 36 (compiler 15, BlazeFace with float I/O: PAD 11 mapped, 11 of "
                     "them padding channels, e.g. [1,64,64,24] -> [1,64,64,28]); docs (the "
                     "current table: 'no padding in batch dimension')",

@@ -151,3 +151,27 @@ def test_an_op_that_ends_one_segment_and_starts_another(built):
     piped = preflight.preflight(built["split_by_cpu_op"], num_segments=2)
     assert [s.kind for s in piped.segments] == ["pipeline", "pipeline"]
     assert sum(s.count for s in piped.segments) == len(piped.ops)
+
+
+@pytest.fixture(scope="module")
+def yolov5n(tmp_path_factory):
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow builds the replicas")
+    return replicas.build(tf, tmp_path_factory.mktemp("yolov5n"), ["yolov5n_640"])["yolov5n_640"]
+
+
+def test_yolov5n_640_op_table_is_log_35s(yolov5n):
+    """A YOLOv5n built as yolov5's TF export writes it (60 CONV_2D, 7 stride-2 PADs, C3
+    and SPPF blocks, one LOGISTIC per level in the head), at 640: every (op, status) row
+    of log 35, count for count. The 80x80 level's first RESHAPE ([1,80,80,255] ->
+    [1,6400,3,85]) leaves the Edge TPU and cuts that level's decode off; the 40x40
+    level's second RESHAPE, the last CONCATENATION and the output QUANTIZE are refused
+    for their size."""
+    p = preflight.preflight(yolov5n)
+    assert table(p) == log_table(YOLOV5N)
+    assert (p.on_edgetpu, len(p.ops)) == (240, 256)
+    first = p.first_blocker
+    assert (first.op, first.rule) == ("RESHAPE", "reshape size")
+    assert "RESHAPE [1, 80, 80, 255] -> [1, 6400, 3, 85]" in first.reason
+    refused = [r.reason.split(" (")[0] for r in p.ops if r.status == t.LIMITATION]
+    assert "RESHAPE [1, 1600, 3, 85] -> [1, 4800, 85]" in refused
+    assert "CONCATENATION of 1x25200x85" in refused and "QUANTIZE of 1x25200x85" in refused
