@@ -215,7 +215,10 @@ EVIDENCE = {
     "custom op": "twins posenet_* (PosenetDecoderOp on the CPU); log 05",
     "transpose before 16": "log 27 (compiler 15: TRANSPOSE 'Operation not supported')",
     "transpose size": "log 34 (compiler 16, YOLOv8n at 320: TRANSPOSE 2 mapped, 3 "
-                      "'unspecified limitation'): " + TRANSPOSE_BRACKET,
+                      "'unspecified limitation'): " + TRANSPOSE_BRACKET + "; the log gives "
+                      "counts only: the grids and the 64 channels are the issue's reading of "
+                      "the export (were the per-level maps the 144-channel box+class "
+                      "concatenation, the bracket would be 57,600 to 230,400)",
     "reshape size": "twin movenet_single_pose_lightning_ptq and logs 35 and 06 (compiler 16, YOLOv5n at 640 and YOLOv5s: RESHAPE 3 "
                     "mapped, 3 'unspecified limitation'): " + RESHAPE_BRACKET,
     "join size": "logs 35 and 06 (compiler 16, YOLOv5n and YOLOv5s at 640: CONCATENATION "
