@@ -481,9 +481,17 @@ def verdict(p: Prediction) -> str:
     if p.leaves_from is not None:
         f = p.leaves_from
         source = f"; it reads '{f.tensor}' from op {f.producer} {f.producer_op} on the Edge TPU"
-    rule = f"; rule: {b.rule} ({b.evidence})" if b.rule and b.evidence else ""
+    rule = f"; rule: {b.rule} ({citation(b.evidence)})" if b.rule and b.evidence else ""
     return (f"{head}; first on CPU: op {b.index} {b.op} v{b.version}: {b.status}"
             f"{f' ({b.reason})' if b.reason else ''}{source}{rule}; fix: {p.fix}; {assumed}")
+
+
+def citation(evidence: str) -> str:
+    """The sources an ops.EVIDENCE text cites, short: 'twin movenet_..., logs 35 and 06'."""
+    import re
+    found = re.findall(r"\blogs? \d\d(?:(?:,| and) \d\d)*|\btwins? [\w.*]+|\bdocs\b|\bguess\b",
+                       evidence)
+    return ", ".join(dict.fromkeys(found)) or evidence
 
 
 def report_lines(p: Prediction) -> list:
