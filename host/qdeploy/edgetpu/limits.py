@@ -206,8 +206,9 @@ def convolution(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
 def resize_bilinear(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
     """Heuristic for "may stay unmapped to avoid precision loss": the scale from input to
     output must be a whole number (align_corners: (out-1)/(in-1)). It reproduces the
-    real compiler on Coral's deeplabv3 twin: 1x1 -> 33x33 with align_corners stays on the
-    CPU, 33x33 -> 513x513 (a scale of 16) is mapped under -a."""
+    real compiler on Coral's deeplabv3 twin (1x1 -> 33x33 with align_corners stays on
+    the CPU). No twin or log shows a bilinear resize mapped or refused for its size
+    alone: the table's "depending on input/output size" is not modelled beyond this."""
     src, dst = _shape(graph, op.inputs[0]), _shape(graph, op.outputs[0])
     if len(src) < 3 or len(dst) < 3:
         return None
@@ -216,8 +217,8 @@ def resize_bilinear(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
         whole = (i > 1 and (o - 1) % (i - 1) == 0) if align else (o % i == 0)
         if not whole:
             return Refusal(f"resizes {list(src[-3:-1])} to {list(dst[-3:-1])}: not a whole "
-                           "scale factor (mapped: 33x33 -> 513x513; refused: 1x1 -> 33x33 "
-                           "with align_corners, twin deeplabv3)", "resize precision",
+                           "scale factor (refused: 1x1 -> 33x33 with align_corners, twin "
+                           "deeplabv3)", "resize precision",
                            "resize by a whole factor (e.g. 2x, or 33 -> 513 with "
                            "align_corners), or resize on the CPU after the model")
     return None
