@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from qrun.model import manifest as mf
+from qrun.model import metadata as packed_meta
 from qrun.model.labels import Labels, parse_labels, read_labels
 from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
 from qrun.model.tensors import TensorSpec
@@ -23,16 +24,15 @@ from qdeploy.modelfile import selfdescribe, tasks
 
 
 def file_labels(description: selfdescribe.Description) -> tuple:
-    """(Labels, where) from the model file: Model Maker's label file or Ultralytics' names."""
+    """(Labels, where) from the model file: Model Maker's label file or Ultralytics' names
+    (for an 8.0-8.2 export its TFLITE_METADATA names temp_meta.txt as the label file: that
+    is the export dict, read for its names, not as label lines)."""
     meta, ultra = description.metadata, description.ultralytics
     if meta is not None and meta.labels:
         return parse_labels("\n".join(meta.labels)), f"its metadata's {meta.label_file}"
-    names = (ultra or {}).get("names")
-    if isinstance(names, dict) and names and all(isinstance(k, int) for k in names):
-        return Labels({k: str(v) for k, v in names.items()}, id_form=True), \
-            "Ultralytics' temp_meta.txt names"
-    if isinstance(names, list) and names:
-        return Labels(dict(enumerate(map(str, names)))), "Ultralytics' temp_meta.txt names"
+    found = packed_meta.names_labels((ultra or {}).get("names"))
+    if found is not None:
+        return found, "Ultralytics' metadata names"
     return None, None
 
 
