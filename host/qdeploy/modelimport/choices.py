@@ -14,7 +14,7 @@ from typing import Optional
 
 from qrun.model import manifest as mf
 from qrun.model import metadata as packed_meta
-from qrun.model.labels import Labels, parse_labels, read_labels
+from qrun.model.labels import Labels, fit, parse_labels, read_labels
 from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
 from qrun.model.tensors import TensorSpec
 from qrun.tasks import roles
@@ -49,6 +49,20 @@ def choose_labels(given: Optional[Path], description: selfdescribe.Description,
     if found is None:
         return None, None
     return found, labels_text(found)
+
+
+def fit_labels(labels: Labels, text: Optional[str], classes: int, given: Optional[Path],
+               description: selfdescribe.Description, notes: list) -> tuple:
+    """(Labels, labels.txt text) that fit `classes` scores: as chosen when they fit; a
+    --labels file that does not (a background line, COCO's 90 ids) mapped onto the model's
+    own names when the file has them (a note says so); else one error naming both counts."""
+    own, where = file_labels(description) if given is not None else (None, None)
+    path = given if given is not None else Path(f"{description.path.name}'s labels")
+    fitted, how = fit(labels, classes, path, own, given=given is not None)
+    if how is None:
+        return labels, text
+    notes.append(f"{how} in {where}")
+    return fitted, labels_text(fitted)
 
 
 def labels_text(labels: Labels) -> str:
