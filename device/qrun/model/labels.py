@@ -44,6 +44,13 @@ def parse_labels(text: str) -> Labels:
     return Labels({i: line.strip() for i, line in enumerate(lines)}, id_form=False)
 
 
+def to_text(labels: Labels) -> str:
+    """The text of a labels file holding `labels`, in the form they came in."""
+    if labels.id_form:
+        return "".join(f"{k} {v}\n" for k, v in sorted(labels.names.items()))
+    return "".join(f"{labels.names[k]}\n" for k in sorted(labels.names))
+
+
 def read_labels(path: Path) -> Labels:
     """Read a label file; a missing or unreadable one is a UserError."""
     path = Path(path)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from qrun.model import manifest as mf
 from qrun.model import metadata as packed_meta
-from qrun.model.labels import Labels, fit, parse_labels, read_labels
+from qrun.model.labels import Labels, fit, parse_labels, read_labels, to_text
 from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
 from qrun.model.tensors import TensorSpec
 from qrun.tasks import roles
@@ -48,7 +48,7 @@ def choose_labels(given: Optional[Path], description: selfdescribe.Description,
         return labels, Path(given).read_text(encoding="utf-8-sig")
     if found is None:
         return None, None
-    return found, labels_text(found)
+    return found, to_text(found)
 
 
 def fit_labels(labels: Labels, text: Optional[str], classes: int, given: Optional[Path],
@@ -62,13 +62,7 @@ def fit_labels(labels: Labels, text: Optional[str], classes: int, given: Optiona
     if how is None:
         return labels, text
     notes.append(f"{how} in {where}")
-    return fitted, labels_text(fitted)
-
-
-def labels_text(labels: Labels) -> str:
-    if labels.id_form:
-        return "".join(f"{k} {v}\n" for k, v in sorted(labels.names.items()))
-    return "".join(f"{labels.names[k]}\n" for k in sorted(labels.names))
+    return fitted, to_text(fitted)
 
 
 def classes_of(task: mf.Task, outputs: list) -> Optional[int]:
