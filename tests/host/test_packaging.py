@@ -1,4 +1,4 @@
-"""The one-command install of the onnx extra: packaging/qdeploy_build.py adds the
+"""The one-command install of the onnx extra: build-backend/qdeploy_build.py adds the
 `tensorflow` requirement (tensorflow-cpu under that name) to qdeploy's metadata, and the
 versions it joins stay in step."""
 
@@ -15,7 +15,7 @@ from packaging.version import Version
 
 from tests.paths import ROOT
 
-PACKAGING = ROOT / "packaging"
+PACKAGING = ROOT / "build-backend"
 METADATA = ("Metadata-Version: 2.4\nName: qdeploy\nVersion: 0.1.0\n"
             "Provides-Extra: onnx\nRequires-Dist: onnx>=1.16; extra == \"onnx\"\n\n# qdeploy\n\n"
             "The README.\n")
@@ -72,7 +72,7 @@ def test_a_built_wheel_gets_it_with_its_record_updated(tmp_path):
 def test_pyproject_uses_the_backend_and_the_versions_agree():
     ours = project(ROOT / "pyproject.toml")
     assert ours["build-system"]["build-backend"] == "qdeploy_build"
-    assert ours["build-system"]["backend-path"] == ["packaging"]
+    assert ours["build-system"]["backend-path"] == ["build-backend"]
     extras = ours["project"]["optional-dependencies"]
     onnx = {Requirement(r).name: Requirement(r) for r in extras["onnx"]}
     assert str(onnx["onnx2tf"].specifier).startswith("==")  # one place for its version

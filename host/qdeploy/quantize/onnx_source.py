@@ -3,7 +3,7 @@
 The steps, top to bottom: check the file is an ONNX model that passes `onnx.checker` and
 that onnx2tf has a converter for each of its ops; describe its inputs in the layout the
 converted model will take (onnx2tf turns NCHW into NHWC: every 3- to 5-D input gets its
-channel axis last); run onnx2tf (1.29, in memory) in a temporary directory that holds
+channel axis last); run onnx2tf (as pinned, in memory) in a temporary directory that holds
 the calibration sample file onnx2tf would otherwise download, so it never reaches the
 network; save the Keras model it builds as a fixed-batch SavedModel named as the ONNX
 graph names its inputs and outputs. After the float conversion, `check_float` runs the

@@ -3,7 +3,7 @@
 The `onnx` extra needs tf-keras (onnx2tf imports it), and tf-keras requires the distribution
 `tensorflow`; qdeploy's TensorFlow is `tensorflow-cpu`, which installs the same import
 package under another name, so pip would add a second, full TensorFlow. The extra therefore
-also requires `tensorflow` from packaging/tensorflow-cpu-as-tensorflow, an empty
+also requires `tensorflow` from build-backend/tensorflow-cpu-as-tensorflow, an empty
 distribution of that name depending on tensorflow-cpu. pip accepts a local project as a
 requirement only by absolute `file://` URL, which a static pyproject.toml cannot spell, so
 this backend adds the line to the metadata it writes (for `pip install -e ".[onnx]"` and
