@@ -115,6 +115,8 @@ def fit(labels: Labels, classes: int, path: Path, names: Optional[Labels] = None
     except UserError as refused:
         if names is None or not names.names or len(names.names) != classes \
                 or max(names.names) >= classes:
+            if not given:
+                raise
             raise UserError(f"{refused}; the model names no classes to map them by") \
                 from None
         mapped, missing = by_name(labels, names)
