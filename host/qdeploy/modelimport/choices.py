@@ -32,7 +32,7 @@ def file_labels(description: selfdescribe.Description) -> tuple:
         return parse_labels("\n".join(meta.labels)), f"its metadata's {meta.label_file}"
     found = packed_meta.names_labels((ultra or {}).get("names"))
     if found is not None:
-        return found, "Ultralytics' metadata names"
+        return found, "Ultralytics' metadata"
     return None, None
 
 
@@ -61,7 +61,8 @@ def fit_labels(labels: Labels, text: Optional[str], classes: int, given: Optiona
     fitted, how = fit(labels, classes, path, own, given=given is not None)
     if how is None:
         return labels, text
-    notes.append(f"{how} in {where}")
+    replaced = f"--labels {given} replaces"  # choose_labels' note: the file is mapped instead
+    notes[:] = [n for n in notes if not n.startswith(replaced)] + [f"{how} in {where}"]
     return fitted, to_text(fitted)
 
 

@@ -50,7 +50,9 @@ def test_coral_coco_labels_map_onto_the_80_scores_by_name(ultralytics_82, tmp_pa
     result = import_model(ultralytics_82, out=tmp_path / "dep", labels=COCO90)
     labels = read_labels(tmp_path / "dep" / "labels.txt").names
     assert labels == NAMES80 and labels[11] == "stop sign"
-    assert any("90 labels mapped onto the model's 80 classes" in n for n in result.notes)
+    assert [n for n in result.notes if "labels" in n] == [
+        f"{COCO90}'s 90 labels mapped onto the model's 80 classes by their names in "
+        "Ultralytics' metadata"]  # mapped, not "replaces the 80 labels"
 
 
 def test_a_labels_file_with_a_background_line_is_mapped(ultralytics_82, tmp_path):
