@@ -64,7 +64,7 @@ def classify(
     labels: Optional[Path] = typer.Option(
         None, "--labels", "-l",
         help="Labels file: 'id label' / 'id: label' lines, or one label per line. "
-             "Default: the deployment's."),
+             "Default: the deployment's; for a bare model file, the labels it carries."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many classes to print."),
     threshold: Optional[float] = typer.Option(
         None, "--threshold", "-t",
@@ -120,8 +120,10 @@ def detect(
                                  help="Image to look at (JPEG, PNG or BMP)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     labels: Optional[Path] = typer.Option(
-        None, "--labels", "-l", help="Labels file. Default: the deployment's (a YOLO model's "
-                                     "names from its Ultralytics metadata, when imported)."),
+        None, "--labels", "-l", help="Labels file. Default: the deployment's; for a bare model "
+                                     "file, the names it carries (Ultralytics' metadata). "
+                                     "One that does not fit the scores (a background line, "
+                                     "COCO's 90 ids) is mapped by the model's names."),
     threshold: float = typer.Option(0.25, "--threshold", "-t", help=THRESHOLD_HELP),
     iou: float = typer.Option(0.45, "--iou",
                               help="NMS overlap (IoU) above which the lower-scoring of two "
@@ -167,7 +169,8 @@ def segment(
                                  help="Image to segment (JPEG, PNG or BMP)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l",
-                                          help="Labels file. Default: the deployment's."),
+                                          help="Labels file. Default: the deployment's; "
+                                               "for a bare model file, the labels it carries."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Write the mask: a palette PNG at the image's size whose "
                                   "pixel values are the class ids. " + OUT_CHECK),

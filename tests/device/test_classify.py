@@ -78,11 +78,33 @@ def test_count_times_each_invoke(run_qrun):
     assert lines[3].split(":")[0] in ("tiger cat", "Egyptian cat") and len(lines) == 5
 
 
-def test_without_labels_prints_ids(run_qrun):
-    out = run_qrun("classify", CORAL / "cat.bmp", "--model", CORAL / "mobilenet_v2_1.0_224_quant.tflite",
-                   "--top-k", 1)
+def without_packed_files(source, path):
+    """`source` with its appended zip (Model Maker's packed label file) cut off."""
+    import io
+    import zipfile
+
+    data = source.read_bytes()
+    start = min(i.header_offset for i in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    path.write_bytes(data[:start])
+    return path
+
+
+def test_without_labels_prints_ids(run_qrun, tmp_path):
+    bare = without_packed_files(CORAL / "mobilenet_v2_1.0_224_quant.tflite",
+                                tmp_path / "mobilenet_v2_1.0_224_quant.tflite")
+    out = run_qrun("classify", CORAL / "cat.bmp", "--model", bare, "--top-k", 1)
     assert out.code == 0, out.err
     assert out.out.splitlines()[-1].startswith("286: ")
+
+
+def test_a_bare_model_file_names_classes_by_its_packed_labels(run_qrun):
+    """Coral's classifier carries imagenet_labels.txt in its TFLITE_METADATA's zip."""
+    model = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
+    out = run_qrun("classify", CORAL / "cat.bmp", "--model", model, "--top-k", 1, "--json")
+    assert out.code == 0, out.err
+    data = json.loads(out.out)
+    assert data["ids"] == [286] and data["labels"] == ["Egyptian cat"]
+    assert data["labels_file"] == str(model)
 
 
 def test_both_label_forms(tmp_path):

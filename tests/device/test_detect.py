@@ -139,7 +139,7 @@ def test_yolo_cell_in_original_pixels(run_qrun, tmp_path, ultralytics_yolo, yolo
     lamps = [o for o in data["objects"] if o["id"] == 0]
     assert len(lamps) == 1, data["objects"]
     lamp = lamps[0]
-    assert lamp["label"] == ("" if bare else NAMES[0]) and lamp["score"] > 0.9
+    assert lamp["label"] == NAMES[0] and lamp["score"] > 0.9  # bare: names from its metadata
     got = [lamp["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
     np.testing.assert_allclose(got, box, atol=1.0)
     assert data["model"]["decoder"] == "yolov8"

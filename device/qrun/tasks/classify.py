@@ -135,14 +135,11 @@ def classify(image: Path, model: Optional[Path] = None, labels: Optional[Path] =
     interpreter = loaded.interpreter
     check_one_input(interpreter, Path(choice.path))
     adapters.check_scores_shape(adapters.output_details(interpreter, position)["shape"])
-    names = {}
-    label_file = deployment.labels_path(dep, labels)
-    if label_file is not None:
-        from qrun.model.labels import check_fit, read_labels
+    from qrun.model.labels import for_model
 
-        parsed = read_labels(label_file)
-        check_fit(parsed, adapters.num_classes(interpreter, position), label_file)
-        names = parsed.names
+    names, label_file = for_model(labels, deployment.labels_path(dep, None),
+                                  dep.model if dep.manifest is None else None,
+                                  adapters.num_classes(interpreter, position))
     data = adapters.prepare_image(interpreter, image, deployment.preprocess_of(dep))
     adapters.set_input(interpreter, data)
     timings = [invoke(interpreter, choice.path) for _ in range(count)]

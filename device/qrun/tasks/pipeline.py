@@ -318,17 +318,21 @@ def signature_outputs(interpreter) -> dict:
 
 
 def read_labels(opened: Opened, given: Optional[Path], classes: Optional[int]) -> tuple:
-    """(id -> label, the labels file or None): `--labels`, else the deployment's; checked
-    against `classes` when the model says how many it has."""
-    path = deployment.labels_path(opened.dep, given)
-    if path is None:
-        return {}, None
-    from qrun.model.labels import check_fit, read_labels as read
+    """(id -> label, where they came from or None): `--labels`, else the deployment's, else
+    what a bare model file carries (Ultralytics' names, a packed label file); checked
+    against `classes` when the model says how many it has, a file that does not fit mapped
+    by the model's own names (qrun.model.labels.for_model)."""
+    from qrun.model.labels import for_model
 
-    parsed = read(path)
-    if classes is not None:
-        check_fit(parsed, classes, path)
-    return parsed.names, path
+    deployed = deployment.labels_path(opened.dep, None)
+    return for_model(given, deployed, bare_file(opened), classes)
+
+
+def bare_file(opened: Opened) -> Optional[Path]:
+    """The model file run without a manifest (the one named, else the twin that ran)."""
+    if opened.dep.manifest is not None:
+        return None
+    return opened.dep.model or Path(opened.choice.path)
 
 
 def save_png(image, path: Path) -> None:

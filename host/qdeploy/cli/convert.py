@@ -39,7 +39,10 @@ def convert(
                                    "mean=M,std=S[,color=L|RGB]. Stored in the manifest and "
                                    "applied unchanged on the device."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file to ship with "
-                                          "the model."),
+                                          "the model. Default: an ONNX file's own names "
+                                          "(Ultralytics' metadata_props). One with a "
+                                          "background line or COCO's 90 ids is mapped onto "
+                                          "the scores by those names."),
     input_layout: Optional[str] = typer.Option(None, "--input-layout", help="ONNX only: "
                                                "the layout of --calib arrays, nchw (as the "
                                                "ONNX model takes them; transposed once) or "

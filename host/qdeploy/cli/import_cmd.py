@@ -17,9 +17,11 @@ IMPORT_HELP = (
     "MODEL may be a quantized CPU model, an _edgetpu model (its CPU twin X.tflite is found "
     "beside X_edgetpu.tflite, or give --cpu) or a float model (a float-only deployment). "
     "Labels, preprocessing and the task come from what the file says about itself (TFLite "
-    "metadata, Ultralytics' temp_meta.txt, the graph); an option overrides them, with a "
-    "note. Reference inputs for push --verify are written too: --reference, else 8 seeded "
-    "random inputs. Nothing is written when the import fails.")
+    "metadata, Ultralytics' temp_meta.txt or metadata.json, the graph); an option overrides "
+    "them, with a note; a --labels file with a background line or COCO's 90 ids is mapped "
+    "onto the scores by the model's own names. Reference inputs for push --verify are "
+    "written too: --reference, else 8 seeded random inputs. Nothing is written when the "
+    "import fails.")
 
 
 @commands.command("import", help=IMPORT_HELP)

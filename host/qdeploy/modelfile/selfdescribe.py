@@ -2,27 +2,26 @@
 
 Read from the bytes, without an interpreter: the SignatureDef, Model Maker's
 `TFLITE_METADATA` (labels, input normalization) and Ultralytics' appended
-`temp_meta.txt`; `describe` adds tensor shapes, op names and a guess at the task.
+`temp_meta.txt` / `metadata.json`; `describe` adds tensor shapes, op names and a guess at
+the task. The appended zip and Ultralytics' metadata are read by qrun.model.metadata (the
+one reader, stdlib only, which qrun uses on the device for a bare model file).
 """
 
 from __future__ import annotations
 
-import ast
-import io
 import struct
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from qdeploy.modelfile import tflite_graph
+from qrun.model import metadata as packed_meta
 from qrun.tasks import roles
 
 from qdeploy.errors import UserError
 
-METADATA_NAME = "TFLITE_METADATA"
-ULTRALYTICS_MEMBER = "temp_meta.txt"
-MAX_MEMBER_BYTES = 1 << 20  # a label file or temp_meta.txt is kilobytes; refuse zip bombs
-TENSOR_AXIS_LABELS = 2  # AssociatedFileType in tflite-support's metadata_schema.fbs
+METADATA_NAME = packed_meta.METADATA_NAME
+ULTRALYTICS_MEMBER = packed_meta.TEMP_META
+TENSOR_AXIS_LABELS = packed_meta.TENSOR_AXIS_LABELS
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
 _PARSE_ERRORS = (IndexError, ValueError, TypeError, AttributeError, OverflowError,
                  struct.error)
@@ -126,13 +125,14 @@ def _model_metadata(raw: bytes, model_bytes: bytes) -> Metadata:
             files += _files(tensor, 6)
         for tensor in _tables(subgraph, 2)[:1]:
             mean, std = _normalization(tensor)
-    label_file = next((name for name, kind in files if kind == TENSOR_AXIS_LABELS), None)
-    packed = _packed(model_bytes)
+    label_file = packed_meta.label_file(files)  # not Ultralytics' temp_meta.txt
+    packed = packed_meta.appended_zip(model_bytes)
     if files and packed is None:
         raise ValueError("its metadata names packed files but the appended zip is cut short")
     labels = ()
     if label_file and label_file in packed.namelist():
-        labels = tuple(_member(packed, label_file).decode("utf-8", "replace").splitlines())
+        labels = tuple(packed_meta.member(packed, label_file).decode("utf-8", "replace")
+                       .splitlines())
     return Metadata(name=_string(root, 0), description=_string(root, 1),
                     associated_files=tuple(dict.fromkeys(name for name, _ in files)),
                     label_file=label_file, mean=mean, std=std,
@@ -195,37 +195,12 @@ def _floats(table, slot: int) -> tuple:
     return tuple(float(table.Get(Float32Flags, start + 4 * i)) for i in range(length))
 
 
-# --- the appended zip (Model Maker's labels, Ultralytics' temp_meta.txt) ---------------
-
-def _packed(model_bytes: bytes) -> zipfile.ZipFile | None:
-    try:
-        return zipfile.ZipFile(io.BytesIO(model_bytes))
-    except zipfile.BadZipFile:  # no zip appended (is_zipfile says the same), or a broken one
-        return None
-
-
-def _member(packed: zipfile.ZipFile, name: str) -> bytes:
-    if packed.getinfo(name).file_size > MAX_MEMBER_BYTES:
-        raise UserError(f"{name} in the model's appended zip is over 1 MB; refused")
-    return packed.read(name)
-
+# --- Ultralytics' export metadata ---------------------------------------------------------
 
 def ultralytics_meta(model_bytes: bytes) -> dict | None:
-    """The dict in Ultralytics' `temp_meta.txt`, read as a Python literal, never run."""
-    packed = _packed(model_bytes)
-    if packed is None or ULTRALYTICS_MEMBER not in packed.namelist():
-        return None
-    where = f"{ULTRALYTICS_MEMBER} in the model's appended zip"
-    try:
-        value = ast.literal_eval(_member(packed, ULTRALYTICS_MEMBER).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{where} is not UTF-8 text") from None
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        raise UserError(f"{where} is not a Python literal dict "
-                        f"({type(exc).__name__}); it is refused, not run") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{where} holds a {type(value).__name__}, not a dict")
-    return value
+    """The dict in Ultralytics' temp_meta.txt (a Python literal, never run) or
+    metadata.json, from the appended zip (qrun.model.metadata)."""
+    return packed_meta.ultralytics_meta(model_bytes)
 
 
 # --- the task, from shapes ------------------------------------------------------------

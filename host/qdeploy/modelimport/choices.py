@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from qrun.model import manifest as mf
-from qrun.model.labels import Labels, parse_labels, read_labels
+from qrun.model import metadata as packed_meta
+from qrun.model.labels import Labels, fit, parse_labels, read_labels, to_text
 from qrun.model.preprocess import CORAL_MEAN, CORAL_STD, Preprocess, is_identity, parse_preprocess
 from qrun.model.tensors import TensorSpec
 from qrun.tasks import roles
@@ -23,16 +24,15 @@ from qdeploy.modelfile import selfdescribe, tasks
 
 
 def file_labels(description: selfdescribe.Description) -> tuple:
-    """(Labels, where) from the model file: Model Maker's label file or Ultralytics' names."""
+    """(Labels, where) from the model file: Model Maker's label file or Ultralytics' names
+    (for an 8.0-8.2 export its TFLITE_METADATA names temp_meta.txt as the label file: that
+    is the export dict, read for its names, not as label lines)."""
     meta, ultra = description.metadata, description.ultralytics
     if meta is not None and meta.labels:
         return parse_labels("\n".join(meta.labels)), f"its metadata's {meta.label_file}"
-    names = (ultra or {}).get("names")
-    if isinstance(names, dict) and names and all(isinstance(k, int) for k in names):
-        return Labels({k: str(v) for k, v in names.items()}, id_form=True), \
-            "Ultralytics' temp_meta.txt names"
-    if isinstance(names, list) and names:
-        return Labels(dict(enumerate(map(str, names)))), "Ultralytics' temp_meta.txt names"
+    found = packed_meta.names_labels((ultra or {}).get("names"))
+    if found is not None:
+        return found, "Ultralytics' metadata"
     return None, None
 
 
@@ -48,13 +48,22 @@ def choose_labels(given: Optional[Path], description: selfdescribe.Description,
         return labels, Path(given).read_text(encoding="utf-8-sig")
     if found is None:
         return None, None
-    return found, labels_text(found)
+    return found, to_text(found)
 
 
-def labels_text(labels: Labels) -> str:
-    if labels.id_form:
-        return "".join(f"{k} {v}\n" for k, v in sorted(labels.names.items()))
-    return "".join(f"{labels.names[k]}\n" for k in sorted(labels.names))
+def fit_labels(labels: Labels, text: Optional[str], classes: int, given: Optional[Path],
+               description: selfdescribe.Description, notes: list) -> tuple:
+    """(Labels, labels.txt text) that fit `classes` scores: as chosen when they fit; a
+    --labels file that does not (a background line, COCO's 90 ids) mapped onto the model's
+    own names when the file has them (a note says so); else one error naming both counts."""
+    own, where = file_labels(description) if given is not None else (None, None)
+    path = given if given is not None else Path(f"{description.path.name}'s labels")
+    fitted, how = fit(labels, classes, path, own, given=given is not None)
+    if how is None:
+        return labels, text
+    replaced = f"--labels {given} replaces"  # choose_labels' note: the file is mapped instead
+    notes[:] = [n for n in notes if not n.startswith(replaced)] + [f"{how} in {where}"]
+    return fitted, to_text(fitted)
 
 
 def classes_of(task: mf.Task, outputs: list) -> Optional[int]:

@@ -24,7 +24,6 @@ from qrun import __version__
 from qrun.model import manifest as mf
 from qrun.model import runtime
 from qrun.model.deployment import EDGETPU_SUFFIX
-from qrun.model.labels import check_fit
 from qrun.model.tensors import TensorSpec
 
 from qdeploy.edgetpu import ops as ops_table
@@ -254,7 +253,8 @@ def plan(model: Path, edgetpu: Optional[Path], cpu: Optional[Path], labels: Opti
     if found_labels is not None and chosen.kind != mf.RAW:
         classes = choices.classes_of(chosen, outputs)
         if classes is not None:
-            check_fit(found_labels, classes, labels or Path(f"{model.name}'s labels"))
+            found_labels, text = choices.fit_labels(found_labels, text, classes, labels,
+                                                    description, notes)
     if found_labels is not None and chosen.kind == mf.RAW:
         notes.append("the labels are kept in labels.txt, but --task raw does not use them")
     try:

@@ -3,7 +3,7 @@
 Before any slow work: the options (--input-layout, --num-calib), the --labels file and
 a writable --out. After conversion: an int8 model that is not integer-only or has I/O of
 another dtype than asked for, a float TFLite of an ONNX model that ONNX Runtime disagrees
-with, and a labels file that does not fit the scores output.
+with. (A labels file that does not fit the scores: deployment.stage_labels.)
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from qdeploy.quantize import signature
 from qdeploy.quantize.calibration import LAYOUTS
 from qdeploy.quantize.converter import IOTypes
 from qdeploy.quantize.sources import SourceModel
-from qdeploy.quantize.tfquiet import quiet
 from qrun.errors import UserError
-from qrun.model import manifest as mf
 from qrun.model.runtime import make_interpreter
 
 INTEGER_DTYPES = {"int8", "int32", "uint8", "int16", "int64"}
@@ -109,20 +107,4 @@ def check_onnx_float(source: SourceModel, float_path: Path, inputs: dict) -> lis
     return [f"float TFLite vs ONNX Runtime: max difference {check.worst:.2e} of the output "
             f"range over {check.samples} calibration samples (tolerance "
             f"{check.tolerance:.0e})"] + onnx_source.transposes(source.obj, float_path)
-
-
-def check_labels(names, path: Path, model: Path, task: mf.Task) -> None:
-    """Refuse a labels file that does not fit the scores output, as the device would."""
-    from qrun.model.labels import check_fit
-
-    position = task.output(mf.SCORES)
-    if position is None:
-        return  # nothing to count the labels against
-    with quiet():  # the XNNPACK delegate announces itself on stderr
-        shape = make_interpreter(model).get_output_details()[position]["shape"]
-    try:
-        check_fit(names, int(np.prod(shape)), path)
-    except UserError as exc:
-        raise UserError(f"--labels {str(exc).split('; ')[0]}; give the labels file made for "
-                        "this model (one label per output score)") from None
 

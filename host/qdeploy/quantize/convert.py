@@ -58,6 +58,7 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
     label_names = checks.read_labels(Path(labels)) if labels is not None else None
     out_dir = checks.prepare_out_dir(Path(out_dir))
     source = sources.load_source_model(Path(model_path))
+    own_names = deployment.model_names(source)  # ONNX metadata_props `names`, if any
     samples, notes = calibration.read_samples(calib, source, pre, num_calib, input_layout,
                                               calib_label)
     inputs = calibration.float_inputs(source, samples, pre)
@@ -69,10 +70,10 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             notes += checks.check_onnx_float(source, stage / FLOAT_NAME, inputs)
         (stage / INT8_NAME).write_bytes(converter.convert_int8(saved, inputs, io, progress))
         int8_ops = checks.check_integer_only(stage / INT8_NAME, io)
-        task = deployment.choose_task(stage / INT8_NAME, labels is not None)
-        if label_names is not None:
-            checks.check_labels(label_names, labels, stage / INT8_NAME, task)
-        names = [FLOAT_NAME, INT8_NAME, *deployment.copy_labels(stage, labels),
+        task = deployment.choose_task(stage / INT8_NAME,
+                                      labels is not None or own_names is not None)
+        names = [FLOAT_NAME, INT8_NAME,
+                 *deployment.stage_labels(stage, labels, label_names, own_names, task, notes),
                  deployment.write_reference(stage, source, samples, pre)]
         manifest = deployment.build_manifest(stage, source, samples, pre, io, names, task)
         mf.save(manifest, stage)

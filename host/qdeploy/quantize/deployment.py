@@ -14,14 +14,16 @@ from typing import Optional
 
 import numpy as np
 
-from qdeploy.modelfile import selfdescribe, tasks, tflite_graph
+from qdeploy.modelfile import onnxmeta, selfdescribe, tasks, tflite_graph
 from qdeploy.quantize import datasets, signature
 from qdeploy.quantize.converter import IOTypes
 from qdeploy.quantize.sources import SourceModel
+from qdeploy.quantize.tfquiet import quiet
 from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun import __version__
 from qrun.measure import reference
 from qrun.model import manifest as mf
+from qrun.model.labels import Labels, fit, to_text
 from qrun.model.preprocess import Preprocess
 from qrun.model.runtime import make_interpreter
 
@@ -38,6 +40,49 @@ def copy_labels(stage: Path, labels: Optional[Path]) -> list:
     if labels is None:
         return []
     shutil.copyfile(labels, stage / LABELS_NAME)
+    return [LABELS_NAME]
+
+
+def model_names(source: SourceModel) -> Optional[Labels]:
+    """The class names the source model carries: an ONNX file's metadata_props `names`
+    (as Ultralytics writes them; a value that is not a literal dict is refused)."""
+    if source.kind != "onnx":
+        return None
+    return onnxmeta.read(source.obj.proto, source.path.name).names
+
+
+def classes_of(task: mf.Task, int8_path: Path) -> Optional[int]:
+    """How many classes the labels must name, when the task's outputs tell."""
+    if "classes" in task.params:
+        return int(task.params["classes"])
+    position = task.output(mf.SCORES)
+    if position is None:
+        return None
+    with quiet():  # the XNNPACK delegate announces itself on stderr
+        shape = make_interpreter(int8_path).get_output_details()[position]["shape"]
+    return int(np.prod(shape))
+
+
+def stage_labels(stage: Path, given: Optional[Path], read: Optional[Labels],
+                 own: Optional[Labels], task: mf.Task, notes: list) -> list:
+    """labels.txt in the stage: the --labels file (`read` from `given`) when it fits the
+    scores, mapped onto the model's own names when it does not and they exist (a note says
+    so), else the model's own names; its name in a list, or [] without labels. Labels that
+    do not fit are one UserError naming both counts."""
+    labels = read if read is not None else own
+    if labels is None:
+        return []
+    classes = classes_of(task, stage / INT8_NAME)
+    how = None
+    if classes is not None:
+        path = given if given is not None else Path("the model's metadata_props names")
+        labels, how = fit(labels, classes, path, own if given is not None else None,
+                          given=given is not None)
+    if how is not None:
+        notes.append(how)
+    if given is not None and how is None:
+        return copy_labels(stage, given)
+    (stage / LABELS_NAME).write_text(to_text(labels), encoding="utf-8")
     return [LABELS_NAME]
 
 
@@ -158,6 +203,9 @@ def onnx_record(model) -> dict:
         onnx2tf = None
     record = {"onnx_opset": model.opset, "onnx_producer": model.producer,
               "onnx2tf": onnx2tf, **model.layout}
+    meta = onnxmeta.read(model.proto, model.path.name).to_dict()
+    if meta:
+        record["onnx_metadata"] = meta  # Ultralytics' task, imgsz, stride, class count
     check = getattr(model, "float_check", None)
     if check is not None:
         record["onnxruntime_check"] = check.to_dict()

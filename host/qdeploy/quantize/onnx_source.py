@@ -3,7 +3,7 @@
 The steps, top to bottom: check the file is an ONNX model that passes `onnx.checker` and
 that onnx2tf has a converter for each of its ops; describe its inputs in the layout the
 converted model will take (onnx2tf turns NCHW into NHWC: every 3- to 5-D input gets its
-channel axis last); run onnx2tf (1.29, in memory) in a temporary directory that holds
+channel axis last); run onnx2tf (as pinned, in memory) in a temporary directory that holds
 the calibration sample file onnx2tf would otherwise download, so it never reaches the
 network; save the Keras model it builds as a fixed-batch SavedModel named as the ONNX
 graph names its inputs and outputs. After the float conversion, `check_float` runs the
@@ -32,11 +32,9 @@ from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun.errors import UserError
 from qrun.model.runtime import make_interpreter
 
-ONNX2TF_VERSION = "1.29"  # 2.x needs Python >= 3.12 and clamped negative uint8 outputs
-# onnx2tf and tf-keras pin or pull `tensorflow`, a second TensorFlow beside tensorflow-cpu:
-# they are installed without their dependencies (scripts/test does the same).
-INSTALL = ("pip install 'qdeploy[onnx]' && pip install --no-deps 'onnx2tf==1.29.24' "
-           "'tf-keras=={tf}.*'")
+# onnx2tf's version is pinned in one place, pyproject.toml's onnx extra (its comment says
+# why); 2.x needs Python >= 3.12 and clamped negative uint8 outputs.
+INSTALL = "pip install -e '.[onnx]' in the qdeploy checkout (one command, nothing after it)"
 # onnx2tf reads this file from its working directory for any 3-channel 4-D input and
 # downloads it when it is missing (a ConnectionError offline): it is always written.
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -91,16 +89,23 @@ def imports():
     missing = [m for m in ("onnx", "onnxruntime", "onnx2tf", "tf_keras", "onnx_graphsurgeon")
                if importlib.util.find_spec(m) is None]
     if missing:
-        tf = import_tf()
-        version = ".".join(tf.__version__.split(".")[:2])
         raise UserError(f"converting ONNX models needs {', '.join(missing)} (the onnx extra): "
-                        f"{INSTALL.format(tf=version)}")
+                        f"{INSTALL}")
     import onnx
     import onnxruntime
 
     with quiet(), contextlib.redirect_stdout(io.StringIO()), kept_global_state():
         import onnx2tf
     return onnx, onnxruntime, onnx2tf
+
+
+def onnx2tf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnx2tf")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 @contextlib.contextmanager
@@ -152,7 +157,7 @@ def load(path: Path) -> OnnxModel:
         nodes = [n for n in proto.graph.node if n.op_type in unconvertible]
         where = ", ".join(f"{n.op_type} ({n.name or 'unnamed'}"
                           f"{', domain ' + n.domain if n.domain else ''})" for n in nodes[:3])
-        raise UserError(f"{path.name}: onnx2tf {ONNX2TF_VERSION} has no converter for op "
+        raise UserError(f"{path.name}: onnx2tf {onnx2tf_version()} has no converter for op "
                         f"{where}; replace it in the model before exporting (or export with "
                         "another opset)")
     inits = {i.name for i in proto.graph.initializer}

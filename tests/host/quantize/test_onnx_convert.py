@@ -4,6 +4,7 @@ and TFLiteConverter, held to ONNX Runtime's answers on the same inputs."""
 from __future__ import annotations
 
 import importlib.util
+from importlib import metadata
 import json
 import shutil
 import socket
@@ -18,8 +19,8 @@ from tests.fixtures import onnx_graphs as graphs
 # (onnx_source.imports undoes that), which would reach every test collected after this one.
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnx2tf")),
-    reason="the onnx extra is not installed (scripts/test installs it: pip install "
-           "'qdeploy[onnx]' and onnx2tf --no-deps)")]
+    reason="the onnx extra is not installed (scripts/test installs it: pip install -e "
+           "'.[onnx]')")]
 
 STEPS = 3  # int8 vs ONNX Runtime: at most this many output quantization steps apart
 
@@ -83,7 +84,7 @@ def test_manifest_takes_nhwc_and_records_the_onnx_source(small_cnn_out):
     assert c.source_input_shape == [None, 3, 16, 16] and c.batch_fixed_to_1
     assert c.extra["onnx_opset"] == graphs.OPSET
     assert c.extra["onnx_producer"] == " ".join(graphs.PRODUCER)
-    assert c.extra["onnx2tf"].startswith("1.29")
+    assert c.extra["onnx2tf"] == metadata.version("onnx2tf")  # pinned by pyproject's extra
     assert c.extra["source_layout"] == "NCHW" and c.extra["model_layout"] == "NHWC"
     assert c.extra["transposed_inputs"] == ["image"]
     check = c.extra["onnxruntime_check"]
