@@ -44,6 +44,7 @@ SAMPLE_SHAPE = (20, 128, 128, 3)
 TOLERANCE = 1e-3  # ONNX Runtime vs float TFLite: max |difference| / output's value range
 CHECK_SAMPLES = 16
 FLOAT_ELEMENTS = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
+ONNX2TF_OPTIONS = {}
 
 
 @dataclass
@@ -208,29 +209,44 @@ def working_directory(path: Path):
 
 
 def run_onnx2tf(model: OnnxModel, calibration: Optional[np.ndarray]):
-    """The tf_keras model onnx2tf builds, batch 1, in a temporary working directory."""
-    _, _, onnx2tf = imports()
+    """The tf_keras model onnx2tf builds, batch 1, in a temporary working directory.
+
+    onnx2tf gets a copy of the (possibly rewritten) graph in that directory, never the
+    user's file: it writes its op-renaming step back over the file it is given."""
+    onnx, _, onnx2tf = imports()
     shapes = [f"{i.name}:{','.join(str(d) for d in (1, *i.shape[1:]))}" for i in model.inputs]
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="qdeploy-onnx2tf-") as work:
+        copy = Path(work) / "model.onnx"
+        onnx.save(model.proto, str(copy))
         sample_file(Path(work), calibration)
         try:
             with working_directory(Path(work)), quiet(), contextlib.redirect_stdout(log):
-                return onnx2tf.convert(input_onnx_file_path=str(model.path.resolve()),
+                return onnx2tf.convert(input_onnx_file_path=str(copy),
                                        overwrite_input_shape=shapes, disable_model_save=True,
-                                       non_verbose=True, not_use_onnxsim=True)
+                                       non_verbose=True, not_use_onnxsim=True,
+                                       **ONNX2TF_OPTIONS)
         except (Exception, SystemExit) as exc:  # onnx2tf exits on some errors
             node = getattr(exc, "onnx_op_name", None)
-            said = first_line(exc) if str(exc).strip() else last_error(log.getvalue())
+            said = (last_error(log.getvalue()) if isinstance(exc, SystemExit) or
+                    not str(exc).strip() else first_line(exc))
             raise UserError(f"onnx2tf could not convert {model.path.name}"
                             f"{f' at node {node}' if node else ''}: {said}; replace that op "
                             "or export with another opset") from None
 
 
 def last_error(log: str) -> str:
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    """onnx2tf's own last error line (it prints, then exits with a bare code)."""
+    lines = [strip_colours(ln).strip() for ln in log.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
-    return ((errors or lines or ["no message"])[-1])[:200]
+    said = (errors or lines or ["no message"])[-1]
+    return said.split("ERROR:", 1)[-1].strip()[:200]
+
+
+def strip_colours(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def export_saved_model(model: OnnxModel, names: list, output_names: list, target: Path,
