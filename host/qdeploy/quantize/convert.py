@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from qdeploy.quantize import calibration, checks, converter, deployment, sources
+from qdeploy.quantize import calibration, checks, converter, deployment, onnx_source, sources
 from qdeploy.quantize.deployment import FLOAT_NAME, INT8_NAME
 from qrun import atomic
 from qrun.model import manifest as mf
@@ -70,6 +70,8 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         (stage / INT8_NAME).write_bytes(converter.convert_int8(saved, inputs, io, progress))
         int8_ops = checks.check_integer_only(stage / INT8_NAME, io)
         task = deployment.choose_task(stage / INT8_NAME, labels is not None)
+        if source.kind == "onnx":
+            task = onnx_source.task_with_head(task, source.obj)
         if label_names is not None:
             checks.check_labels(label_names, labels, stage / INT8_NAME, task)
         names = [FLOAT_NAME, INT8_NAME, *deployment.copy_labels(stage, labels),

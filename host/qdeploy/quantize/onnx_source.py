@@ -21,7 +21,7 @@ import importlib.util
 import io
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +76,8 @@ class OnnxModel:
     opset: int
     producer: str
     float_check: Optional["FloatCheck"] = None  # set by convert after the float conversion
+    head: Optional[object] = None  # onnx_yolo.Head: a YOLO head found (and rewritten)
+    rewrites: list = field(default_factory=list)  # what onnx_yolo.prepare changed, as notes
 
     @property
     def layout(self) -> dict:
@@ -84,7 +86,8 @@ class OnnxModel:
         return {"source_layout": "NCHW" if moved else "as ONNX",
                 "model_layout": "NHWC" if moved else "as ONNX",
                 "transposed_inputs": moved,
-                "onnx_input_shapes": {i.name: list(i.shape) for i in self.inputs}}
+                "onnx_input_shapes": {i.name: list(i.shape) for i in self.inputs},
+                "onnx_rewrites": list(self.rewrites)}
 
 
 def imports():
@@ -162,8 +165,21 @@ def load(path: Path) -> OnnxModel:
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                 default=0)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+    from qdeploy.quantize import onnx_yolo
+
+    head, rewrites = onnx_yolo.prepare(proto)  # in memory: the user's file is never written
     return OnnxModel(Path(path), proto, inputs, [o.name for o in proto.graph.output],
-                     opset, producer or "unknown")
+                     opset, producer or "unknown", head=head, rewrites=rewrites)
+
+
+def task_with_head(task, model: OnnxModel):
+    """The manifest task with what the YOLO head rewrite did to the boxes (onnx_yolo)."""
+    import dataclasses
+
+    head = model.head
+    if head is None or task.decoder != head.decoder:
+        return task
+    return dataclasses.replace(task, params={**task.params, **head.params})
 
 
 def shape_of(value) -> tuple:
@@ -320,7 +336,8 @@ def check_float(model: OnnxModel, names: list, output_names: list, float_path: P
     to `count` samples, a 3- to 5-D output brought back to channels-second first.
     """
     _, ort, _ = imports()
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.proto.SerializeToString(),  # as rewritten
+                                   providers=["CPUExecutionProvider"])
     with quiet():  # the XNNPACK delegate announces itself on stderr
         interpreter = make_interpreter(float_path)
     from qdeploy.quantize import signature
@@ -384,10 +401,13 @@ def transposes(model: OnnxModel, float_path: Path) -> list:
         return []
     causes = reshapes_of_maps(model)
     cause = ("; from " + ", ".join(causes) if causes else "")
+    fix = ("a detection head reshapes its maps to [1, C, N] itself; the Edge TPU "
+           "compiler leaves the ops after the first one it cannot map on the CPU"
+           if model.head is not None else
+           "a GlobalAveragePool before the Flatten, or flattening a 1x1 map, avoids it")
     return [f"{count} TRANSPOSE op{'s' if count > 1 else ''} left by onnx2tf{cause}: "
             "edgetpu_compiler 16 often runs TRANSPOSE on the CPU (qdeploy compile's "
-            "preflight names it); a GlobalAveragePool before the Flatten, or flattening "
-            "a 1x1 map, avoids it"]
+            f"preflight names it); {fix}"]
 
 
 def reshapes_of_maps(model: OnnxModel) -> list:
