@@ -107,6 +107,8 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
                                   for i in source.inputs]
     calibration = {"samples": len(samples[0]), "source": samples[0].source,
                    "kind": samples[0].kind, "pixels": all(s.are_pixels for s in samples)}
+    if samples[0].resize:
+        calibration["resize"] = samples[0].resize
     if len(samples) > 1:
         calibration["pixel_inputs"] = [i.name for i, s in zip(source.inputs, samples)
                                        if s.are_pixels]

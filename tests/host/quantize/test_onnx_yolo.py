@@ -167,3 +167,15 @@ def test_a_c2f_block_with_a_residual_add_leaves_no_transpose(tmp_path):
     ops = [op.name for op in tflite_graph.load(result.int8_path).ops]
     assert "TRANSPOSE" not in ops, ops
     assert "CONCATENATION" in ops and "STRIDED_SLICE" in ops or "SPLIT" in ops
+
+
+def test_calibration_images_are_letterboxed_as_qrun_detect_feeds_them(yolo_converted):
+    """The 96x64 calibration images sit centred in the 64x64 input, padded with 114, as
+    qrun detect letterboxes a YOLO head's input; the manifest says so."""
+    result = yolo_converted["yolov8"][0]
+    assert result.manifest.calibration["resize"] == "letterbox"
+    reference = np.load(result.out_dir / "reference_inputs.npy")  # the samples as read
+    assert reference.shape[1:] == (Y.SIZE, Y.SIZE, 3)
+    pad = (Y.SIZE - round(64 * Y.SIZE / 96)) // 2
+    assert pad > 0 and (reference[:, :pad] == 114).all() and (reference[:, -pad:] == 114).all()
+    assert (reference[:, pad:-pad] != 114).any()
