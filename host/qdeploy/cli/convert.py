@@ -46,6 +46,11 @@ def convert(
                                                "nhwc (as the converted model takes them). "
                                                "Default: their shape tells. Images are "
                                                "always pixels."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="ONNX only: "
+                                              "the input's shape in the ONNX layout, e.g. "
+                                              "1,3,640,640, for a model exported with a "
+                                              "dynamic image size (the Edge TPU needs it "
+                                              "fixed)."),
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
@@ -64,7 +69,8 @@ def convert(
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
                              preprocess=pre, labels=labels, progress=tick,
-                             output_io=output_io, input_layout=input_layout)
+                             output_io=output_io, input_layout=input_layout,
+                             input_shape=input_shape)
     print_conversion(result)
 
 

@@ -134,8 +134,9 @@ def kept_global_state():
             disable()
 
 
-def load(path: Path) -> OnnxModel:
-    """Read and check an ONNX file; refuse what onnx2tf cannot convert before any slow work."""
+def load(path: Path, input_shape: Optional[str] = None) -> OnnxModel:
+    """Read and check an ONNX file; refuse what onnx2tf cannot convert before any slow work.
+    `input_shape` ("1,3,640,640", the ONNX layout) fixes a dynamic input's size."""
     onnx, _, _ = imports()
     try:
         proto = onnx.load(str(path))
@@ -162,6 +163,8 @@ def load(path: Path) -> OnnxModel:
     inits = {i.name for i in proto.graph.initializer}
     inputs = [OnnxInput(v.name, shape_of(v), element_type(v))
               for v in proto.graph.input if v.name not in inits]
+    if input_shape is not None:
+        inputs = [fixed_input(proto, inputs, input_shape, Path(path))]
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                 default=0)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
@@ -170,6 +173,31 @@ def load(path: Path) -> OnnxModel:
     head, rewrites = onnx_yolo.prepare(proto)  # in memory: the user's file is never written
     return OnnxModel(Path(path), proto, inputs, [o.name for o in proto.graph.output],
                      opset, producer or "unknown", head=head, rewrites=rewrites)
+
+
+def fixed_input(proto, inputs: list, text: str, path: Path) -> OnnxInput:
+    """The one input given the shape `--input-shape` names (its dims also set in the
+    graph, so shape inference and onnx2tf see them); a UserError when it cannot fit."""
+    if len(inputs) != 1:
+        raise UserError(f"--input-shape fixes a model with one input; {path.name} has "
+                        f"{len(inputs)} ({', '.join(i.name for i in inputs)})")
+    spec = inputs[0]
+    try:
+        dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        dims = []
+    fits = (len(dims) == len(spec.shape) and all(d > 0 for d in dims) and
+            all(s is None or s == d for s, d in zip(spec.shape[1:], dims[1:])))
+    if not fits:
+        raise UserError(f"--input-shape {text!r} does not fit input {spec.name} of "
+                        f"{path.name}, shape {['?' if d is None else d for d in spec.shape]}; "
+                        "give every dimension in the ONNX layout, e.g. 1,3,640,640")
+    dims[0] = 1
+    value = next(v for v in proto.graph.input if v.name == spec.name)
+    for dim, size in zip(value.type.tensor_type.shape.dim, dims):
+        dim.Clear()
+        dim.dim_value = size
+    return OnnxInput(spec.name, tuple(dims), spec.dtype)
 
 
 def task_with_head(task, model: OnnxModel):
