@@ -51,6 +51,9 @@ def convert(
                                               "1,3,640,640, for a model exported with a "
                                               "dynamic image size (the Edge TPU needs it "
                                               "fixed)."),
+    task: Optional[str] = typer.Option(None, "--task", help="classify, detect, segment, "
+                                       "pose or raw (outputs left undecoded: qrun bench "
+                                       "and verify). Default: found from the outputs."),
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
@@ -66,12 +69,23 @@ def convert(
     from qrun.model.preprocess import parse_preprocess
 
     pre = parse_preprocess(preprocess)
+    task = check_task(task)
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
                              preprocess=pre, labels=labels, progress=tick,
                              output_io=output_io, input_layout=input_layout,
-                             input_shape=input_shape)
+                             input_shape=input_shape, task_kind=task)
     print_conversion(result)
+
+
+def check_task(task: Optional[str]) -> Optional[str]:
+    """--task checked before any slow work; None for auto."""
+    from qdeploy.modelfile.tasks import TASK_CHOICES
+    from qrun.errors import UserError
+
+    if task is not None and task not in TASK_CHOICES:
+        raise UserError(f"--task {task} is not a task; use one of {', '.join(TASK_CHOICES)}")
+    return None if task in (None, "auto") else task
 
 
 def print_conversion(result) -> None:

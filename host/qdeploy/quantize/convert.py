@@ -44,7 +44,8 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             calib_label: Optional[str] = None,
             output_io: Optional[str] = None,
             input_layout: Optional[str] = None,
-            input_shape: Optional[str] = None) -> ConvertResult:
+            input_shape: Optional[str] = None,
+            task_kind: Optional[str] = None) -> ConvertResult:
     """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`.
 
     `io_type` is the dtype of every input (and of every output unless `output_io` says
@@ -52,14 +53,15 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
     `calib_label` names the representative dataset in the manifest when its path means
     nothing to a reader (a temporary file, say). `input_layout` ("nchw" or "nhwc", ONNX
     only) says how calibration arrays are laid out; by default their shape tells.
-    `input_shape` ("1,3,640,640", ONNX only) fixes a dynamic input's size.
+    `input_shape` ("1,3,640,640", ONNX only) fixes a dynamic input's size. `task_kind`
+    (--task) names the task instead of finding it from the graph.
     """
     io = converter.io_types(io_type, output_io)
     checks.check_options(num_calib, input_layout)
     pre = preprocess or Preprocess()
     label_names = checks.read_labels(Path(labels)) if labels is not None else None
     out_dir = checks.prepare_out_dir(Path(out_dir))
-    source = sources.load_source_model(Path(model_path), input_shape)
+    source = sources.load_source_model(Path(model_path), input_shape, task_kind)
     samples, notes = calibration.read_samples(calib, source, pre, num_calib, input_layout,
                                               calib_label)
     inputs = calibration.float_inputs(source, samples, pre)
@@ -71,7 +73,7 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             notes += checks.check_onnx_float(source, stage / FLOAT_NAME, inputs)
         (stage / INT8_NAME).write_bytes(converter.convert_int8(saved, inputs, io, progress))
         int8_ops = checks.check_integer_only(stage / INT8_NAME, io)
-        task = deployment.choose_task(stage / INT8_NAME, labels is not None)
+        task = deployment.choose_task(stage / INT8_NAME, labels is not None, task_kind)
         if source.kind == "onnx":
             task = onnx_source.task_with_head(task, source.obj)
         if label_names is not None:

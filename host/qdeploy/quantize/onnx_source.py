@@ -134,9 +134,11 @@ def kept_global_state():
             disable()
 
 
-def load(path: Path, input_shape: Optional[str] = None) -> OnnxModel:
+def load(path: Path, input_shape: Optional[str] = None,
+         task: Optional[str] = None) -> OnnxModel:
     """Read and check an ONNX file; refuse what onnx2tf cannot convert before any slow work.
-    `input_shape` ("1,3,640,640", the ONNX layout) fixes a dynamic input's size."""
+    `input_shape` ("1,3,640,640", the ONNX layout) fixes a dynamic input's size; `task`
+    is --task (a detector whose head no decoder knows is refused unless it is raw)."""
     onnx, _, _ = imports()
     try:
         proto = onnx.load(str(path))
@@ -170,9 +172,17 @@ def load(path: Path, input_shape: Optional[str] = None) -> OnnxModel:
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     from qdeploy.quantize import onnx_yolo
 
+    if task is None and declared_task(proto) == "detect":
+        onnx_yolo.check_known_head(proto, Path(path).name)
     head, rewrites = onnx_yolo.prepare(proto)  # in memory: the user's file is never written
     return OnnxModel(Path(path), proto, inputs, [o.name for o in proto.graph.output],
                      opset, producer or "unknown", head=head, rewrites=rewrites)
+
+
+def declared_task(proto) -> Optional[str]:
+    """The `task` Ultralytics writes into metadata_props ("detect", ...), a plain string."""
+    value = next((p.value for p in proto.metadata_props if p.key == "task"), None)
+    return value.strip().strip("'\"") if value else None
 
 
 def fixed_input(proto, inputs: list, text: str, path: Path) -> OnnxInput:

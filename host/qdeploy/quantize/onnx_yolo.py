@@ -132,6 +132,22 @@ def joins_boxes(node, width: int, shapes: dict) -> bool:
     return False
 
 
+def check_known_head(proto, name: str) -> None:
+    """Refuse a model that says it detects (its metadata) whose outputs no YOLO decoder
+    reads, naming the shapes; `--task raw` keeps it undecoded."""
+    from qrun.errors import UserError
+
+    shapes = shapes_of(proto)
+    if find_head(proto, shapes) is not None:
+        return
+    outputs = ", ".join(f"{o.name} {['?' if d is None else d for d in shapes.get(o.name) or []]}"
+                        for o in proto.graph.output)
+    raise UserError(f"{name} is a detector (its metadata says task: detect) but no detection "
+                    f"decoder reads its outputs ({outputs}): qrun detect reads a YOLOv8 "
+                    "[1, 4+C, N] or a YOLOv5 [1, N, 5+C] head; convert it with --task raw "
+                    "to run it with qrun bench and qrun verify")
+
+
 def input_size(proto, shapes: dict) -> Optional[tuple]:
     """(width, height) of the first NCHW image input."""
     inits = {i.name for i in proto.graph.initializer}

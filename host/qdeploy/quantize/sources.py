@@ -65,7 +65,8 @@ class SourceModel:
 
 
 
-def load_source_model(path: Path, input_shape: Optional[str] = None) -> SourceModel:
+def load_source_model(path: Path, input_shape: Optional[str] = None,
+                      task: Optional[str] = None) -> SourceModel:
     """Load a Keras file or a SavedModel directory; refuse anything else with a clear line.
     `input_shape` (--input-shape, ONNX only) fixes a dynamic input's size."""
     if not path.exists():
@@ -74,7 +75,7 @@ def load_source_model(path: Path, input_shape: Optional[str] = None) -> SourceMo
         raise UserError(f"{path} is already a TFLite model; convert needs the source model "
                         "(.keras, .h5, .onnx or a SavedModel directory) to quantize it")
     if path.suffix.lower() == ONNX_SUFFIX and path.is_file():
-        return check_input(_load_onnx(path, input_shape))
+        return check_input(_load_onnx(path, input_shape, task))
     if input_shape is not None:
         raise UserError("--input-shape is for ONNX models; a Keras model or SavedModel "
                         "declares its own input shape")
@@ -167,12 +168,13 @@ def _load_saved_model(path: Path) -> SourceModel:
     return SourceModel(path, "saved_model", loaded, inputs, names)
 
 
-def _load_onnx(path: Path, input_shape: Optional[str] = None) -> SourceModel:
+def _load_onnx(path: Path, input_shape: Optional[str] = None,
+               task: Optional[str] = None) -> SourceModel:
     """An ONNX file as a source: its inputs in the layout the converted model takes
     (NHWC for NCHW), named as the graph names them (made signature-safe)."""
     from qdeploy.quantize import onnx_source
 
-    model = onnx_source.load(path, input_shape)
+    model = onnx_source.load(path, input_shape, task)
     for i in model.inputs:
         if not i.shape or any(d is None for d in i.shape[1:]):
             example = ",".join(str(d or s) for d, s in

@@ -68,3 +68,39 @@ def test_a_calibration_folder_without_images_is_refused(run_cli, tmp_path):
     code, _, err = run_cli("convert", model, "--calib", empty, "--out", out)
     assert_one_line_error(code, err, f"{empty} contains no images")
     assert left_in(out) == []
+
+
+def unknown_head(tmp_path):
+    """A detector (metadata task: detect) whose output [1, 6, 80, 1] no decoder reads."""
+    import onnx
+
+    model = Y.build("yolov8")
+    model.graph.node[-1].output[0] = "head"
+    axes = onnx.numpy_helper.from_array(__import__("numpy").array([3], "int64"), "axes")
+    model.graph.initializer.append(axes)
+    model.graph.node.append(onnx.helper.make_node("Unsqueeze", ["head", "axes"], ["output0"]))
+    out = model.graph.output[0].type.tensor_type.shape
+    out.dim.add().dim_value = 1
+    return Y.save(model, tmp_path / "odd_head.onnx")
+
+
+def test_a_detector_head_no_decoder_reads_is_refused_naming_shapes_and_task_raw(run_cli,
+                                                                                tmp_path):
+    model = unknown_head(tmp_path)
+    calib = Y.calibration_images(tmp_path / "calib", count=2)
+    code, _, err = run_cli("convert", model, "--calib", calib, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "odd_head.onnx is a detector", "output0 [1, 6, 80, 1]",
+                          "--task raw")
+    assert left_in(tmp_path / "out") == []
+
+
+@pytest.mark.slow
+def test_task_raw_converts_a_head_no_decoder_reads(run_cli, tmp_path):
+    from qrun.model import manifest
+
+    model = unknown_head(tmp_path)
+    calib = Y.calibration_images(tmp_path / "calib", count=4)
+    code, _, err = run_cli("convert", model, "--calib", calib, "--out", tmp_path / "out",
+                           "--task", "raw")
+    assert code == 0, err
+    assert manifest.load(tmp_path / "out").task.kind == "raw"
