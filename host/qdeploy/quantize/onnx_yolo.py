@@ -224,10 +224,11 @@ def prepare(proto) -> tuple:
     head = find_head(proto, shapes)
     if head is not None:
         if normalise_boxes(proto, head, shapes):
-            notes.append(f"{head.output} {head.shape} is a {roles.yolo_text(head.decoder, head.classes, head.anchors)} "
-                         "head: its boxes are divided by the input size before they join "
-                         "the scores (as Ultralytics' TFLite export does), so int8 keeps "
-                         "the scores; the manifest records boxes: normalised")
+            layout = roles.yolo_text(head.decoder, head.classes, head.anchors)
+            notes.append(f"{head.output} {head.shape} is a {layout} head: its boxes are "
+                         "divided by the input size before they join the scores (as "
+                         "Ultralytics' TFLite export does), so int8 keeps the scores; the "
+                         "manifest records boxes: normalised")
         else:
             notes.append(f"{head.output} {head.shape} looks like a YOLO head but qdeploy "
                          "found no Concat joining its 4 box coordinates to its scores; its "
