@@ -104,3 +104,14 @@ def test_task_raw_converts_a_head_no_decoder_reads(run_cli, tmp_path):
                            "--task", "raw")
     assert code == 0, err
     assert manifest.load(tmp_path / "out").task.kind == "raw"
+
+
+def test_onnx2tfs_own_last_error_line_is_shown_not_its_exit_code():
+    """onnx2tf prints its error in colour and then exits with a bare code (1)."""
+    from qdeploy.quantize.onnx_source import last_error
+
+    log = ("\x1b[32mINFO:\x1b[0m input_op_name: images\n"
+           "\x1b[31mERROR:\x1b[0m The specified *.onnx file does not exist. "
+           "input_onnx_file_path: yolov8n.onnx\n")
+    assert last_error(log) == ("The specified *.onnx file does not exist. "
+                               "input_onnx_file_path: yolov8n.onnx")
