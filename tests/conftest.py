@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.multi_io",
     "tests.fixtures.multi_io_models",
     "tests.fixtures.onnx_graphs",
+    "tests.fixtures.onnx_yolo",
     "tests.fixtures.pibox",
     "tests.fixtures.reports",
     "tests.fixtures.runner",

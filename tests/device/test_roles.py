@@ -201,3 +201,11 @@ def test_yolo_fixture_int8_roles_agree_on_host_and_device(ultralytics_yolo):
     device = roles.infer(pipeline.model_view(runtime.make_interpreter(ultralytics_yolo)))
     assert host == device
     assert host.decoder == YOLOV8 and host.params == {"classes": 2, "anchors": 16}
+
+
+def test_box_units_come_from_the_task_params_and_else_from_the_values():
+    from qrun.tasks import roles
+
+    assert roles.boxes_normalised({roles.BOX_UNITS: roles.NORMALISED}, 37.0)  # recorded
+    assert not roles.boxes_normalised({roles.BOX_UNITS: roles.PIXELS}, 0.9)
+    assert roles.boxes_normalised({}, 1.0) and not roles.boxes_normalised({}, 64.0)  # guessed

@@ -13,8 +13,9 @@ Two decoder families, named by the manifest's task (`task.decoder`):
   candidates are thresholded on the quantized scores (only those few are dequantized),
   then class-aware NMS as Ultralytics' `non_max_suppression` (best class per box,
   score > threshold, IoU 0.45). TFLite exports give x, y, w, h normalised to the input
-  (Ultralytics multiplies them by the input size); a head whose candidates reach past 2
-  is taken to be in input pixels already.
+  (Ultralytics multiplies them by the input size); the manifest's task.params["boxes"]
+  says which ("normalised" or "pixels", roles.boxes_normalised); without it a head
+  whose candidates reach past 2 is taken to be in input pixels already.
 
 A model file without a manifest is read by the same rules `qdeploy import` applies
 (qrun.tasks.roles): the post-processing op's own output order, then the signature names,
@@ -350,7 +351,7 @@ def decode_yolo(interpreter, layout: Layout, threshold: float, iou_threshold: fl
                 max_objects: int, box: letterbox.Letterbox, names: dict) -> list:
     raw, spec = pipeline.output(interpreter, layout.outputs[HEAD])
     xywh, ids, scores = yolo_candidates(raw, spec, layout.decoder, threshold)
-    if xywh.size and xywh.max() <= 2.0:  # normalised to the input, as TFLite exports are
+    if xywh.size and roles.boxes_normalised(layout.params, float(xywh.max())):
         iw, ih = box.input_size
         xywh = xywh * [iw, ih, iw, ih]
     boxes = xywh_to_xyxy(xywh)

@@ -40,6 +40,11 @@ POSTPROCESS = "TFLite_Detection_PostProcess"
 POSTPROCESS_ROLES = (BOXES, CLASSES, SCORES, COUNT)  # the op's output order
 SIGNATURE_ROLES = {"output_0": COUNT, "output_1": SCORES, "output_2": CLASSES,
                    "output_3": BOXES}
+# A YOLO head's box units (task.params[BOX_UNITS]): fractions of the input's width and
+# height (what convert makes of an ONNX head, as Ultralytics' TFLite exports are) or
+# input pixels (torch's ONNX output). Without the record, a head whose candidates stay
+# within 2 is read as normalised.
+BOX_UNITS, NORMALISED, PIXELS = "boxes", "normalised", "pixels"
 KEYPOINTS_SHAPE = [1, 1, 17, 3]  # MoveNet single pose: 17 COCO keypoints of (y, x, score)
 
 
@@ -107,6 +112,15 @@ def yolo_head(shape: list) -> Optional[tuple]:
     if 6 <= b < a:
         return YOLOV5, b - 5, a
     return None
+
+
+def boxes_normalised(params: dict, largest: float) -> bool:
+    """Whether a YOLO head's boxes are fractions of the input: as the task's params record
+    it, else guessed from the largest box value decoded (at most 2)."""
+    units = params.get(BOX_UNITS)
+    if units in (NORMALISED, PIXELS):
+        return units == NORMALISED
+    return largest <= 2.0
 
 
 def yolo_text(decoder: str, classes: int, anchors: int) -> str:

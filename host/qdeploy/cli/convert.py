@@ -49,6 +49,14 @@ def convert(
                                                "nhwc (as the converted model takes them). "
                                                "Default: their shape tells. Images are "
                                                "always pixels."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="ONNX only: "
+                                              "the input's shape in the ONNX layout, e.g. "
+                                              "1,3,640,640, for a model exported with a "
+                                              "dynamic image size (the Edge TPU needs it "
+                                              "fixed)."),
+    task: Optional[str] = typer.Option(None, "--task", help="classify, detect, segment, "
+                                       "pose or raw (outputs left undecoded: qrun bench "
+                                       "and verify). Default: found from the outputs."),
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
@@ -64,11 +72,23 @@ def convert(
     from qrun.model.preprocess import parse_preprocess
 
     pre = parse_preprocess(preprocess)
+    task = check_task(task)
     with progress_bar("Calibrating on the representative dataset", num_calib) as tick:
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
                              preprocess=pre, labels=labels, progress=tick,
-                             output_io=output_io, input_layout=input_layout)
+                             output_io=output_io, input_layout=input_layout,
+                             input_shape=input_shape, task_kind=task)
     print_conversion(result)
+
+
+def check_task(task: Optional[str]) -> Optional[str]:
+    """--task checked before any slow work; None for auto."""
+    from qdeploy.modelfile.tasks import TASK_CHOICES
+    from qrun.errors import UserError
+
+    if task is not None and task not in TASK_CHOICES:
+        raise UserError(f"--task {task} is not a task; use one of {', '.join(TASK_CHOICES)}")
+    return None if task in (None, "auto") else task
 
 
 def print_conversion(result) -> None:
@@ -96,7 +116,8 @@ def print_conversion(result) -> None:
         out.print(f"  input {shapes}, static shapes, no dynamic-shape ops")
     out.print(f"  model_float.tflite  {float_size:>10,} bytes")
     out.print(f"  model_int8.tflite   {int8_size:>10,} bytes  ({float_size / int8_size:.2f}x "
-              f"smaller), {len(result.int8_ops)} ops: {' '.join(result.int8_ops)}")
+              f"smaller)")
+    out.print(f"  {op_line(result)}")
     for end, specs in (("input ", m.inputs), ("output", m.outputs)):
         for k, spec in enumerate(specs):
             which = f"{end} {k} {spec.name}" if len(specs) > 1 else end
@@ -108,6 +129,19 @@ def print_conversion(result) -> None:
               f"{m.calibration['source']}")
     for note in result.notes:
         out.print(f"  note: {note}")
+
+
+def op_line(result) -> str:
+    """The int8 model's ops in one line, those the Edge TPU compiler would leave on the
+    CPU named (by the preflight; its verdict in full: qdeploy preflight)."""
+    from qdeploy.edgetpu.preflight import preflight
+    from qdeploy.quantize.summary import op_summary
+
+    try:
+        cpu = preflight(result.int8_path).cpu_ops
+    except Exception:  # the summary must never cost the conversion
+        cpu = []
+    return op_summary(result.int8_ops, cpu)
 
 
 def describe_task(m) -> str:

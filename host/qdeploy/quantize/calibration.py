@@ -49,11 +49,19 @@ def float_inputs(source: SourceModel, samples: list, pre: Preprocess) -> dict:
 def load_calibration(calib: Path, source: SourceModel, pre: Preprocess,
                      limit: int) -> list:
     """One `Samples` per source input: images/npy/idx for one input, an .npz with one
-    array per input name for several."""
+    array per input name for several. Images for a detector with a YOLO head are
+    letterboxed, as qrun detect feeds it; others are stretched to the input size."""
     if len(source.inputs) == 1:
-        return [datasets.load_calibration(calib, source.fixed_shape, pre, limit=limit)]
+        return [datasets.load_calibration(calib, source.fixed_shape, pre, limit=limit,
+                                          resize=resize_for(source))]
     return datasets.load_calibration_inputs(
         calib, [(i.name, i.fixed_shape) for i in source.inputs], pre, limit=limit)
+
+
+def resize_for(source: SourceModel) -> str:
+    """How images meet the input: letterboxed for an ONNX model with a YOLO head."""
+    head = getattr(source.obj, "head", None) if source.kind == "onnx" else None
+    return datasets.LETTERBOX if head is not None else datasets.STRETCH
 
 
 def onnx_calibration(calib: Path, source: SourceModel, pre: Preprocess, limit: int,

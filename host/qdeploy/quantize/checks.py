@@ -104,7 +104,8 @@ def check_onnx_float(source: SourceModel, float_path: Path, inputs: dict) -> lis
     names = [i.name for i in source.inputs]
     check = onnx_source.check_float(source.obj, names, source.outputs, float_path, inputs)
     source.obj.float_check = check
-    return [f"float TFLite vs ONNX Runtime: max difference {check.worst:.2e} of the output "
+    return list(source.obj.rewrites) + [
+            f"float TFLite vs ONNX Runtime: max difference {check.worst:.2e} of the output "
             f"range over {check.samples} calibration samples (tolerance "
             f"{check.tolerance:.0e})"] + onnx_source.transposes(source.obj, float_path)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from qdeploy.quantize import calibration, checks, converter, deployment, sources
+from qdeploy.quantize import calibration, checks, converter, deployment, onnx_source, sources
 from qdeploy.quantize.deployment import FLOAT_NAME, INT8_NAME
 from qrun import atomic
 from qrun.model import manifest as mf
@@ -43,7 +43,9 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
             progress: Optional[Callable[[int, int], None]] = None,
             calib_label: Optional[str] = None,
             output_io: Optional[str] = None,
-            input_layout: Optional[str] = None) -> ConvertResult:
+            input_layout: Optional[str] = None,
+            input_shape: Optional[str] = None,
+            task_kind: Optional[str] = None) -> ConvertResult:
     """Convert `model_path` to float and full-integer `.tflite` files in `out_dir`.
 
     `io_type` is the dtype of every input (and of every output unless `output_io` says
@@ -51,13 +53,15 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
     `calib_label` names the representative dataset in the manifest when its path means
     nothing to a reader (a temporary file, say). `input_layout` ("nchw" or "nhwc", ONNX
     only) says how calibration arrays are laid out; by default their shape tells.
+    `input_shape` ("1,3,640,640", ONNX only) fixes a dynamic input's size. `task_kind`
+    (--task) names the task instead of finding it from the graph.
     """
     io = converter.io_types(io_type, output_io)
     checks.check_options(num_calib, input_layout)
     pre = preprocess or Preprocess()
     label_names = checks.read_labels(Path(labels)) if labels is not None else None
     out_dir = checks.prepare_out_dir(Path(out_dir))
-    source = sources.load_source_model(Path(model_path))
+    source = sources.load_source_model(Path(model_path), input_shape, task_kind)
     own_names = deployment.model_names(source)  # ONNX metadata_props `names`, if any
     samples, notes = calibration.read_samples(calib, source, pre, num_calib, input_layout,
                                               calib_label)
@@ -71,7 +75,9 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         (stage / INT8_NAME).write_bytes(converter.convert_int8(saved, inputs, io, progress))
         int8_ops = checks.check_integer_only(stage / INT8_NAME, io)
         task = deployment.choose_task(stage / INT8_NAME,
-                                      labels is not None or own_names is not None)
+                                      labels is not None or own_names is not None, task_kind)
+        if source.kind == "onnx":
+            task = onnx_source.task_with_head(task, source.obj)
         names = [FLOAT_NAME, INT8_NAME,
                  *deployment.stage_labels(stage, labels, label_names, own_names, task, notes),
                  deployment.write_reference(stage, source, samples, pre)]

@@ -27,6 +27,8 @@ from qrun.errors import UserError
 from qrun.model.preprocess import Preprocess, load_image, quantize, to_float, to_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+STRETCH = "stretch"  # resized to the input size (LANCZOS), aspect not kept: classifiers
+LETTERBOX = "letterbox"  # as qrun detect feeds a YOLO head: centred, grey 114, bilinear
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -39,6 +41,7 @@ class Samples:
     kind: str  # "images", "npy", "npz" or "idx"
     labels: Optional[np.ndarray] = None
     class_names: Optional[list] = None
+    resize: Optional[str] = None  # images: STRETCH or LETTERBOX, how they met the input size
 
     @property
     def are_pixels(self) -> bool:
@@ -103,9 +106,10 @@ def image_files(directory: Path) -> list[Path]:
 
 
 def load_calibration(path: Path, input_shape: Sequence[int], pre: Preprocess,
-                     limit: Optional[int] = None) -> Samples:
-    """Representative samples for calibration, at most `limit` of them."""
-    samples = _load(Path(path), input_shape, pre, limit, labelled=False)
+                     limit: Optional[int] = None, resize: str = STRETCH) -> Samples:
+    """Representative samples for calibration, at most `limit` of them; images resized to
+    the input as `resize` says (STRETCH, or LETTERBOX as a YOLO detector's inference)."""
+    samples = _load(Path(path), input_shape, pre, limit, labelled=False, resize=resize)
     if len(samples) == 0:
         raise UserError(f"calibration data {path} holds no samples; give a folder of "
                         "images, an .npy/.npz array or idx files")
@@ -176,7 +180,7 @@ def model_input(sample: np.ndarray, dtype, scale: float, zero_point: int,
     return quantize(sample, scale, zero_point, dtype)
 
 
-def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:
+def _load(path: Path, shape, pre, limit, labelled, labels=None, resize=STRETCH) -> Samples:
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     if not path.exists():
@@ -185,7 +189,7 @@ def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:
         images_idx, labels_idx = idx_pair(path)
         if images_idx is not None and not image_files(path):
             return _from_idx(images_idx, labels or labels_idx, shape, limit, labelled)
-        return _from_folder(path, shape, pre, limit, labelled)
+        return _from_folder(path, shape, pre, limit, labelled, resize)
     if path.suffix == ".npy":
         if labelled:
             raise UserError(f"{path}: an .npy array has no labels; give an .npz with arrays "
@@ -201,7 +205,7 @@ def _load(path: Path, shape, pre, limit, labelled, labels=None) -> Samples:
                     "array or MNIST idx files")
 
 
-def _from_folder(path: Path, shape, pre, limit, labelled) -> Samples:
+def _from_folder(path: Path, shape, pre, limit, labelled, resize=STRETCH) -> Samples:
     if labelled:
         classes = sorted(d.name for d in path.iterdir() if d.is_dir())
         if not classes:
@@ -218,9 +222,34 @@ def _from_folder(path: Path, shape, pre, limit, labelled) -> Samples:
         files, ids = files[:limit], ids[:limit]
     if not files:
         raise UserError(f"{path} contains no images (.jpg, .png, .bmp)")
-    pixels = np.stack([load_image(f, shape, pre) for f in files])
+    read = letterboxed_image if resize == LETTERBOX else load_image
+    pixels = np.stack([read(f, shape, pre) for f in files])
     return Samples(pixels, str(path), "images",
-                   np.asarray(ids) if labelled else None, classes)
+                   np.asarray(ids) if labelled else None, classes, resize)
+
+
+def letterboxed_image(path: Path, shape, pre: Preprocess) -> np.ndarray:
+    """An image file as qrun detect feeds a YOLO head: letterboxed into the input
+    (qrun.tasks.letterbox: centred, padding 114, bilinear), uint8 pixels."""
+    from PIL import Image
+
+    from qrun.model.preprocess import color_for, fit_channels, image_geometry, to_8bit
+    from qrun.tasks import letterbox
+
+    height, width, channels = image_geometry(shape)
+    try:
+        with Image.open(path) as img:
+            img = to_8bit(img, path).convert(color_for(shape, pre))
+            pixels, _ = letterbox.fit(img, (width, height), centre=True,
+                                      fill=letterbox.ULTRALYTICS_FILL,
+                                      resample=Image.BILINEAR)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} is too large to decode safely; downscale the image "
+                        "first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); "
+                        "give a JPEG, PNG or BMP file") from None
+    return fit_channels(pixels, channels)
 
 
 @contextmanager

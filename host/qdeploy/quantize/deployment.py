@@ -108,9 +108,13 @@ def write_reference(stage: Path, source: SourceModel, samples: list, pre: Prepro
     return REFERENCE_NPZ_NAME
 
 
-def choose_task(int8_path: Path, labels: bool) -> mf.Task:
-    """The model's task: a classifier when exactly one output is a [1, N] score vector
-    (N > 1; a [1, 1] output is one value), else what the graph says (tasks.task_from_graph)."""
+def choose_task(int8_path: Path, labels: bool, kind: Optional[str] = None) -> mf.Task:
+    """The model's task: `kind` (--task) with the roles it reads when given; else a
+    classifier when exactly one output is a [1, N] score vector (N > 1; a [1, 1] output is
+    one value), else what the graph says (tasks.task_from_graph)."""
+    if kind is not None:
+        return tasks.task_of_kind(kind, selfdescribe.describe(int8_path),
+                                  tflite_graph.load(int8_path), labels)
     interpreter = make_interpreter(int8_path)
     _, outputs = signature.specs(interpreter, int8_path)
     if len(outputs) == 1 and len(outputs[0].shape) == 2 and outputs[0].shape[0] == 1:
@@ -152,6 +156,8 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
                                   for i in source.inputs]
     calibration = {"samples": len(samples[0]), "source": samples[0].source,
                    "kind": samples[0].kind, "pixels": all(s.are_pixels for s in samples)}
+    if samples[0].resize:
+        calibration["resize"] = samples[0].resize
     if len(samples) > 1:
         calibration["pixel_inputs"] = [i.name for i, s in zip(source.inputs, samples)
                                        if s.are_pixels]

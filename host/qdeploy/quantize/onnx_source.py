@@ -21,7 +21,7 @@ import importlib.util
 import io
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +42,7 @@ SAMPLE_SHAPE = (20, 128, 128, 3)
 TOLERANCE = 1e-3  # ONNX Runtime vs float TFLite: max |difference| / output's value range
 CHECK_SAMPLES = 16
 FLOAT_ELEMENTS = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
+ONNX2TF_OPTIONS = {}
 
 
 @dataclass
@@ -73,6 +74,8 @@ class OnnxModel:
     opset: int
     producer: str
     float_check: Optional["FloatCheck"] = None  # set by convert after the float conversion
+    head: Optional[object] = None  # onnx_yolo.Head: a YOLO head found (and rewritten)
+    rewrites: list = field(default_factory=list)  # what onnx_yolo.prepare changed, as notes
 
     @property
     def layout(self) -> dict:
@@ -81,7 +84,8 @@ class OnnxModel:
         return {"source_layout": "NCHW" if moved else "as ONNX",
                 "model_layout": "NHWC" if moved else "as ONNX",
                 "transposed_inputs": moved,
-                "onnx_input_shapes": {i.name: list(i.shape) for i in self.inputs}}
+                "onnx_input_shapes": {i.name: list(i.shape) for i in self.inputs},
+                "onnx_rewrites": list(self.rewrites)}
 
 
 def imports():
@@ -135,8 +139,11 @@ def kept_global_state():
             disable()
 
 
-def load(path: Path) -> OnnxModel:
-    """Read and check an ONNX file; refuse what onnx2tf cannot convert before any slow work."""
+def load(path: Path, input_shape: Optional[str] = None,
+         task: Optional[str] = None) -> OnnxModel:
+    """Read and check an ONNX file; refuse what onnx2tf cannot convert before any slow work.
+    `input_shape` ("1,3,640,640", the ONNX layout) fixes a dynamic input's size; `task`
+    is --task (a detector whose head no decoder knows is refused unless it is raw)."""
     onnx, _, _ = imports()
     try:
         proto = onnx.load(str(path))
@@ -163,11 +170,59 @@ def load(path: Path) -> OnnxModel:
     inits = {i.name for i in proto.graph.initializer}
     inputs = [OnnxInput(v.name, shape_of(v), element_type(v))
               for v in proto.graph.input if v.name not in inits]
+    if input_shape is not None:
+        inputs = [fixed_input(proto, inputs, input_shape, Path(path))]
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                 default=0)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+    from qdeploy.quantize import onnx_yolo
+
+    if task is None and declared_task(proto) == "detect":
+        onnx_yolo.check_known_head(proto, Path(path).name)
+    head, rewrites = onnx_yolo.prepare(proto)  # in memory: the user's file is never written
     return OnnxModel(Path(path), proto, inputs, [o.name for o in proto.graph.output],
-                     opset, producer or "unknown")
+                     opset, producer or "unknown", head=head, rewrites=rewrites)
+
+
+def declared_task(proto) -> Optional[str]:
+    """The `task` Ultralytics writes into metadata_props ("detect", ...), a plain string."""
+    value = next((p.value for p in proto.metadata_props if p.key == "task"), None)
+    return value.strip().strip("'\"") if value else None
+
+
+def fixed_input(proto, inputs: list, text: str, path: Path) -> OnnxInput:
+    """The one input given the shape `--input-shape` names (its dims also set in the
+    graph, so shape inference and onnx2tf see them); a UserError when it cannot fit."""
+    if len(inputs) != 1:
+        raise UserError(f"--input-shape fixes a model with one input; {path.name} has "
+                        f"{len(inputs)} ({', '.join(i.name for i in inputs)})")
+    spec = inputs[0]
+    try:
+        dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        dims = []
+    fits = (len(dims) == len(spec.shape) and all(d > 0 for d in dims) and
+            all(s is None or s == d for s, d in zip(spec.shape[1:], dims[1:])))
+    if not fits:
+        raise UserError(f"--input-shape {text!r} does not fit input {spec.name} of "
+                        f"{path.name}, shape {['?' if d is None else d for d in spec.shape]}; "
+                        "give every dimension in the ONNX layout, e.g. 1,3,640,640")
+    dims[0] = 1
+    value = next(v for v in proto.graph.input if v.name == spec.name)
+    for dim, size in zip(value.type.tensor_type.shape.dim, dims):
+        dim.Clear()
+        dim.dim_value = size
+    return OnnxInput(spec.name, tuple(dims), spec.dtype)
+
+
+def task_with_head(task, model: OnnxModel):
+    """The manifest task with what the YOLO head rewrite did to the boxes (onnx_yolo)."""
+    import dataclasses
+
+    head = model.head
+    if head is None or task.decoder != head.decoder:
+        return task
+    return dataclasses.replace(task, params={**task.params, **head.params})
 
 
 def shape_of(value) -> tuple:
@@ -213,29 +268,50 @@ def working_directory(path: Path):
 
 
 def run_onnx2tf(model: OnnxModel, calibration: Optional[np.ndarray]):
-    """The tf_keras model onnx2tf builds, batch 1, in a temporary working directory."""
-    _, _, onnx2tf = imports()
+    """The tf_keras model onnx2tf builds, batch 1, in a temporary working directory.
+
+    onnx2tf gets a copy of the (possibly rewritten) graph in that directory, never the
+    user's file: it writes its op-renaming step back over the file it is given."""
+    onnx, _, onnx2tf = imports()
     shapes = [f"{i.name}:{','.join(str(d) for d in (1, *i.shape[1:]))}" for i in model.inputs]
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="qdeploy-onnx2tf-") as work:
+        copy = Path(work) / "model.onnx"
+        onnx.save(model.proto, str(copy))
         sample_file(Path(work), calibration)
+        import tf_keras
+
+        # A second conversion in one process reuses tf_keras' layer names (`..._1`) and
+        # its int8 model came out different (a YOLOv5 score 0.71 instead of 0.98):
+        # every conversion starts from a clean Keras session.
+        tf_keras.backend.clear_session()
         try:
             with working_directory(Path(work)), quiet(), contextlib.redirect_stdout(log):
-                return onnx2tf.convert(input_onnx_file_path=str(model.path.resolve()),
+                return onnx2tf.convert(input_onnx_file_path=str(copy),
                                        overwrite_input_shape=shapes, disable_model_save=True,
-                                       non_verbose=True, not_use_onnxsim=True)
+                                       non_verbose=True, not_use_onnxsim=True,
+                                       **ONNX2TF_OPTIONS)
         except (Exception, SystemExit) as exc:  # onnx2tf exits on some errors
             node = getattr(exc, "onnx_op_name", None)
-            said = first_line(exc) if str(exc).strip() else last_error(log.getvalue())
+            said = (last_error(log.getvalue()) if isinstance(exc, SystemExit) or
+                    not str(exc).strip() else first_line(exc))
             raise UserError(f"onnx2tf could not convert {model.path.name}"
                             f"{f' at node {node}' if node else ''}: {said}; replace that op "
                             "or export with another opset") from None
 
 
 def last_error(log: str) -> str:
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    """onnx2tf's own last error line (it prints, then exits with a bare code)."""
+    lines = [strip_colours(ln).strip() for ln in log.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
-    return ((errors or lines or ["no message"])[-1])[:200]
+    said = (errors or lines or ["no message"])[-1]
+    return said.split("ERROR:", 1)[-1].strip()[:200]
+
+
+def strip_colours(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def export_saved_model(model: OnnxModel, names: list, output_names: list, target: Path,
@@ -253,7 +329,10 @@ def export_saved_model(model: OnnxModel, names: list, output_names: list, target
                         "with its channel axis second, as torch.onnx.export writes it")
     specs = [tf.TensorSpec(s, tf.float32, name=n) for s, n in zip(want, names)]
     module = tf.Module()
-    module.model = keras_model
+    # The variables only, not the Keras model: saving a tracked Keras model traces and
+    # serializes every layer's call (60 of 75 s for a 640 YOLOv8n); the serving function
+    # is all the converter reads.
+    module.weights = list(keras_model.weights)
 
     @tf.function(input_signature=specs)
     def serve(*args):
@@ -309,7 +388,8 @@ def check_float(model: OnnxModel, names: list, output_names: list, float_path: P
     to `count` samples, a 3- to 5-D output brought back to channels-second first.
     """
     _, ort, _ = imports()
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.proto.SerializeToString(),  # as rewritten
+                                   providers=["CPUExecutionProvider"])
     with quiet():  # the XNNPACK delegate announces itself on stderr
         interpreter = make_interpreter(float_path)
     from qdeploy.quantize import signature
@@ -373,10 +453,13 @@ def transposes(model: OnnxModel, float_path: Path) -> list:
         return []
     causes = reshapes_of_maps(model)
     cause = ("; from " + ", ".join(causes) if causes else "")
+    fix = ("a detection head reshapes its maps to [1, C, N] itself; the Edge TPU "
+           "compiler leaves the ops after the first one it cannot map on the CPU"
+           if model.head is not None else
+           "a GlobalAveragePool before the Flatten, or flattening a 1x1 map, avoids it")
     return [f"{count} TRANSPOSE op{'s' if count > 1 else ''} left by onnx2tf{cause}: "
             "edgetpu_compiler 16 often runs TRANSPOSE on the CPU (qdeploy compile's "
-            "preflight names it); a GlobalAveragePool before the Flatten, or flattening "
-            "a 1x1 map, avoids it"]
+            f"preflight names it); {fix}"]
 
 
 def reshapes_of_maps(model: OnnxModel) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from qdeploy.quantize.tfquiet import keras as import_keras
 from qdeploy.quantize.tfquiet import quiet
@@ -64,15 +65,20 @@ class SourceModel:
 
 
 
-def load_source_model(path: Path) -> SourceModel:
-    """Load a Keras file or a SavedModel directory; refuse anything else with a clear line."""
+def load_source_model(path: Path, input_shape: Optional[str] = None,
+                      task: Optional[str] = None) -> SourceModel:
+    """Load a Keras file or a SavedModel directory; refuse anything else with a clear line.
+    `input_shape` (--input-shape, ONNX only) fixes a dynamic input's size."""
     if not path.exists():
         raise UserError(f"model not found: {path}")
     if path.suffix == ".tflite":
         raise UserError(f"{path} is already a TFLite model; convert needs the source model "
                         "(.keras, .h5, .onnx or a SavedModel directory) to quantize it")
     if path.suffix.lower() == ONNX_SUFFIX and path.is_file():
-        return check_input(_load_onnx(path))
+        return check_input(_load_onnx(path, input_shape, task))
+    if input_shape is not None:
+        raise UserError("--input-shape is for ONNX models; a Keras model or SavedModel "
+                        "declares its own input shape")
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise UserError(f"{path} is a directory without saved_model.pb; give a SavedModel "
@@ -162,17 +168,22 @@ def _load_saved_model(path: Path) -> SourceModel:
     return SourceModel(path, "saved_model", loaded, inputs, names)
 
 
-def _load_onnx(path: Path) -> SourceModel:
+def _load_onnx(path: Path, input_shape: Optional[str] = None,
+               task: Optional[str] = None) -> SourceModel:
     """An ONNX file as a source: its inputs in the layout the converted model takes
     (NHWC for NCHW), named as the graph names them (made signature-safe)."""
     from qdeploy.quantize import onnx_source
 
-    model = onnx_source.load(path)
+    model = onnx_source.load(path, input_shape, task)
     for i in model.inputs:
         if not i.shape or any(d is None for d in i.shape[1:]):
-            raise UserError(f"input {i.name} of {path.name} has shape {list(i.shape)}; the "
-                            "Edge TPU needs every dimension but the batch fixed: export with "
-                            "dynamic_axes for the batch only (or none)")
+            example = ",".join(str(d or s) for d, s in
+                               zip((1, *i.shape[1:]), (1, 3, 640, 640, 1)))
+            raise UserError(f"input {i.name} of {path.name} has shape "
+                            f"{['?' if d is None else d for d in i.shape]}; the Edge TPU "
+                            "needs every dimension but the batch fixed: pass --input-shape "
+                            f"with the size it was trained at (e.g. {example}), or export "
+                            "with dynamic_axes for the batch only (or none)")
     names = unique_names([i.name for i in model.inputs], "input")
     inputs = [SourceInput(name, i.converted_shape, i.dtype)
               for name, i in zip(names, model.inputs)]
