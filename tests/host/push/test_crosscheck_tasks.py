@@ -9,6 +9,8 @@ device's kernels would change it: a few large single-value steps where no detect
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,28 @@ def test_different_detections_fail_with_a_sentence_naming_them(yolo_deployment):
     assert "sample 1: 15 detections, the reference 16, lamp (0) 0.9" in line
     assert "(25,25)-(50,50)% unmatched" in line
     assert "tolerance" not in line  # not judged by raw steps
+
+
+def test_qrun_verify_reads_a_detector_in_its_task_terms(yolo_deployment, run_qrun):
+    text = run_qrun("verify", "--model", yolo_deployment, "--device", "cpu")
+    assert text.code == 0, text.err
+    assert "int8 on cpu: detections per sample 16 16 16" in text.out
+    # Two variants (as the CPU int8 and the Edge TPU model on a device with a TPU): the
+    # second is compared with the first in the task's terms.
+    document = device_verify.verify(yolo_deployment, device="cpu")
+    [record] = document["variants"]
+    copy = {**json.loads(json.dumps(record)), "variant": "edgetpu"}
+
+    def lamp_goes_out(head):
+        head[1, 4, 5] = -128
+
+    other = changed({"variants": [copy]}, lamp_goes_out)["variants"][0]
+    task = mf.load(yolo_deployment).task
+    variants = [record, other]
+    device_verify.in_task_terms(variants, task, (32, 32))
+    assert record["task_outputs"]["detections"] == [16, 16, 16]
+    assert other["task_outputs"]["detections"] == [16, 15, 16]
+    assert not other["agreement"]["ok"] and other["agreement"]["against"] == "int8"
+    lines = device_verify.summary({"variants": variants, "reference": {"samples": 3}})
+    assert "edgetpu on cpu against int8: 47 of 48 detections match" in lines
+    assert lines.splitlines()[-1].endswith("(differs)")
