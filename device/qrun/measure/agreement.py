@@ -280,7 +280,8 @@ def detection_agreement(reference: list, other: list, minimum: float = MINIMUM,
         said = detection_differences(ref, got, pairs, score_tolerance, threshold, label)
         if said:
             differing.append(n)
-            phrases.append(f"sample {n}: " + ", ".join(said))
+            if n not in empty:  # said once for all of them below
+                phrases.append(f"sample {n}: " + ", ".join(said))
     value = matched / larger if larger else 1.0
     samples = len(reference)
     ok = not empty and (not differing if every_sample else value >= minimum)
@@ -290,7 +291,7 @@ def detection_agreement(reference: list, other: list, minimum: float = MINIMUM,
         text = (f"{matched} of {max(n_ref, n_other)} detections match ({value:.0%}: class and "
                 f"IoU >= {iou_threshold:g}); {samples - len(differing)} of {samples} samples agree")
     if empty:
-        text += (f"; no detection on {len(empty)} sample(s) where the reference has "
+        text += (f"; no detection on {samples_text(empty)} where the reference has "
                  f"{sum(len(reference[n]) for n in empty)}")
     if phrases:
         text += "; " + "; ".join(phrases[:SHOWN]) + (

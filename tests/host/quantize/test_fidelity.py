@@ -109,3 +109,47 @@ def test_the_record_reads_back_with_unknown_keys_and_refuses_a_wrong_field():
     assert mf.Fidelity.from_dict(record.to_dict()) == record
     with pytest.raises(ValueError, match="fidelity.value"):
         mf.Fidelity.from_dict({"value": "high"})
+
+
+@pytest.fixture(scope="module")
+def pixel_box_detector(tmp_path_factory):
+    """(SavedModel, calib.npy): tests/fixtures/yolo.py's [1, 4 + 2, 16] head with its boxes
+    multiplied by 20 (pixels of a 640 input, as torch exports a YOLOv8 head) concatenated
+    with its 0..1 scores: one int8 scale of about 640/255 for both."""
+    from qdeploy.quantize.tfquiet import tensorflow
+    from tests.fixtures import yolo
+
+    tf = tensorflow()
+    boxes = tf.constant(yolo.cell_boxes()[None] * 20)
+
+    class Head(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, yolo.SIZE, yolo.SIZE, 3], tf.float32,
+                                                    "images")])
+        def serve(self, images):
+            cells = tf.nn.avg_pool2d(images, yolo.CELL, yolo.CELL, "VALID")
+            lamp = tf.reshape(tf.reduce_mean(cells, axis=3), [1, 1, yolo.ANCHORS])
+            return {"output0": tf.concat([boxes, lamp, 1.0 - lamp], axis=1)}
+
+    root = tmp_path_factory.mktemp("pixel-boxes")
+    head = Head()
+    tf.saved_model.save(head, str(root / "detector"), signatures={"serving_default": head.serve})
+    rng = np.random.default_rng(5)
+    images = np.stack([yolo.lit_cell(k % yolo.ANCHORS) for k in range(40)])
+    noise = rng.integers(0, 20, images.shape)
+    np.save(root / "calib.npy", np.clip(images.astype(int) + noise, 0, 255).astype(np.uint8))
+    return root / "detector", root / "calib.npy"
+
+
+def test_a_detector_whose_scores_share_the_boxes_scale_finds_nothing_and_is_told_why(
+        pixel_box_detector, tmp_path):
+    model, calib = pixel_box_detector
+    result = convert(model, calib, tmp_path / "out", num_calib=32)
+    m = result.manifest
+    assert (m.task.kind, m.task.decoder) == (mf.DETECT, "yolov8")
+    f = m.fidelity
+    assert (f.metric, f.held_back, f.samples, f.ok) == ("detection_agreement", True, 8, False)
+    [line] = result.warnings
+    assert "no detection on samples 0, 1, 2 and 5 more where the reference has 128" in line
+    scale = m.outputs[0].scale
+    assert f"output0 shares one int8 scale of {scale:.3g} between boxes in pixels (" in line
+    assert "and scores (0" in line and "divide the boxes by the input size" in line
