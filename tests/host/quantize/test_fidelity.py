@@ -88,11 +88,20 @@ def test_without_strict_the_convert_ends_with_the_warning_line(shared_scale_mode
     assert "fidelity top-1 agreement" in out and "(lost)" in out
 
 
-def test_a_trained_classifier_passes_quietly(converted_demo):
+def test_a_trained_classifier_passes_quietly_and_evaluate_shows_the_figure(
+        converted_demo, demo_split, run_cli, tmp_path):
     m = mf.load(converted_demo.out_dir)
     f = m.fidelity
     assert f is not None and f.ok and f.cause is None and f.metric == "top1_agreement"
     assert f.value >= 0.9 and f.samples == fidelity.HELD_BACK and f.held_back
+    np.savez(tmp_path / "held.npz", x=demo_split.x_heldout[:20], y=demo_split.y_heldout[:20])
+    code, out, err = run_cli("evaluate", converted_demo.out_dir, "--data", tmp_path / "held.npz")
+    assert code == 0, err
+    assert (f"convert's fidelity gate: top-1 agreement {f.value:.0%} float vs int8 on 8 "
+            "held-back samples") in " ".join(out.split())
+    code, out, err = run_cli("evaluate", converted_demo.out_dir, "--data",
+                             tmp_path / "held.npz", "--json")
+    assert code == 0 and json.loads(out)["fidelity"] == f.to_dict()
 
 
 def test_without_samples_to_spare_the_calibration_samples_are_checked(seed_model_file,
