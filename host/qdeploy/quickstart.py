@@ -120,10 +120,13 @@ def train_step(recipe: demo.Recipe, split: demo.Split, work: Path, ui: UI,
 
 def convert_step(recipe: demo.Recipe, split: demo.Split, model_path: Path, work: Path,
                  out_dir: Path, ui: UI) -> ConvertResult:
-    """Full-integer conversion, calibrated on the first training images."""
+    """Full-integer conversion, calibrated on the first training images (and the next
+    few held back for convert's fidelity gate)."""
+    from qdeploy.quantize.fidelity import HELD_BACK
+
     settings = recipe.data["convert"]
     calib = work / "calibration.npy"
-    np.save(calib, split.x_train[: settings["num_calib"]])
+    np.save(calib, split.x_train[: settings["num_calib"] + HELD_BACK])
     labels = work / "labels.txt"
     labels.write_text("\n".join(recipe.data["labels"]) + "\n", encoding="utf-8")
     with ui.step("Calibrating and converting to full integer", settings["num_calib"]) as tick:

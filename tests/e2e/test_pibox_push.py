@@ -98,3 +98,34 @@ def test_qrun_on_the_box_classifies_the_parrot(pushed, pibox):
     label, _, score = ranked[0].rpartition(": ")
     assert label == "Ara macao (Scarlet Macaw)", out
     assert float(score) > 0.7, out  # arm64 kernels: 0.766; x86 XNNPACK 0.797
+
+
+def test_a_detector_pushed_to_the_box_is_verified_by_its_detections(pushed, pibox,
+                                                                    ultralytics_yolo, tmp_path):
+    """An Ultralytics-format YOLO (int8 head [1, 6, 16], boxes in pixels beside scores in
+    one scale) with three lit-cell images as reference inputs: push --verify on the arm64
+    box judges it by its decoded detections (issue 25), not by single raw values. Last in
+    this module: it makes the detector the box's current release."""
+    import numpy as np
+
+    from qdeploy.modelimport.importer import import_model
+    from tests.fixtures.yolo import lit_cell
+
+    assert pushed[0].returncode == 0, "the first push failed; see the tests above"
+    np.save(tmp_path / "cells.npy", np.stack([lit_cell(k) for k in (0, 5, 10)]))
+    dep = tmp_path / "yolo"
+    import_model(ultralytics_yolo, out=dep, reference=tmp_path / "cells.npy")
+    (tmp_path / "empty-ssh-config").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    argv = [sys.executable, "-m", "qdeploy", "push", str(dep),
+            "--target", f"{pibox.user}@{pibox.host}:{pibox.port}",
+            "--identity", str(pibox.key), "--known-hosts", str(pibox.known_hosts),
+            "--ssh-config", str(tmp_path / "empty-ssh-config"),
+            "--reports", str(tmp_path / "reports"), "--bench-runs", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=PUSH_TIMEOUT)
+    assert done.returncode == 0, f"qdeploy push failed:\n{done.stdout}\n{done.stderr}"
+    said = " ".join(done.stdout.split())
+    assert "verify int8 on cpu: 48 of 48 detections match (100%" in said, said
+    assert "3 of 3 samples agree" in said
+    out = pibox.run("~/qdeploy/venv/bin/qrun verify --device cpu", timeout=600).stdout
+    assert "int8 on cpu: detections per sample 16 16 16" in out, out

@@ -16,6 +16,13 @@ base64 (exact, and compact for large outputs), with name, tensor index, dtype, s
 scale and zero point; a score vector (the output the manifest's task names as
 scores, see `scored_outputs`) also carries each sample's top-1 class and
 dequantized score for a human reader.
+
+A model whose task qrun decodes (detect, segment, pose) is also read in the task's terms
+(qrun.measure.agreement): each variant record says what it found (`task_outputs`:
+detections per sample, or the classes of the class maps), and when the Edge TPU model ran
+beside the CPU int8 model its record compares the two (`agreement`: detections matched,
+pixel agreement, keypoint distance), as `qdeploy push --verify` compares the device with
+the host.
 """
 
 from __future__ import annotations
@@ -214,6 +221,50 @@ def verify_choice(choice: deployment.Choice, samples, pre: preprocess.Preprocess
     }
 
 
+def decoded(record: dict, task, input_size: tuple):
+    """What a variant record's outputs say in the task's terms (agreement.decode), or None."""
+    from qrun.measure import agreement
+
+    values = []
+    for out in record["outputs"]:
+        count = int(np.prod(out["shape"]))
+        raw = np.stack([decode(text, out["dtype"], count) for text in out["values"]])
+        values.append(preprocess.dequantize(raw, out["scale"], out["zero_point"]))
+    return agreement.decode(task, [out["shape"] for out in record["outputs"]], values,
+                            input_size)
+
+
+def task_outputs(found) -> dict:
+    """A variant's decoded outputs, short: detections per sample, classes per class map,
+    or keypoints per sample."""
+    if isinstance(found, list):
+        return {"detections": [len(d) for d in found],
+                "classes": [sorted({int(i) for i in d.ids}) for d in found]}
+    if found.ndim == 1:
+        return {"top1": [int(t) for t in found]}
+    if found.ndim == 3 and found.shape[-1] == 3 and found.dtype.kind == "f":
+        return {"keypoints": int(found.shape[1])}
+    return {"classes": [sorted(int(c) for c in np.unique(m)) for m in found]}
+
+
+def in_task_terms(variants: list, task, input_size: Optional[tuple]) -> None:
+    """Add `task_outputs` to each variant record, and to every variant after the first
+    an `agreement` with the first (the CPU int8 model), for a task qrun decodes."""
+    from qrun.measure import agreement
+    from qrun.model.manifest import CLASSIFY
+
+    if task is None or task.kind == CLASSIFY or input_size is None:
+        return
+    found = [decoded(v, task, input_size) for v in variants]
+    if any(f is None for f in found):
+        return
+    for v, f in zip(variants, found):
+        v["task_outputs"] = task_outputs(f)
+    for v, f in zip(variants[1:], found[1:]):
+        v["agreement"] = {**agreement.compare(task, found[0], f, every_sample=True).to_dict(),
+                          "against": variants[0]["variant"]}
+
+
 def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
            inputs: Optional[Path] = None, threads: Optional[int] = None,
            progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -252,6 +303,7 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
     for choice in choices:
         progress(f"{samples.count} reference inputs through {choice.path.name} on {choice.used}")
         variants.append(verify_choice(choice, samples, pre, threads, task))
+    in_task_terms(variants, task, image_size(dep))
     info = runtime.runtime_info()
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "timestamp": utc_now(),
             "qrun_version": qrun.__version__,
@@ -260,6 +312,14 @@ def verify(model: Optional[Path] = None, device: str = "auto", tpu: str = "",
                           "samples": samples.count, "inputs": len(samples.arrays),
                           "form": "npz" if samples.raw else "npy"},
             "preprocess": pre.to_dict(), "variants": variants, "skipped": skipped}
+
+
+def image_size(dep: deployment.Deployment) -> Optional[tuple]:
+    """The (w, h) of the manifest's first input when it is an image [1, H, W, C]."""
+    if dep.manifest is None:
+        return None
+    shape = dep.manifest.inputs[0].shape
+    return (shape[2], shape[1]) if len(shape) == 4 else None
 
 
 def summary(document: dict) -> str:
@@ -277,10 +337,21 @@ def summary(document: dict) -> str:
                 tops = " ".join(str(t) for t in out["top1"])
                 lines.append(f"{head}: top-1 {tops}" + (f" (output {i} '{out['name']}')"
                                                          if several else ""))
-        if several or not any("top1" in out for out in outputs):
+        found = v.get("task_outputs") or {}
+        if "detections" in found:
+            lines.append(f"{head}: detections per sample "
+                         + " ".join(str(n) for n in found["detections"]))
+        elif "classes" in found:
+            lines.append(f"{head}: classes per sample " + " ".join(
+                ",".join(map(str, c)) or "-" for c in found["classes"]))
+        elif several or not any("top1" in out for out in outputs):
             listed = ", ".join(f"{i} '{out['name']}' {out['dtype']} {out['shape']}"
                                for i, out in enumerate(outputs))
             lines.append(f"{head}: {samples} samples through output(s) {listed}")
+        if "agreement" in v:
+            a = v["agreement"]
+            lines.append(f"{head} against {a['against']}: {a['text']}"
+                         + ("" if a["ok"] else " (differs)"))
     for s in document.get("skipped", []):
         lines.append(f"{s['variant']}: skipped ({s['reason']})")
     return "\n".join(lines)

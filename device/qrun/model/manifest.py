@@ -9,7 +9,8 @@ can verify what it received. Schema 2 lists every input and output (`inputs`,
 classify, detect, segment, pose or raw, which output is what, the decoder); a schema-1
 manifest (one `input`, one `output`, always a classifier) is read and migrated in
 memory. How the models were made is recorded as typed records (`Converter`,
-`Compiled`); keys this version does not know are kept as read.
+`Compiled`, and `Fidelity`: convert's float-vs-int8 gate, a top-level key older readers
+skip); keys this version does not know are kept as read.
 """
 
 from __future__ import annotations
@@ -114,6 +115,47 @@ class Compiled:
 
 
 @dataclass
+class Fidelity:
+    """What convert's fidelity gate measured: the manifest's `fidelity` object.
+
+    The float and the int8 model on samples held back from calibration (`held_back`
+    False: the dataset had none to spare, calibration samples were used), compared in the
+    task's terms (qrun.measure.agreement): `metric` names the figure `value`
+    ("top1_agreement", "detection_agreement", "pixel_agreement": a share in 0..1;
+    "keypoint_distance": in units of the input's size); `text` says it in words, `cause`
+    why int8 lost it (when `ok` is false), `output` the output read. Older readers
+    ignore the object; keys this version does not know are kept in `extra`.
+    """
+
+    task: Optional[str] = None
+    metric: Optional[str] = None
+    value: Optional[float] = None
+    ok: Optional[bool] = None
+    samples: Optional[int] = None
+    held_back: Optional[bool] = None
+    output: Optional[str] = None
+    text: Optional[str] = None
+    cause: Optional[str] = None
+    seconds: Optional[float] = None  # what the gate cost
+    extra: dict = field(default_factory=dict)
+
+    KINDS: ClassVar[dict] = {
+        "task": "a string", "metric": "a string", "value": "a number", "ok": "true or false",
+        "samples": "an integer", "held_back": "true or false", "output": "a string",
+        "text": "a string", "cause": "a string", "seconds": "a number",
+    }
+
+    def to_dict(self) -> dict:
+        recorded = {key: getattr(self, key) for key in self.KINDS}
+        return {**{k: v for k, v in recorded.items() if v is not None}, **self.extra}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "Fidelity":
+        """Read the `fidelity` object; a wrong field is a ValueError naming it."""
+        return cls(**record_fields(value, "fidelity", cls.KINDS))
+
+
+@dataclass
 class Task:
     """What the model does: the manifest's `task` object.
 
@@ -179,6 +221,7 @@ class Manifest:
     calibration: dict = field(default_factory=dict)
     compiled: Optional[Compiled] = None
     evaluation: Optional[dict] = None
+    fidelity: Optional[Fidelity] = None  # convert's fidelity gate (absent before it)
     created: str = ""
     qdeploy_version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -189,6 +232,8 @@ class Manifest:
             self.converter = Converter.from_dict(self.converter)
         if isinstance(self.compiled, dict):
             self.compiled = Compiled.from_dict(self.compiled)
+        if isinstance(self.fidelity, dict):
+            self.fidelity = Fidelity.from_dict(self.fidelity)
         if isinstance(self.task, dict):
             self.task = Task.from_dict(self.task, len(self.outputs))
 
@@ -222,6 +267,7 @@ class Manifest:
             "calibration": self.calibration,
             "compiled": self.compiled.to_dict() if self.compiled is not None else None,
             "evaluation": self.evaluation,
+            **({"fidelity": self.fidelity.to_dict()} if self.fidelity is not None else {}),
             "created": self.created,
             "qdeploy_version": self.qdeploy_version,
         }
@@ -246,6 +292,7 @@ class Manifest:
             pre = Preprocess.from_dict(d.get("preprocess") or {})
             check_channels(pre, inputs[0])
             compiled = typed(d, "compiled", dict, None)
+            fidelity = typed(d, "fidelity", dict, None)
             return cls(
                 inputs=inputs,
                 outputs=outputs,
@@ -257,6 +304,7 @@ class Manifest:
                 calibration=typed(d, "calibration", dict, None) or {},
                 compiled=Compiled.from_dict(compiled) if compiled is not None else None,
                 evaluation=typed(d, "evaluation", dict, None),
+                fidelity=Fidelity.from_dict(fidelity) if fidelity is not None else None,
                 created=typed(d, "created", str, ""),
                 qdeploy_version=typed(d, "qdeploy_version", str, ""),
                 schema_version=version,
@@ -309,6 +357,7 @@ CHECKS = {
     "a list of integers and nulls": lambda v: isinstance(v, list) and all(
         x is None or (isinstance(x, int) and not isinstance(x, bool)) for x in v),
     "an object": lambda v: isinstance(v, dict),
+    "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
 }
 
 

@@ -30,7 +30,7 @@ def outcome(directory: Path, document_file: Path, tolerance: float,
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the device's verify output {document_file} ({exc})") from None
     return crosscheck.check(document, host.samples, host.model, host.preprocess, tolerance,
-                            host.reference_sha256, host.task)
+                            host.reference_sha256, host.task, host.names)
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qdeploy.cli.ui import out, print_json, progress_bar
+from qdeploy.cli.ui import console, out, print_json, progress_bar
 
 DEFAULT_OUT = Path("qdeploy-out")
 
@@ -57,6 +57,10 @@ def convert(
     task: Optional[str] = typer.Option(None, "--task", help="classify, detect, segment, "
                                        "pose or raw (outputs left undecoded: qrun bench "
                                        "and verify). Default: found from the outputs."),
+    strict: bool = typer.Option(False, "--strict", help="Fail, writing nothing, when the "
+                                "int8 model loses what the float model tells on samples "
+                                "held back from calibration (the fidelity gate; without "
+                                "--strict a warning)."),
 ):
     """Quantize a float model to full integer (int8 ops, uint8 I/O) for the Edge TPU.
 
@@ -66,7 +70,10 @@ def convert(
     qrun and evaluate use NHWC) and its float TFLite is checked against ONNX Runtime on
     the calibration samples before quantizing. The manifest lists every input and output
     in the interpreter's order and the task: classify when one output is a [1, N] score
-    vector, else what the graph shows (detect, segment, pose or raw).
+    vector, else what the graph shows (detect, segment, pose or raw). Up to 8 samples
+    beyond --num-calib are held back: the float and int8 models run on them and are
+    compared in the task's terms (top-1, detections, pixels, keypoints); a loss ends the
+    convert with a warning naming the output, the figure and the likely cause.
     """
     from qdeploy.quantize.convert import convert as run_convert
     from qrun.model.preprocess import parse_preprocess
@@ -77,8 +84,10 @@ def convert(
         result = run_convert(model, calib, out_dir, num_calib=num_calib, io_type=io,
                              preprocess=pre, labels=labels, progress=tick,
                              output_io=output_io, input_layout=input_layout,
-                             input_shape=input_shape, task_kind=task)
+                             input_shape=input_shape, task_kind=task, strict=strict)
     print_conversion(result)
+    for line in result.warnings:
+        console.print(f"warning: {line}", markup=False, soft_wrap=True)
 
 
 def check_task(task: Optional[str]) -> Optional[str]:
@@ -127,6 +136,8 @@ def print_conversion(result) -> None:
     out.print(f"  task {describe_task(m)}")
     out.print(f"  calibrated on {result.calibration_samples} samples from "
               f"{m.calibration['source']}")
+    if m.fidelity is not None:
+        out.print(f"  fidelity {fidelity_line(m.fidelity)}", markup=False)
     for note in result.notes:
         out.print(f"  note: {note}")
 
@@ -142,6 +153,18 @@ def op_line(result) -> str:
     except Exception:  # the summary must never cost the conversion
         cpu = []
     return op_summary(result.int8_ops, cpu)
+
+
+def fidelity_line(f) -> str:
+    """The fidelity gate's figure: "top-1 agreement 100% float vs int8 on 8 held-back
+    samples"."""
+    from qdeploy.quantize.fidelity import FIGURES
+
+    value = (f"{f.value:.3f} of the input's size" if f.metric == "keypoint_distance"
+             else f"{f.value:.0%}")
+    where = "held-back" if f.held_back else "calibration"
+    return (f"{FIGURES.get(f.metric, f.metric)} {value} float vs int8 on {f.samples} {where} "
+            f"samples{'' if f.ok else ' (lost)'}")
 
 
 def describe_task(m) -> str:
@@ -195,5 +218,10 @@ def print_evaluation(e) -> None:
                   f"{e.size_ratio:.2f}x smaller")
     table.add_row("top-1 agreement", "", f"{e.agreement:.2%}", "")
     out.print(table)
+    if getattr(e, "fidelity", None):
+        from qrun.model.manifest import Fidelity
+
+        out.print(f"convert's fidelity gate: {fidelity_line(Fidelity.from_dict(e.fidelity))}",
+                  markup=False)
     for note in e.notes:
         out.print(f"note: {note}")

@@ -69,11 +69,13 @@ def latency_text(*latencies_us) -> str:
 
 
 def verify_cell(comparison) -> str:
-    """`3/3 Δ0`: top-1 agreements / reference inputs and max |Δ| in output steps (`— Δ0`
-    for a model with no score vector, where there is no top-1 to agree on)."""
+    """`3/3 Δ0`: top-1 agreements (a detector, segmenter or pose model: samples whose task
+    outputs agree) / reference inputs and max |Δ| in output steps (`— Δ0` for a model
+    with neither, where there is nothing to agree on)."""
     if comparison is None:
         return "-"
-    agreed = f"{comparison.agree}/{comparison.samples}" if comparison.scored else "—"
+    counted = comparison.scored or getattr(comparison, "task", None) is not None
+    agreed = f"{comparison.agree}/{comparison.samples}" if counted else "—"
     text = f"{agreed} Δ{comparison.max_steps:g}"
     return text if comparison.ok else f"[red]{text}[/red]"
 

@@ -9,10 +9,18 @@ output's quantization steps (a float output's step is FLOAT_STEP, an integer out
 that is not quantized steps by 1), and top-1 agreement where the output is a score
 vector (qrun.measure.verify.scored_outputs).
 
-A variant fails when any output's largest difference exceeds the tolerance
-(`DEFAULT_STEPS` steps), or when a top-1 class differs on a sample where the host's
-top-1 leads the device's by more than the tolerance (a closer flip is a near-tie:
-counted, reported, not a failure). Different CPU kernels differ by a few steps
+A model whose task qrun can decode (detect, segment, pose: the manifest's task) is judged
+in the task's terms, by qrun.measure.agreement: the detections (class, IoU >= 0.5, scores
+within 0.1, counts within one), the class maps (pixel agreement) or the keypoints
+(distance) of every reference input must agree; the raw differences are still measured
+and shown, not judged. arm64 and x86-64 int8 kernels round differently, and a raw
+detection head of 705,600 values turns that into a few large single-value differences
+while the detections stay the same (Ultralytics' YOLOv8n on a Pi).
+
+A classifier or a raw model fails when any output's largest difference exceeds the
+tolerance (`DEFAULT_STEPS` steps), or, for a classifier, when a top-1 class differs on a
+sample where the host's top-1 leads the device's by more than the tolerance (a closer flip
+is a near-tie: counted, reported, not a failure). Different CPU kernels differ by a few steps
 (x86 XNNPACK vs TFLite's reference kernels: up to 5 on Coral's MobileNets; arm64
 vs x86: about 8 on the iNat birds model's top score); mismatched preprocessing or
 a wrong model moves outputs by tens to hundreds of steps and flips classes.
@@ -29,6 +37,7 @@ import numpy as np
 
 from qrun.model import deployment
 from qrun.model import manifest as qmanifest
+from qrun.measure import agreement as task_terms
 from qrun.measure import reference as qreference
 from qrun.measure import verify as device_verify
 from qrun.errors import UserError
@@ -83,6 +92,11 @@ class Comparison:
     worst_output: int = 0  # position of the output holding max_steps
     scored: bool = True  # some output is a score vector (top-1 compared)
     outputs: list = field(default_factory=list)  # OutputComparison, in the output order
+    task: Optional[dict] = None  # qrun.measure.agreement.Agreement (as a dict): the verdict
+
+    @property
+    def judged_by_task(self) -> bool:
+        return self.task is not None
 
     @property
     def agreement(self) -> float:
@@ -98,9 +112,11 @@ class Comparison:
         where = ""
         if len(self.outputs) > 1:
             where = f"output {self.worst_output} '{self.outputs[self.worst_output].name}', "
-        return (f"{self.variant} on {self.device_used}: {top1}, "
-                f"max |Δ| {self.max_abs_diff:.4g} ({self.max_steps:g} {steps}, "
-                f"{where}sample {self.worst_sample})")
+        raw = (f"max |Δ| {self.max_abs_diff:.4g} ({self.max_steps:g} {steps}, "
+               f"{where}sample {self.worst_sample})")
+        if self.task is not None:
+            return f"{self.variant} on {self.device_used}: {self.task['text']}; raw {raw}"
+        return f"{self.variant} on {self.device_used}: {top1}, {raw}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "agreement": self.agreement}
@@ -124,6 +140,11 @@ class VerifyResult:
         bad = [c for c in self.comparisons if not c.ok]
         if not bad:
             return None
+        if all(c.judged_by_task for c in bad):
+            what = {qmanifest.DETECT: "detections", qmanifest.SEGMENT: "class maps",
+                    qmanifest.POSE: "keypoints"}.get(bad[0].task["task"], "outputs")
+            return f"the device's {what} differ from the host's: " + "; ".join(
+                c.text() for c in bad)
         return ("the device's outputs differ from the host's: " + "; ".join(
             c.text() for c in bad) + f" (tolerance {tolerance_steps:g} steps)")
 
@@ -272,9 +293,12 @@ def first_detections(values: np.ndarray, detections: int, kept: np.ndarray) -> n
 
 def compare_variant(record: dict, specs: list, expected: list, scored: list,
                     tolerance_steps: float = DEFAULT_STEPS,
-                    task: Optional[qmanifest.Task] = None) -> Comparison:
+                    task: Optional[qmanifest.Task] = None,
+                    input_size: Optional[tuple] = None,
+                    names: Optional[dict] = None) -> Comparison:
     """One variant record of the device against the host's outputs (`specs`, `expected`,
-    in order; `scored`: positions of the score vectors), output by output."""
+    in order; `scored`: positions of the score vectors), output by output; a task qrun
+    decodes (detect, segment, pose) is judged by what it outputs (`judge_by_task`)."""
     device = device_outputs(record)
     if len(device) != len(expected):
         raise UserError(f"the device's model has {len(device)} output(s), the host's "
@@ -284,8 +308,54 @@ def compare_variant(record: dict, specs: list, expected: list, scored: list,
     outputs = [compare_output(host, values, step_of(spec), tolerance_steps, i in scored, i,
                               spec.name)
                for i, (spec, host, values) in enumerate(zip(specs, expected, values_of))]
-    return combine(outputs, tolerance_steps, variant=record["variant"],
-                   device_used=record["device"]["used"], model_sha256=record["model"]["sha256"])
+    comparison = combine(outputs, tolerance_steps, variant=record["variant"],
+                         device_used=record["device"]["used"],
+                         model_sha256=record["model"]["sha256"])
+    if task is not None and input_size is not None:
+        judge_by_task(comparison, task, specs, expected, values_of, input_size, names)
+    return comparison
+
+
+TASK_JUDGED = (qmanifest.DETECT, qmanifest.SEGMENT, qmanifest.POSE)
+
+
+def judge_by_task(comparison: Comparison, task: qmanifest.Task, specs: list, host: list,
+                  device: list, input_size: tuple, names: Optional[dict] = None) -> None:
+    """Judge `comparison` by what the task outputs (qrun.measure.agreement): every
+    reference input's detections, class map or keypoints must agree. Left as it is for a
+    classifier (top-1 and the step tolerance) and for tasks qrun cannot decode.
+
+    Detection scores may differ by SCORE_STEPS of their output's quantization step when
+    that is more than agreement's tolerance (a head whose one scale also covers boxes in
+    pixels steps its scores coarsely)."""
+    if task.kind not in TASK_JUDGED:
+        return
+    shapes = [s.shape for s in specs]
+    expected = task_terms.decode(task, shapes, host, input_size)
+    got = task_terms.decode(task, shapes, device, input_size)
+    if expected is None or got is None:
+        return
+    scores = task.output(qmanifest.HEAD if qmanifest.HEAD in task.outputs else qmanifest.SCORES)
+    step = float(specs[scores].scale) if scores is not None else 0.0
+    verdict = task_terms.compare(task, expected, got, minimum=VERIFY_MINIMUM,
+                                 every_sample=True, names=names,
+                                 score_tolerance=max(task_terms.SCORE_TOLERANCE,
+                                                     SCORE_STEPS * step))
+    comparison.task = verdict.to_dict()
+    comparison.ok = verdict.ok
+    comparison.agree = comparison.samples - len(verdict.differing)
+
+
+VERIFY_MINIMUM = 0.95  # the share of pixels that must agree (every sample, too)
+SCORE_STEPS = 2  # matched detection scores may differ by this many of their output's steps
+
+
+def image_size(model: Path) -> Optional[tuple]:
+    """The (w, h) of a model's first input when it is an image [1, H, W, C], else None."""
+    from qrun.model.runtime import make_interpreter
+
+    shape = [int(n) for n in make_interpreter(model).get_input_details()[0]["shape"]]
+    return (shape[2], shape[1]) if len(shape) == 4 else None
 
 
 def int8_model(directory: Path, manifest: qmanifest.Manifest) -> Path:
@@ -307,6 +377,7 @@ class HostSide:
     model: Path
     preprocess: Preprocess
     task: Optional[qmanifest.Task] = None
+    names: dict = field(default_factory=dict)  # class id -> label, for the verdict
 
 
 def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[Path] = None,
@@ -338,7 +409,20 @@ def host_side(directory: Path, manifest: qmanifest.Manifest, against: Optional[P
     return HostSide(samples=samples,
                     reference_sha256=manifest.artifacts[qmanifest.REFERENCE].sha256,
                     model=int8_model(source_dir, source), preprocess=source.preprocess,
-                    task=source.task)
+                    task=source.task, names=label_names(source_dir, source))
+
+
+def label_names(directory: Path, manifest: qmanifest.Manifest) -> dict:
+    """The deployment's labels (id -> name), or none when it has no readable labels file."""
+    path = manifest.path_of(Path(directory), qmanifest.LABELS)
+    if path is None or not path.is_file():
+        return {}
+    from qrun.model.labels import read_labels
+
+    try:
+        return dict(read_labels(path).names)
+    except UserError:
+        return {}
 
 
 def check_schema(document: dict) -> None:
@@ -361,7 +445,7 @@ def check_schema(document: dict) -> None:
 
 def check(document: dict, samples, model: Path, pre: Preprocess,
           tolerance_steps: float = DEFAULT_STEPS, reference_sha256: Optional[str] = None,
-          task: Optional[qmanifest.Task] = None) -> VerifyResult:
+          task: Optional[qmanifest.Task] = None, names: Optional[dict] = None) -> VerifyResult:
     """Compare a device's `qrun verify` document with the host's run of `model`.
 
     Args:
@@ -372,7 +456,9 @@ def check(document: dict, samples, model: Path, pre: Preprocess,
       tolerance_steps: see `compare_output`.
       reference_sha256: when given, the device must have used inputs with this sha256.
       task: the manifest's task: which outputs are score vectors (see
-        qrun.measure.verify.scored_outputs); None: every [1, N] output.
+        qrun.measure.verify.scored_outputs), and for detect, segment and pose what the
+        verdict compares (`judge_by_task`); None: every [1, N] output, by steps.
+      names: class id -> label, for the verdict's sentence.
     """
     check_schema(document)
     used = str((document.get("reference") or {}).get("sha256") or "")
@@ -384,9 +470,10 @@ def check(document: dict, samples, model: Path, pre: Preprocess,
     result = VerifyResult(skipped=list(document.get("skipped") or []),
                           timestamp=str(document.get("timestamp") or ""),
                           reference_sha256=used)
+    size = image_size(model) if task is not None and task.kind in TASK_JUDGED else None
     for record in document.get("variants") or []:
         result.comparisons.append(compare_variant(record, specs, expected, scored,
-                                                  tolerance_steps, task))
+                                                  tolerance_steps, task, size, names))
     return result
 
 

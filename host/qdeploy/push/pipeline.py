@@ -153,7 +153,8 @@ def verify(push: TargetPush, host: Optional[crosscheck.HostSide]):
         push.conn, _runner_command(push.conn, options), release.shell_path(options.remote_dir),
         options.command_timeout, lambda line: push.tell("verify", line))
     outcome = crosscheck.check(document, host.samples, host.model, host.preprocess,
-                               options.verify_tolerance, host.reference_sha256, host.task)
+                               options.verify_tolerance, host.reference_sha256, host.task,
+                               host.names)
     store_verification(outcome, push.result.target, options.reports_dir)
     push.result.verify, push.result.verify_skipped = outcome.comparisons, outcome.skipped
     return outcome

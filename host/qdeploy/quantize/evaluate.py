@@ -43,6 +43,7 @@ class Evaluation:
     size_ratio: float  # float size / int8 size
     data: str
     notes: list = field(default_factory=list)  # what the user should know (ONNX layout)
+    fidelity: Optional[dict] = None  # convert's fidelity gate (manifest `fidelity`), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +76,7 @@ def evaluate(directory: Path, data: Path, labels: Optional[Path] = None,
                             f"{exc.strerror or exc} (float {result.float_accuracy:.2%}, "
                             f"int8 {result.int8_accuracy:.2%} on {result.samples} "
                             "samples); free space or make it writable") from None
+    result.fidelity = manifest.fidelity.to_dict() if manifest.fidelity is not None else None
     return result
 
 
