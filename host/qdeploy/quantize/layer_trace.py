@@ -17,6 +17,7 @@ the trace keeps, over all samples:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -86,7 +87,8 @@ def preserving_interpreter(path: Path):
     """An interpreter that keeps every intermediate tensor (for debugging, as TF says)."""
     module = interpreter_module()
     try:
-        with announcements_dropped():
+        with announcements_dropped(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "intended for debugging purposes": it is
             interpreter = module.Interpreter(model_path=str(path),
                                              experimental_preserve_all_tensors=True)
             interpreter.allocate_tensors()
