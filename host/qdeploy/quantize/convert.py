@@ -75,6 +75,7 @@ def convert(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 100,
         names = [FLOAT_NAME, INT8_NAME, *deployment.copy_labels(stage, labels),
                  deployment.write_reference(stage, source, samples, pre)]
         manifest = deployment.build_manifest(stage, source, samples, pre, io, names, task)
+        manifest.calibration["path"] = str(Path(calib).resolve())  # evaluate --layers reads it
         mf.save(manifest, stage)
         atomic.publish(stage, out_dir, names + [mf.MANIFEST_NAME])
     return ConvertResult(out_dir, manifest, out_dir / FLOAT_NAME, out_dir / INT8_NAME,

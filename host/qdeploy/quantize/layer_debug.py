@@ -60,7 +60,8 @@ class Rebuild:
                         "quantization of each float tensor, not QuantizationDebugger's")
             return
         self.source_path = Path(recorded)
-        calib = manifest.calibration.get("source") if manifest.calibration else None
+        record = manifest.calibration or {}
+        calib = record.get("path") or record.get("source")
         if calib and Path(calib).exists():
             self.calibration_path = Path(calib)
         else:

@@ -26,10 +26,11 @@ import numpy as np
 
 from qdeploy.modelfile import tflite_graph
 from qrun.errors import UserError
-from qrun.model.preprocess import dequantize, quantize
+from qrun.model.preprocess import dequantize
 from qrun.model.runtime import announcements_dropped, interpreter_module
 
 QUANTIZED = {"INT8": np.int8, "UINT8": np.uint8, "INT16": np.int16}
+CHUNK_ELEMENTS = 1 << 22  # values held before they are added up (16 MiB of float32)
 
 
 @dataclass
@@ -42,12 +43,13 @@ class ErrorStats:
     max_abs: float = 0.0
 
     def add(self, d: np.ndarray) -> None:
-        d = d.astype(np.float64, copy=False).ravel()
+        d = d.ravel()  # float32: the sums are accurate to ~1e-6 relative, plenty here
+        if not d.size:
+            return
         self.count += d.size
-        self.total += float(d.sum())
+        self.total += float(d.sum(dtype=np.float64))
         self.squares += float(np.dot(d, d))
-        if d.size:
-            self.max_abs = max(self.max_abs, float(np.abs(d).max()))
+        self.max_abs = max(self.max_abs, float(d.max()), -float(d.min()))
 
     @property
     def mean(self) -> float:
@@ -120,6 +122,33 @@ def match_by_name(int8_graph: tflite_graph.Graph, float_graph: tflite_graph.Grap
     return pairs
 
 
+def requantized(f: np.ndarray, t: tflite_graph.Tensor) -> np.ndarray:
+    """`f` quantized with the tensor's scale and zero point, as TFLite's QUANTIZE does it
+    (qrun.model.preprocess.quantize: rounded half to even, clipped), and dequantized; in
+    float32 throughout (the levels are exact there)."""
+    info = np.iinfo(QUANTIZED[t.dtype])
+    inverse = np.float32(1) / np.float32(t.scale)
+    q = np.clip(np.rint(f * inverse) + np.float32(t.zero_point), info.min, info.max)
+    return (q - np.float32(t.zero_point)) * np.float32(t.scale)
+
+
+def add_up(tr: TensorTrace, t: tflite_graph.Tensor, floats: list, ints: list,
+           output: bool) -> None:
+    """Add the held samples of one tensor to its trace."""
+    if not floats:
+        return
+    f = np.stack(floats).astype(np.float32, copy=False)
+    tr.cumulative.add(dequantize(np.stack(ints), t.scale, t.zero_point) - f)
+    tr.requantized.add(requantized(f, t) - f)
+    tr.float_min = min(tr.float_min, float(f.min()))
+    tr.float_max = max(tr.float_max, float(f.max()))
+    if output and f.ndim >= 2:
+        flat = f.reshape(-1, f.shape[-1])
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        tr.channel_min = lo if tr.channel_min is None else np.minimum(tr.channel_min, lo)
+        tr.channel_max = hi if tr.channel_max is None else np.maximum(tr.channel_max, hi)
+
+
 def run(float_path: Path, int8_path: Path, feed: Callable, count: int,
         progress: Optional[Callable[[int, int], None]] = None) -> Trace:
     """Trace `count` samples; `feed(interpreter, path, i)` sets sample i's inputs."""
@@ -130,25 +159,22 @@ def run(float_path: Path, int8_path: Path, feed: Callable, count: int,
     float_it, int8_it = preserving_interpreter(float_path), preserving_interpreter(int8_path)
     outputs = set(int8_graph.outputs)
     traces = {q: TensorTrace(q, f, int8_graph.tensors[q].name) for q, f in pairs.items()}
+    held = {q: ([], []) for q in traces}  # float and int8 values not yet added up
+    elements = 0
     for i in range(count):
         feed(float_it, float_path, i)
         feed(int8_it, int8_path, i)
         float_it.invoke()
         int8_it.invoke()
         for q, tr in traces.items():
-            t = int8_graph.tensors[q]
-            f = float_it.get_tensor(tr.float_index).astype(np.float32)
-            tr.cumulative.add(dequantize(int8_it.get_tensor(q), t.scale, t.zero_point) - f)
-            dtype = QUANTIZED[t.dtype]
-            tr.requantized.add(dequantize(quantize(f, t.scale, t.zero_point, dtype),
-                                          t.scale, t.zero_point) - f)
-            tr.float_min = min(tr.float_min, float(f.min()))
-            tr.float_max = max(tr.float_max, float(f.max()))
-            if q in outputs and f.ndim >= 1:
-                flat = f.reshape(-1, f.shape[-1])
-                lo, hi = flat.min(axis=0), flat.max(axis=0)
-                tr.channel_min = lo if tr.channel_min is None else np.minimum(tr.channel_min, lo)
-                tr.channel_max = hi if tr.channel_max is None else np.maximum(tr.channel_max, hi)
+            held[q][0].append(float_it.get_tensor(tr.float_index))
+            held[q][1].append(int8_it.get_tensor(q))
+            elements += held[q][0][-1].size
+        if elements >= CHUNK_ELEMENTS or i == count - 1:  # many small tensors: one numpy pass
+            for q, tr in traces.items():
+                add_up(tr, int8_graph.tensors[q], *held[q], q in outputs)
+                held[q] = ([], [])
+            elements = 0
         if progress:
             progress(i + 1, count)
     return Trace(traces, quantized, len(written_tensors(float_graph)), count)

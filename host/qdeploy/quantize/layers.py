@@ -196,7 +196,8 @@ def read_inputs(directory: Path, manifest: mf.Manifest, data: Optional[Path],
     """--data, else the representative dataset convert recorded (when still there), else
     the deployment's reference inputs; as float model inputs."""
     shapes = [(spec.name, spec.shape) for spec in manifest.inputs]
-    recorded = manifest.calibration.get("source") if manifest.calibration else None
+    record = manifest.calibration or {}
+    recorded = record.get("path") or record.get("source")
     if data is None and recorded and Path(recorded).exists():
         data = Path(recorded)
         limit = limit or manifest.calibration.get("samples")
