@@ -157,9 +157,9 @@ def evaluate(
     task has none (detect, segment, pose, raw) is refused. The figures are stored in
     manifest.json for later reports.
     """
-    if layers:  # the layer report: qdeploy.cli.layers_view
-        from qdeploy.cli import layers_view
+    from qdeploy.cli import layers_view  # the layer report
 
+    if layers_view.wanted(layers, float=float_model, compare=compare, plot=plot, html=html):
         return layers_view.run(directory, data, float_model, limit, compare, json_out, plot,
                                html, reports)
     if data is None:

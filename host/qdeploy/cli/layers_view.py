@@ -9,6 +9,18 @@ from typing import Optional
 from qdeploy.cli.ui import out, print_json, progress_bar
 
 
+def wanted(layers: bool, **options) -> bool:
+    """--layers; its options without it are refused, naming them."""
+    given = [f"--{name}" for name, value in options.items() if value is not None]
+    if given and not layers:
+        from qdeploy.errors import UserError
+
+        raise UserError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} "
+                        "--layers (the layer report); add --layers or leave "
+                        f"{'it' if len(given) == 1 else 'them'} out")
+    return layers
+
+
 def run(directory: Path, data: Optional[Path], float_model: Optional[Path],
         limit: Optional[int], compare: Optional[str], json_out: bool, plot: Optional[Path],
         html: Optional[Path], reports: Path) -> None:

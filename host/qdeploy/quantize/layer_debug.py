@@ -31,6 +31,7 @@ from qdeploy.quantize.tfquiet import tensorflow as import_tf
 from qrun.model import manifest as mf
 
 REBUILT = ("keras", "saved_model")  # source kinds the debugger is built from
+DEBUG_SAMPLES = 256  # the debugger's per-layer means settle long before; its runs are slow
 
 
 class Rebuild:
@@ -119,6 +120,11 @@ class Rebuild:
                                (c.extra or {}).get("inference_output_type")
                                or c.inference_io_type or "uint8")
         names = [spec.name for spec in manifest.inputs]
+        if len(arrays[0]) > DEBUG_SAMPLES:
+            notes.append(f"the per-layer error (QuantizationDebugger) is averaged over the "
+                         f"first {DEBUG_SAMPLES} of the {len(arrays[0])} samples; the "
+                         "cumulative error over all of them")
+            arrays = [a[:DEBUG_SAMPLES] for a in arrays]
         stats = run_debugger(converter.int8_converter(saved, calib, io), arrays, names)
         if compare == "per-tensor":
             other = converter.int8_converter(saved, calib, io)

@@ -185,6 +185,11 @@ def test_bad_input_is_one_error_line(imported_pair, layer_models, run_cli, tmp_p
     line = one_error(run_cli, "evaluate", layer_models["clean"][1], "--layers", "--data",
                      tmp_path / "wrong.npy", "--reports", tmp_path)
     assert "(5, 5, 1)" in line
+    # The layer report's options without --layers; evaluate without --data.
+    line = one_error(run_cli, "evaluate", layer_models["clean"][1], "--plot", tmp_path / "p.png",
+                     "--compare", "per-tensor")
+    assert "--compare, --plot need --layers" in line
+    assert "--data is needed" in one_error(run_cli, "evaluate", layer_models["clean"][1])
     # A float model with nothing in common with the int8 one.
     line = one_error(run_cli, "evaluate", imported_pair / "deployment", "--layers",
                      "--float", unrelated_float(tmp_path), "--reports", tmp_path)
