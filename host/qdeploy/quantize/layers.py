@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from qdeploy.modelfile import tflite_graph
-from qdeploy.quantize import datasets, layer_reasons, layer_trace, signature
+from qdeploy.quantize import datasets, evaluate, layer_reasons, layer_trace, signature
 from qrun.errors import UserError
 from qrun.measure import reference
 from qrun.model import manifest as mf
@@ -202,12 +202,20 @@ def read_inputs(directory: Path, manifest: mf.Manifest, data: Optional[Path],
         data = Path(recorded)
         limit = limit or manifest.calibration.get("samples")
     if data is not None:
-        if len(shapes) == 1:
-            samples = [datasets.load_calibration(Path(data), shapes[0][1], manifest.preprocess,
-                                                 limit=limit)]
-        else:
-            samples = datasets.load_calibration_inputs(Path(data), shapes, manifest.preprocess,
-                                                       limit=limit)
+        try:
+            samples = read_samples(Path(data), shapes, manifest, limit)
+        except UserError as first:  # an ONNX model's data may be in its NCHW layout
+            nchw = evaluate.nchw_inputs(manifest)
+            if not nchw or Path(data).is_dir():
+                raise
+            try:
+                samples = read_samples(Path(data), [(n, nchw.get(n, s)) for n, s in shapes],
+                                       manifest, limit)
+            except UserError:
+                raise first from None
+            for (name, _), s in zip(shapes, samples):
+                if name in nchw:
+                    s.data = np.ascontiguousarray(np.moveaxis(s.data, 1, -1))
         return Inputs([datasets.float_inputs(s, manifest.preprocess) for s in samples],
                       str(data))
     for name in (reference.NPZ_NAME, reference.NPY_NAME):
@@ -215,6 +223,15 @@ def read_inputs(directory: Path, manifest: mf.Manifest, data: Optional[Path],
             return reference_inputs(directory / name, manifest, limit)
     raise UserError(f"{directory} has no reference inputs and its representative dataset "
                     f"({recorded or 'not recorded'}) is not there; give samples with --data")
+
+
+def read_samples(data: Path, shapes: list, manifest: mf.Manifest,
+                 limit: Optional[int]) -> list:
+    """One `Samples` per (name, shape): images/npy/idx for one input, an .npz for several."""
+    if len(shapes) == 1:
+        return [datasets.load_calibration(data, shapes[0][1], manifest.preprocess,
+                                          limit=limit)]
+    return datasets.load_calibration_inputs(data, shapes, manifest.preprocess, limit=limit)
 
 
 def reference_inputs(path: Path, manifest: mf.Manifest, limit: Optional[int]) -> Inputs:

@@ -213,3 +213,27 @@ def unrelated_float(tmp_path: Path) -> Path:
     path = tmp_path / "other_float.tflite"
     path.write_bytes(converter.convert_float(saved))
     return path
+
+
+def test_onnx_deployment_is_explained_through_its_float_tflite(onnx_models, tmp_path):
+    """small_cnn (Conv, BatchNorm, Relu, pools, Gemm, Softmax) converted from ONNX with its
+    calibration data in NCHW: --layers reads that data again (transposed) and matches
+    tensors by name with the float TFLite onnx2tf made."""
+    from importlib.util import find_spec
+
+    if find_spec("onnx2tf") is None or find_spec("onnxruntime") is None:
+        pytest.skip("onnx2tf/onnxruntime missing: install the onnx extra (scripts/test does)")
+    from qdeploy.quantize.convert import convert
+    from qdeploy.quantize.layers import PER_LAYER_REQUANTIZED, analyse
+    from tests.fixtures import onnx_graphs
+
+    calib = tmp_path / "calib_nchw.npy"
+    np.save(calib, onnx_graphs.calibration_nchw(16))
+    convert(onnx_models["small_cnn"], calib, tmp_path / "out", num_calib=16)
+    report = analyse(tmp_path / "out")
+    assert report.per_layer == PER_LAYER_REQUANTIZED and report.samples == 16
+    assert any("ONNX" in note for note in report.notes)
+    assert report.matched >= report.int8_tensors - 2, (report.matched, report.int8_tensors)
+    softmax = next(r for r in report.rows if r.op == "SOFTMAX")
+    assert softmax.scale == pytest.approx(1 / 256)
+    assert softmax.cumulative_rmse_scale is not None
