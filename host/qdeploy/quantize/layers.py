@@ -258,16 +258,18 @@ def reference_inputs(path: Path, manifest: mf.Manifest, limit: Optional[int]) ->
 
 def feeder(manifest: mf.Manifest, inputs: Inputs) -> Callable:
     """feed(interpreter, path, i): sample i into each input, matched by signature name."""
-    cache = {}
+    cache = {}  # per interpreter: (tensor index, every sample as that input takes it)
 
     def feed(interpreter, path: Path, i: int) -> None:
         if id(interpreter) not in cache:
-            cache[id(interpreter)] = [(d, mf.TensorSpec.from_details(d)) for d in
-                                      signature.matching(interpreter, path, manifest.inputs,
-                                                         outputs=False)]
-        for (details, spec), x in zip(cache[id(interpreter)], inputs.arrays):
-            interpreter.set_tensor(details["index"], datasets.model_input(
-                x[i], spec.dtype, spec.scale, spec.zero_point, manifest.preprocess)[None])
+            cache[id(interpreter)] = [
+                (d["index"], datasets.model_input(x, spec.dtype, spec.scale, spec.zero_point,
+                                                  manifest.preprocess))
+                for d, x in zip(signature.matching(interpreter, path, manifest.inputs,
+                                                   outputs=False), inputs.arrays)
+                for spec in [mf.TensorSpec.from_details(d)]]
+        for index, x in cache[id(interpreter)]:
+            interpreter.set_tensor(index, x[i:i + 1])
 
     return feed
 
