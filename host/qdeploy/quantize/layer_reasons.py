@@ -120,7 +120,8 @@ def neighbour_ranges(op, t, graph, consumers) -> tuple:
         return 255 * x.scale if x.dtype in layer_trace.QUANTIZED and x.scale else None
 
     before = [rng(i) for i in op.inputs if i >= 0 and not graph.tensors[i].constant]
-    after = [rng(o) for c in consumers.get(t, []) for o in c.outputs if o >= 0]
+    after = [rng(o) for c in consumers.get(t, []) if c.name not in FIXED_SCALE
+             for o in c.outputs if o >= 0]  # a fixed output scale says nothing of the input
     return [r for r in before if r], [r for r in after if r]
 
 

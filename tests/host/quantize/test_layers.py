@@ -64,6 +64,13 @@ def test_clean_model_rows_stay_near_rounding_noise(reports_of):
     assert np.median(cumulative) < 1.0, cumulative
 
 
+def test_softmax_fed_a_wide_range_is_flagged(reports_of):
+    report = reports_of["softmax"]
+    first = report.worst_first()[0]
+    assert (first.op, first.flag) == ("SOFTMAX", "fixed-scale"), first
+    assert first.scale == pytest.approx(1 / 256) and "more than the 64" in first.reason
+
+
 def test_compare_per_tensor_converts_again(layer_models):
     from qdeploy.quantize.layers import analyse
 
