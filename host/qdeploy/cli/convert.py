@@ -156,6 +156,10 @@ def evaluate(
     several outputs is scored on the output its task names as the scores; a model whose
     task has none (detect, segment, pose, raw) is refused. The figures are stored in
     manifest.json for later reports.
+
+    With --layers: where int8 loses, layer by layer (per-layer error by TF's
+    QuantizationDebugger when the source model is still where convert recorded it;
+    cumulative error against the float model's tensor of the same name), and why.
     """
     from qdeploy.cli import layers_view  # the layer report
 
