@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.compile",
     "tests.fixtures.convert",
     "tests.fixtures.detectors",
+    "tests.fixtures.layers",
     "tests.fixtures.multi_io",
     "tests.fixtures.multi_io_models",
     "tests.fixtures.onnx_graphs",

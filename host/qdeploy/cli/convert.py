@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from qdeploy.cli.ui import console, out, print_json, progress_bar
+from qdeploy.errors import UserError
 
 DEFAULT_OUT = Path("qdeploy-out")
 
@@ -178,16 +179,36 @@ def describe_task(m) -> str:
 @commands.command()
 def evaluate(
     directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert output directory."),
-    data: Path = typer.Option(..., "--data", help="Labelled data: a folder with one "
-                              "sub-folder per class, an .npz with arrays x and y, or an idx "
-                              "image file (or a folder holding an idx image/label pair). A "
-                              "model with several inputs takes an .npz with one array per "
-                              "input name and y."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data: a folder with "
+                                        "one sub-folder per class, an .npz with arrays x and "
+                                        "y, or an idx image file (or a folder holding an idx "
+                                        "image/label pair). A model with several inputs takes "
+                                        "an .npz with one array per input name and y. With "
+                                        "--layers: any samples (labels unused); default the "
+                                        "recorded representative dataset, else the reference "
+                                        "inputs."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="The idx label file, when "
                                           "--data is an idx image file whose label file is "
                                           "not beside it."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    layers: bool = typer.Option(False, "--layers", help="Which layer loses the accuracy in "
+                                "int8, and why: one row per quantized tensor (scale, zero "
+                                "point, range, per-layer and cumulative error against the "
+                                "float model), worst first, causes flagged; kept in the "
+                                "report store (--reports)."),
+    float_model: Optional[Path] = typer.Option(None, "--float", help="--layers: the float "
+                                               ".tflite to compare with (an imported "
+                                               "deployment has none of its own)."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="--layers: per-tensor "
+                                          "converts once more with per-tensor weights and "
+                                          "shows its per-layer error beside."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE.png", help="--layers: "
+                                        "bar chart of the error by layer, flagged in red."),
+    html: Optional[Path] = typer.Option(None, "--html", metavar="FILE.html", help="--layers: "
+                                        "the table and the plot in one page."),
+    reports: Path = typer.Option(Path("reports"), "--reports", metavar="DIR", help="--layers: "
+                                 "the report store's directory (qdeploy report reads it)."),
 ):
     """Accuracy of the float and the int8 model on labelled data, and what int8 saved.
 
@@ -195,7 +216,18 @@ def evaluate(
     several outputs is scored on the output its task names as the scores; a model whose
     task has none (detect, segment, pose, raw) is refused. The figures are stored in
     manifest.json for later reports.
+
+    With --layers: where int8 loses, layer by layer (per-layer error by TF's
+    QuantizationDebugger when the source model is still where convert recorded it;
+    cumulative error against the float model's tensor of the same name), and why.
     """
+    from qdeploy.cli import layers_view  # the layer report
+
+    if layers_view.wanted(layers, float=float_model, compare=compare, plot=plot, html=html):
+        return layers_view.run(directory, data, float_model, limit, compare, json_out, plot,
+                               html, reports)
+    if data is None:
+        raise UserError("--data is needed: labelled data to score both models on")
     from qdeploy.quantize.evaluate import evaluate as run_evaluate
 
     with progress_bar("Evaluating float and int8 models") as tick:

@@ -56,8 +56,11 @@ def report(
     for path, what in ((plot, "plot"), (html, "HTML page")):
         if path is not None:
             reporting.check_output_path(path, what)
+    from qdeploy.reports import layers as layer_store
+
     with open_store(reports, create=False) as store:
         result = reporting.build(store, target=target, model=model, since=since)
+        layer_reports = layer_store.latest_layer_reports(store, {r.model for r in result.table})
     if plot is not None or html is not None:
         from qdeploy.reports import plot as plotting
 
@@ -67,7 +70,10 @@ def report(
         if html is not None:
             from qdeploy.reports.html import render_html
 
-            reporting.write_output(html, render_html(result, png).encode("utf-8"), "HTML page")
+            section = layer_store.html_section(layer_reports, [layer_store.render_png(r) for r
+                                                               in layer_reports])
+            reporting.write_output(html, render_html(result, png, section).encode("utf-8"),
+                                   "HTML page")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return

@@ -106,6 +106,7 @@ def convert_into(model_path: Path, calib: Path, out_dir: Path, num_calib: int = 
         lost = fidelity.warning(manifest.fidelity)
         if lost and strict:
             raise fidelity.StrictError(f"--strict: {lost}; nothing was written")
+        manifest.calibration["path"] = str(Path(calib).resolve())  # evaluate --layers reads it
         mf.save(manifest, stage)
         atomic.publish(stage, out_dir, names + [mf.MANIFEST_NAME])
     return ConvertResult(out_dir, manifest, out_dir / FLOAT_NAME, out_dir / INT8_NAME,

@@ -113,6 +113,18 @@ def convert_int8(saved_model: Path, inputs: dict, io: IOTypes,
                  progress: Optional[Callable[[int, int], None]] = None) -> bytes:
     """Full-integer conversion as the TFLite docs teach, calibrated on `inputs` (input
     name -> [N, ...] float array: one dict per sample, keyed by signature name)."""
+    converter = int8_converter(saved_model, inputs, io, progress)
+    try:
+        with quiet():
+            return converter.convert()
+    except Exception as exc:  # ConverterError and friends: keep the first meaningful line
+        raise UserError(f"int8 conversion failed: {converter_message(str(exc))}") from None
+
+
+def int8_converter(saved_model: Path, inputs: dict, io: IOTypes,
+                   progress: Optional[Callable[[int, int], None]] = None):
+    """The TFLiteConverter convert_int8 runs, set up but not run (QuantizationDebugger
+    takes it as it is: `qdeploy evaluate --layers`)."""
     tf = import_tf()
     count = len(next(iter(inputs.values())))
 
@@ -128,11 +140,7 @@ def convert_int8(saved_model: Path, inputs: dict, io: IOTypes,
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = getattr(tf, io.inputs)
     converter.inference_output_type = getattr(tf, io.outputs)
-    try:
-        with quiet():
-            return converter.convert()
-    except Exception as exc:  # ConverterError and friends: keep the first meaningful line
-        raise UserError(f"int8 conversion failed: {converter_message(str(exc))}") from None
+    return converter
 
 
 def converter_message(text: str) -> str:

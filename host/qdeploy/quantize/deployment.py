@@ -142,7 +142,7 @@ def build_manifest(stage: Path, source: SourceModel, samples: list, pre: Preproc
              REFERENCE_NPZ_NAME: mf.REFERENCE}
     artifacts = {files[n]: mf.artifact_for(stage / n) for n in names}
     inputs, outputs = signature.specs(interpreter, stage / INT8_NAME)
-    extra = {}
+    extra = {"source_path": str(source.path.resolve())}  # evaluate --layers rebuilds from it
     if io.outputs != io.inputs:
         extra["inference_output_type"] = io.outputs
     tool = "tf.lite.TFLiteConverter.from_saved_model"

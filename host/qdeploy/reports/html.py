@@ -33,8 +33,9 @@ def _cells(values, text_columns: int) -> str:
                    else f"<td>{html.escape(str(v))}</td>" for i, v in enumerate(values))
 
 
-def render_html(report: Report, png: bytes) -> str:
-    """The page for `report` with the PNG `png` embedded as base64."""
+def render_html(report: Report, png: bytes, layers: str = "") -> str:
+    """The page for `report` with the PNG `png` embedded as base64; `layers` is the
+    section of `qdeploy evaluate --layers` results (reports.layers.html_section)."""
     latest = "\n".join(
         "<tr>" + _cells((r.target, r.model, r.variant, task_text(r.task),
                          f"{r.device_used} ({r.device_reason})" if r.device_reason
@@ -90,6 +91,6 @@ as <code>qrun bench --image</code> timed it; frames/s is 1e6 / its median in µs
 </table>
 <p class="note">Regression: a median more than {REGRESSION_THRESHOLD:.0%} worse than the
 previous report of the same model, target and variant. Written by qdeploy {__version__}.</p>
-</body>
+{layers}</body>
 </html>
 """

@@ -8,7 +8,8 @@ report are derived from that table, so a new report field needs no edit here.
 
 The store's version is kept in `PRAGMA user_version` (`SCHEMA_VERSION`): 1 created
 `reports` and `model_facts`, 2 added `verifications`, 3 its `scored` column (0 for a
-model with no score vector, whose top-1 agreement means nothing; NULL before: scored). A field added to the contract
+model with no score vector, whose top-1 agreement means nothing; NULL before: scored), 4
+`layer_reports` and `layer_rows` (`qdeploy evaluate --layers`, qdeploy.reports.layers). A field added to the contract
 after a store was created becomes a column of its `reports` table at the next
 `migrate` (rows stored before hold NULL there); so does an `optional` field of a
 report that lacks it (a report of a qrun older than the field).
@@ -24,13 +25,14 @@ from typing import Optional
 from qrun.measure import report_contract as contract
 from qrun.measure.report_contract import field_value, normalize_timestamp
 
-SCHEMA_VERSION = 3  # of the SQLite file, in PRAGMA user_version (see the docstring)
-TABLES = ("reports", "model_facts", "verifications")
+SCHEMA_VERSION = 4  # of the SQLite file, in PRAGMA user_version (see the docstring)
+TABLES = ("reports", "model_facts", "verifications", "layer_reports", "layer_rows")
 
 
 def tables_at(version: int) -> tuple:
     """The tables a store of `version` holds (before it is migrated)."""
-    return TABLES[:2] if version == 1 else TABLES if version >= 2 else ()
+    return TABLES[:2] if version == 1 else TABLES[:3] if version in (2, 3) else \
+        TABLES if version >= 4 else ()
 
 # The reports table's own columns, before and after those of the report's fields.
 OWN_FIRST = (("id", "INTEGER PRIMARY KEY"), ("target", "TEXT NOT NULL"),
@@ -77,6 +79,25 @@ CREATE INDEX verifications_by_series ON verifications (target, model_sha256, var
 """
 # Version 3: whether a verify compared top-1 (a score vector), so the store can say "—".
 VERIFICATIONS_SCORED = "ALTER TABLE verifications ADD COLUMN scored INTEGER;"
+# Version 4: `qdeploy evaluate --layers`, one report per run and one row per int8 tensor.
+LAYERS = """
+CREATE TABLE layer_reports (
+    id INTEGER PRIMARY KEY, model_name TEXT NOT NULL, int8_sha256 TEXT NOT NULL,
+    deployment TEXT NOT NULL, samples INTEGER NOT NULL, data TEXT NOT NULL,
+    per_layer TEXT NOT NULL, matched INTEGER NOT NULL, int8_tensors INTEGER NOT NULL,
+    float_tensors INTEGER NOT NULL, compare TEXT, notes TEXT NOT NULL, added TEXT NOT NULL
+);
+CREATE TABLE layer_rows (
+    report_id INTEGER NOT NULL REFERENCES layer_reports (id), position INTEGER NOT NULL,
+    op TEXT NOT NULL, tensor TEXT NOT NULL, dtype TEXT NOT NULL, scale REAL NOT NULL,
+    zero_point INTEGER NOT NULL, range REAL NOT NULL, float_min REAL, float_max REAL,
+    rmse_scale REAL, mean_error REAL, max_abs_error REAL, cumulative_rmse_scale REAL,
+    cumulative_mean_error REAL, cumulative_max_abs_error REAL, per_tensor_rmse_scale REAL,
+    flag TEXT NOT NULL, reason TEXT NOT NULL, fix TEXT NOT NULL, severity REAL NOT NULL,
+    PRIMARY KEY (report_id, position)
+);
+CREATE INDEX layer_reports_by_model ON layer_reports (model_name, int8_sha256, added);
+"""
 
 
 # -- the reports table, from the report contract ----------------------------------
@@ -131,7 +152,8 @@ def missing_columns(connection: sqlite3.Connection) -> list:
 
 
 # Statements that take a store from version N-1 to N.
-MIGRATIONS = {1: create_reports() + MODEL_FACTS, 2: VERIFICATIONS, 3: VERIFICATIONS_SCORED}
+MIGRATIONS = {1: create_reports() + MODEL_FACTS, 2: VERIFICATIONS, 3: VERIFICATIONS_SCORED,
+              4: LAYERS}
 
 
 def migrate(connection: sqlite3.Connection) -> int:

@@ -86,9 +86,12 @@ def test_version_2_store_opens_and_keeps_its_layout(tmp_path, int8_report):
         [row] = s.latest()
         assert row.median_us == int8_report["latency_us"]["median"]
     con = sqlite3.connect(path)
-    # Adapted: migrated to version 3 (verifications.scored); the reports table keeps its
-    # layout and gains the optional fields' columns.
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    # Adapted: migrated to version 4 (3: verifications.scored; 4: the layer tables of
+    # evaluate --layers); the reports table keeps its layout and gains the optional
+    # fields' columns.
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert {"layer_reports", "layer_rows"} <= {r[0] for r in con.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert [r[1] for r in con.execute("PRAGMA table_info(verifications)")][-1] == "scored"
     assert table_layout(con, "reports") == layouts(STORE_V1 + ADDED_SINCE_V2)["reports"]
     con.close()

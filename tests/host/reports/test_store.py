@@ -308,7 +308,7 @@ def test_version_1_store_is_migrated_keeping_its_reports(tmp_path, int8_report):
         [row] = s.latest()
         assert (row.agreement, row.max_abs_diff) == (2 / 3, 0.2305)
     con = sqlite3.connect(reports / store.STORE_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
     con.close()
 
 
