@@ -91,6 +91,22 @@ def stopped_gracefully(frames, holder: list):
         holder.append(exc)
 
 
+def stop_on_sigterm() -> Callable[[], None]:
+    """Let SIGTERM (systemd, `kill`) end a run as Ctrl-C does: frames in flight finished,
+    --save completed, the summary printed. Returns what puts the old handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, old)
+
+
 def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Renderer,
         note: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
     """Run the frames of `prepared.source` through the model; returns the finished
@@ -136,6 +152,7 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
     pipe = stream_pipeline.Pipeline(stopped_gracefully(source.frames(), stopped), source.live,
                                     preprocess, invoke, postprocess, sink, opts.frames)
     ok = False
+    restore = stop_on_sigterm()
     try:
         if server is not None:
             server.stats = pipe.stats
@@ -151,6 +168,7 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
                 if ok:
                     raise UserError(f"--save {opts.save}: cannot finish writing "
                                     f"({exc.__class__.__name__}: {exc})") from None
+        restore()
         if server is not None:
             server.close()
         source.close()

@@ -46,7 +46,7 @@ header {{ padding: 8px 12px; display: flex; gap: 18px; align-items: baseline; }}
 h1 {{ font-size: 16px; margin: 0; }}
 #fps {{ font-size: 20px; font-weight: bold; color: #7f7; }}
 #stages {{ color: #aaa; }}
-img {{ display: block; max-width: 100vw; max-height: calc(100vh - 44px); margin: 0 auto; }}
+img {{ display: block; width: 100vw; height: calc(100vh - 60px); object-fit: contain; }}
 </style></head>
 <body>
 <header><h1>{title}</h1><span id="fps">– fps</span><span id="frames"></span>
@@ -194,6 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(jpeg + b"\r\n")
                 self.wfile.flush()
                 live.frames_sent += 1
+            self.wfile.write(f"--{BOUNDARY}--\r\n".encode())  # the run ended
         finally:
             with live.cond:
                 live.viewers -= 1
