@@ -329,6 +329,14 @@ def bench(
              "postprocess (top-k, detection decode + NMS, class map, keypoints), as qrun "
              "classify/detect/segment/pose do them; the report's 'frame' gives each stage's "
              "median and p99 and frames per second."),
+    video: Optional[Path] = typer.Option(
+        None, "--video", metavar="FILE",
+        help="Also run this video's frames through the pipeline qrun detect/classify/segment/"
+             "pose FILE uses (capture, preprocess, invoke, postprocess, sink on their own "
+             "threads); the report's 'stream' gives frames per second, each stage's median "
+             "and p99 in ms, dropped frames, and the rate its slowest stage allows."),
+    frames: Optional[int] = typer.Option(None, "--frames",
+                                         help="--video: at most this many frames."),
 ) -> None:
     """Measure latency (init, first inference, warm-up, steady state), memory and host facts.
 
@@ -338,7 +346,10 @@ def bench(
     """
     from qrun.measure import bench as bench_mod
 
+    from qrun.stream.bench import check_video
+
     target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
+    check_video(video, frames)
     if compare and device is not None:
         from qrun.errors import UserError
 
@@ -346,11 +357,13 @@ def bench(
                         "every variant (float, int8, edgetpu); drop one of them")
     if compare:
         report = bench_mod.bench_variants(model, runs, warmup, threads, tpu,
-                                          progress=bench_mod.stderr_progress, image=image)
+                                          progress=bench_mod.stderr_progress, image=image,
+                                          video=video, video_frames=frames)
         texts = [bench_mod.summary(r) for r in report["reports"]]
     else:
         report = bench_mod.bench(model, runs, warmup, threads, device or "auto", tpu,
-                                 progress=bench_mod.stderr_progress, image=image).to_dict()
+                                 progress=bench_mod.stderr_progress, image=image,
+                                 video=video, video_frames=frames).to_dict()
         texts = [bench_mod.summary(report)]
     if json_out is None:
         typer.echo("\n\n".join(texts))

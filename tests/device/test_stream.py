@@ -256,3 +256,38 @@ def test_a_camera_gives_frames(run_qrun, yolo_dep):
         pytest.skip(f"{CAMERAS[0]} is in use by another program")
     assert out.code == 0, out.err
     assert [ln["index"] for ln in json_lines(out.out)] == [0, 1, 2]
+
+
+# --- qrun bench --video -----------------------------------------------------------------
+
+def test_bench_video_reports_the_pipeline_in_the_contract(run_qrun, yolo_dep, video):
+    from qrun.measure import report_contract
+
+    out = run_qrun("bench", "--model", yolo_dep, "--runs", 3, "--warmup", 1, "--device", "cpu",
+                   "--video", video[0], "--frames", 10, "--json", "-")
+    assert out.code == 0, out.err
+    report = json.loads(out.out)
+    assert report_contract.validate(report) is report
+    assert list(report) == [k for k in report_contract.keys(optional=True) if k != "frame"]
+    stream = report["stream"]
+    assert stream["video"] == str(video[0].resolve()) and stream["frames"] == 10
+    assert (stream["width"], stream["height"]) == (media.FRAME, media.FRAME)
+    assert stream["fps"] > 0 and stream["dropped"] == 0
+    for stage in STAGES:
+        assert 0 < stream[f"{stage}_ms"]["median"] <= stream[f"{stage}_ms"]["p99"]
+    slowest = stream["slowest_stage"]
+    assert stream["bound_fps"] == pytest.approx(1e3 / stream[f"{slowest}_ms"]["median"])
+    text = run_qrun("bench", "--model", yolo_dep, "--runs", 3, "--device", "cpu", "--video",
+                    video[0])
+    assert text.code == 0 and f"stream of cells.mp4 ({media.FRAME}x{media.FRAME}, {FRAMES} " \
+                              "frames" in text.out
+
+
+def test_bench_video_bad_input_is_one_line(run_qrun, yolo_dep, tmp_path):
+    one_error(run_qrun("bench", "--model", yolo_dep, "--video", tmp_path / "none.mp4"),
+              "--video", "no such file")
+    one_error(run_qrun("bench", "--model", yolo_dep, "--frames", 3), "--frames", "--video")
+    still = tmp_path / "still.png"
+    Image.fromarray(media.cell_frame(1)).save(still)
+    one_error(run_qrun("bench", "--model", yolo_dep, "--runs", 1, "--video", still),
+              "is not a video file")
