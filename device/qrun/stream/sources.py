@@ -40,6 +40,7 @@ VIDEO_EXTRA = ("video sources need PyAV, the runner's `video` extra: pip install
                "(or 'qdeploy[video]'; qdeploy push --runner-extras video installs it on a "
                "device)")
 PICAM = "picam"
+TEXT_FORMATS = ("tty",)  # FFmpeg inputs that are text, not pictures
 
 
 @dataclass
@@ -148,7 +149,7 @@ class VideoSource(Source):
                                 timeout=self.timeout)
         except av.error.FFmpegError as exc:
             raise UserError(open_failure(self.target, self.kind, exc)) from None
-        if not container.streams.video:
+        if not container.streams.video or container.format.name in TEXT_FORMATS:
             container.close()
             raise UserError(f"{self.target} has no video stream; give a video file, a "
                             "camera or a stream")
@@ -337,6 +338,7 @@ def is_still(spec: str) -> bool:
         return True  # the image path says it is not an image
     try:
         with av.open(str(path)) as container:
-            return not container.streams.video
+            # FFmpeg shows any text file as a video of its characters (its "tty" input)
+            return not container.streams.video or container.format.name in TEXT_FORMATS
     except (av.error.FFmpegError, OSError, ValueError):
         return True

@@ -89,7 +89,7 @@ def _print_tables(result: reporting.Report) -> None:
     latest = Table(title="Latest report per target and variant (latencies in ms)")
     for name in ("target", "model", "variant", "task", "device", "runtime", "median", "p90",
                  "p99", "init", "first", "peak RSS", "size", "accuracy", "agreement",
-                 "max |Δ|", "vs float", "frame", "frame p99", "fps", "stream fps"):
+                 "max |Δ|", "vs float", "stream fps", "frame", "frame p99", "fps"):
         latest.add_column(name, justify="left" if name in ("target", "model", "variant", "task",
                                                             "device", "runtime") else "right")
     for r in result.table:
@@ -102,10 +102,9 @@ def _print_tables(result: reporting.Report) -> None:
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
                        reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
                        reporting.agreement_text(r.agreement), reporting.diff_text(r.max_abs_diff),
-                       reporting.speedup_text(r.speedup),
+                       reporting.speedup_text(r.speedup), reporting.fps_text(r.stream_fps),
                        reporting.frame_text(r.frame_median_us),
-                       reporting.frame_text(r.frame_p99_us), reporting.fps_text(r.fps),
-                       reporting.fps_text(r.stream_fps))
+                       reporting.frame_text(r.frame_p99_us), reporting.fps_text(r.fps))
     console.print(latest)
 
     history = Table(title="History (median change over the previous report of the series)")
