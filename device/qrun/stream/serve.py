@@ -3,8 +3,10 @@ from `/stream`, multipart/x-mixed-replace) with fps, dropped frames and each sta
 median time, refreshed from `/stats` (JSON) twice a second.
 
 Standard library only (http.server's ThreadingHTTPServer): one thread per viewer. The
-sink publishes each annotated frame (`LiveServer.publish`); it is JPEG-encoded once, and
-only while someone watches, so an unwatched page costs nothing. A viewer that goes away
+sink publishes each annotated frame (`LiveServer.publish`); it is JPEG-encoded once for
+every viewer, only while someone watches and at most MAX_STREAM_FPS times a second (the
+pipeline itself runs at its own rate), so an unwatched page costs nothing and a watched one
+little. A viewer that goes away
 ends its own thread quietly; the run goes on. Closing the server (the run ended, Ctrl-C)
 ends every stream. Binds 127.0.0.1 unless HOST says otherwise (0.0.0.0: every interface).
 """
@@ -16,6 +18,7 @@ import html
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
@@ -23,6 +26,7 @@ from qrun.errors import UserError
 
 BOUNDARY = "qrunframe"
 JPEG_QUALITY = 80
+MAX_STREAM_FPS = 20.0  # frames a second the page shows at most: JPEG encoding costs CPU
 WAIT_S = 1.0  # a stream handler checks this often whether the server closed
 
 
@@ -41,12 +45,14 @@ def parse_address(text: str) -> tuple:
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ margin: 0; background: #111; color: #eee; font: 14px system-ui, sans-serif; }}
-header {{ padding: 8px 12px; display: flex; gap: 18px; align-items: baseline; }}
+body {{ margin: 0; background: #111; color: #eee; font: 14px system-ui, sans-serif;
+        height: 100vh; display: flex; flex-direction: column; }}
+header {{ padding: 8px 12px; display: flex; flex-wrap: wrap; gap: 4px 18px;
+          align-items: baseline; }}
 h1 {{ font-size: 16px; margin: 0; }}
 #fps {{ font-size: 20px; font-weight: bold; color: #7f7; }}
 #stages {{ color: #aaa; }}
-img {{ display: block; width: 100vw; height: calc(100vh - 60px); object-fit: contain; }}
+img {{ display: block; flex: 1; min-height: 0; width: 100%; object-fit: contain; }}
 </style></head>
 <body>
 <header><h1>{title}</h1><span id="fps">– fps</span><span id="frames"></span>
@@ -80,6 +86,7 @@ class LiveServer:
         self.jpeg: Optional[bytes] = None
         self.picture = None  # the latest frame, not yet encoded (nobody was watching)
         self.seq = 0
+        self.encoded_at = 0.0
         self.viewers = 0
         self.closed = False
         self.frames_sent = 0
@@ -109,24 +116,32 @@ class LiveServer:
         return self
 
     def publish(self, picture) -> None:
-        """A new annotated frame (PIL): encoded now when someone watches, else kept."""
+        """A new annotated frame (PIL). JPEG-encoded here when someone watches and the last
+        frame sent is older than 1 / MAX_STREAM_FPS; else only kept, for a viewer who comes."""
+        now = time.monotonic()
         with self.cond:
-            watching = self.viewers > 0
-        jpeg = encode_jpeg(picture) if watching else None
+            if self.viewers == 0 or now - self.encoded_at < 1.0 / MAX_STREAM_FPS:
+                self.picture = picture
+                return
+        jpeg = encode_jpeg(picture)
         with self.cond:
-            self.picture, self.jpeg = (None, jpeg) if watching else (picture, None)
+            self.jpeg, self.picture, self.encoded_at = jpeg, None, now
             self.seq += 1
             self.cond.notify_all()
 
     def latest(self, after: int) -> tuple:
-        """(seq, JPEG) of the first frame newer than `after`; (seq, None) once closed."""
+        """(seq, JPEG) of the first frame newer than `after` (-1: the newest there is, at
+        once); (seq, None) once closed."""
         with self.cond:
-            while self.seq <= after and not self.closed:
+            if after < 0 and self.picture is not None:  # newer than the last one encoded
+                self.jpeg, self.picture = encode_jpeg(self.picture), None
+                self.seq += 1
+            while self.seq <= after or self.jpeg is None:
+                if self.closed:
+                    break
                 self.cond.wait(WAIT_S)
             if self.closed:
                 return self.seq, None
-            if self.jpeg is None and self.picture is not None:
-                self.jpeg, self.picture = encode_jpeg(self.picture), None
             return self.seq, self.jpeg
 
     def close(self) -> None:
@@ -183,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with live.cond:
             live.viewers += 1
-            seq = max(0, live.seq - 1)  # the latest frame at once, if there is one
+        seq = -1  # the latest frame at once, if there is one
         try:
             while True:
                 seq, jpeg = live.latest(seq)
