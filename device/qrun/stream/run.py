@@ -175,8 +175,8 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
         if pipe.done or ok:
             note(stream_pipeline.summary_line(pipe))
     if saver is not None and pipe.done:
-        note(f"annotated {'images' if source.kind == 'folder' else 'frames'} written to "
-             f"{opts.save}")
+        what = {"folder": "images", "image": "image"}.get(source.kind, "frames")
+        note(f"annotated {what} written to {opts.save}")
     if stopped:
         raise UserError(f"{stopped[0]}; the run ended there")
     return pipe
