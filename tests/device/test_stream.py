@@ -224,10 +224,11 @@ def test_a_camera_in_use_is_named_so():
     import av
     from qrun.stream.sources import open_failure
 
-    busy = av.error.FFmpegError(-errno.EBUSY, "Device or resource busy")
-    busy.errno = errno.EBUSY
-    line = open_failure("/dev/video0", "camera", busy)
-    assert "in use by another program" in line and "/dev/video0" in line
+    with pytest.raises(av.error.FFmpegError) as busy:  # what PyAV raises for EBUSY
+        av.error.err_check(-errno.EBUSY, "/dev/video0")
+    line = open_failure("/dev/video0", "camera", busy.value)
+    assert line.startswith("camera /dev/video0 is in use by another program (Device or "
+                           "resource busy)"), line
 
 
 def test_without_pyav_video_sources_name_the_extra(run_qrun, yolo_dep, video, monkeypatch):
