@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=150, help="frames per block")
     parser.add_argument("--rounds", type=int, default=3, help="sequential/pipeline blocks")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory-frames", type=int, default=10_000)
+    parser.add_argument("--memory-frames", type=int, default=10_000, help="0: no memory run")
     args = parser.parse_args()
 
     model, _, _ = detect_bench.cached_inputs()
@@ -204,6 +204,8 @@ def main() -> int:
           f"frame time +{100 * cost:.1f}% (target <= {100 * TARGET_SERVE:.0f}%): "
           f"{'PASS' if cost <= TARGET_SERVE else 'FAIL'}")
 
+    if args.memory_frames < 1:
+        return 0 if speedup >= TARGET_SPEEDUP and cost <= TARGET_SERVE else 1
     early, late, count, summary = memory_run(small, args.memory_frames, args.threads)
     growth = late / early - 1
     print(f"memory: qrun classify {small.name} --loop --frames {args.memory_frames} "

@@ -11,6 +11,7 @@ one `error:` line says so.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,7 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
     from qrun.tasks.pipeline import invoke as run_model
 
     source, saver, server = prepared.source, prepared.saver, prepared.server
-    picture_wanted = saver is not None or server is not None
+    picture_wanted = saver is not None  # the live page draws only the frames it sends
     color = steps.color
     interpreter = opened.interpreter
     out = sinks.JsonLines() if opts.as_json else None if opts.quiet else sinks.TextLines()
@@ -147,7 +148,8 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
             else:
                 saver.write(work.annotated)
         if server is not None:
-            server.publish(work.annotated)
+            server.publish(work.annotated if work.annotated is not None else
+                           functools.partial(renderer.draw, work.frame.image, work.result))
 
     pipe = stream_pipeline.Pipeline(stopped_gracefully(source.frames(), stopped), source.live,
                                     preprocess, invoke, postprocess, sink, opts.frames)

@@ -4,9 +4,9 @@ median time, refreshed from `/stats` (JSON) twice a second.
 
 Standard library only (http.server's ThreadingHTTPServer): one thread per viewer. The
 sink publishes each annotated frame (`LiveServer.publish`); it is JPEG-encoded once for
-every viewer, only while someone watches and at most MAX_STREAM_FPS times a second (the
-pipeline itself runs at its own rate), so an unwatched page costs nothing and a watched one
-little. A viewer that goes away
+every viewer, only while someone watches, at most MAX_STREAM_FPS times a second and no more
+often than keeps drawing and encoding under CPU_SHARE of the time (the pipeline itself runs
+at its own rate), so an unwatched page costs nothing and a watched one little. A viewer that goes away
 ends its own thread quietly; the run goes on. Closing the server (the run ended, Ctrl-C)
 ends every stream. Binds 127.0.0.1 unless HOST says otherwise (0.0.0.0: every interface).
 """
@@ -27,6 +27,7 @@ from qrun.errors import UserError
 BOUNDARY = "qrunframe"
 JPEG_QUALITY = 80
 MAX_STREAM_FPS = 20.0  # frames a second the page shows at most: JPEG encoding costs CPU
+CPU_SHARE = 0.05  # of the time, at most, spent drawing and encoding the page's frames
 WAIT_S = 1.0  # a stream handler checks this often whether the server closed
 
 
@@ -87,6 +88,7 @@ class LiveServer:
         self.picture = None  # the latest frame, not yet encoded (nobody was watching)
         self.seq = 0
         self.encoded_at = 0.0
+        self.cost = None  # s to draw and encode a frame (a moving average)
         self.viewers = 0
         self.closed = False
         self.frames_sent = 0
@@ -116,25 +118,36 @@ class LiveServer:
         return self
 
     def publish(self, picture) -> None:
-        """A new annotated frame (PIL). JPEG-encoded here when someone watches and the last
-        frame sent is older than 1 / MAX_STREAM_FPS; else only kept, for a viewer who comes."""
+        """A new annotated frame: a PIL image, or a function that draws it (called only when
+        the frame is sent). Drawn and JPEG-encoded here when someone watches and the last
+        frame sent is old enough (`interval`); else only kept, for a viewer who comes."""
         now = time.monotonic()
         with self.cond:
-            if self.viewers == 0 or now - self.encoded_at < 1.0 / MAX_STREAM_FPS:
+            if self.viewers == 0 or now - self.encoded_at < self.interval():
                 self.picture = picture
                 return
-        jpeg = encode_jpeg(picture)
+        start = time.perf_counter()
+        jpeg = encode_jpeg(picture() if callable(picture) else picture)
+        cost = time.perf_counter() - start
         with self.cond:
             self.jpeg, self.picture, self.encoded_at = jpeg, None, now
+            self.cost = cost if self.cost is None else 0.8 * self.cost + 0.2 * cost
             self.seq += 1
             self.cond.notify_all()
+
+    def interval(self) -> float:
+        """Seconds between frames sent: 1 / MAX_STREAM_FPS, longer when drawing and encoding
+        a frame would take more than CPU_SHARE of the time (the pipeline's rate comes
+        first)."""
+        return max(1.0 / MAX_STREAM_FPS, (self.cost or 0.0) / CPU_SHARE)
 
     def latest(self, after: int) -> tuple:
         """(seq, JPEG) of the first frame newer than `after` (-1: the newest there is, at
         once); (seq, None) once closed."""
         with self.cond:
             if after < 0 and self.picture is not None:  # newer than the last one encoded
-                self.jpeg, self.picture = encode_jpeg(self.picture), None
+                picture = self.picture() if callable(self.picture) else self.picture
+                self.jpeg, self.picture = encode_jpeg(picture), None
                 self.seq += 1
             while self.seq <= after or self.jpeg is None:
                 if self.closed:
