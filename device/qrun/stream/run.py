@@ -108,6 +108,22 @@ def stop_on_sigterm() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, old)
 
 
+def draft(steps) -> Optional[Callable[[tuple], tuple]]:
+    """For a task whose steps letterbox into `draft_size` (detect): the size a frame of
+    (w, h) is letterboxed to, so a video can be decoded straight to it when no annotated
+    picture is wanted (as a JPEG's draft mode is used for one image). None otherwise."""
+    box = getattr(steps, "draft_size", None)
+    if box is None:
+        return None
+    from qrun.tasks import letterbox
+
+    def shrink(size: tuple) -> tuple:
+        fitted = letterbox.resized_size(letterbox.plan(size, box, centre=True))
+        return fitted if fitted[0] < size[0] else size
+
+    return shrink
+
+
 def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Renderer,
         note: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
     """Run the frames of `prepared.source` through the model; returns the finished
@@ -124,7 +140,7 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
     def preprocess(work):
         picture = work.frame.image
         fed = picture if color == "RGB" else picture.convert(color)
-        work.data, work.context = steps.preprocess(fed, picture.size)
+        work.data, work.context = steps.preprocess(fed, work.frame.original_size)
 
     def invoke(work):
         run_model(opened, work.data)
@@ -151,7 +167,9 @@ def run(opts: StreamOptions, prepared: Prepared, opened, steps, renderer: Render
             server.publish(work.annotated if work.annotated is not None else
                            functools.partial(renderer.draw, work.frame.image, work.result))
 
-    pipe = stream_pipeline.Pipeline(stopped_gracefully(source.frames(), stopped), source.live,
+    shrink = None if picture_wanted or server is not None else draft(steps)
+    pipe = stream_pipeline.Pipeline(stopped_gracefully(source.frames(shrink), stopped),
+                                    source.live,
                                     preprocess, invoke, postprocess, sink, opts.frames)
     ok = False
     restore = stop_on_sigterm()

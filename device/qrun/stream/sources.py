@@ -51,6 +51,11 @@ class Frame:
     timestamp: float  # seconds
     image: object  # PIL image, RGB
     name: str
+    size: Optional[tuple] = None  # the source's (w, h) when `image` was decoded smaller
+
+    @property
+    def original_size(self) -> tuple:
+        return self.size or self.image.size
 
 
 def require_av():
@@ -70,7 +75,9 @@ class Source:
     fps: Optional[float] = None  # the nominal frame rate, for --save
     description = ""
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, shrink=None) -> Iterator[Frame]:
+        """The frames; `shrink(w, h) -> (w, h)`, when given, is the smaller size a source
+        that can decode smaller (a video) may give them at (the model sees no more)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -86,7 +93,7 @@ class ImageSource(Source):
         self.path, self.loop = Path(path), loop
         self.description = str(path)
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, shrink=None) -> Iterator[Frame]:
         from qrun.tasks.pipeline import read_image
 
         picture, _ = read_image(self.path, "RGB")
@@ -112,7 +119,7 @@ class FolderSource(Source):
                             "give a folder of images, a video or a camera")
         self.description = f"{path} ({len(self.files)} images)"
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, shrink=None) -> Iterator[Frame]:
         from qrun.tasks.pipeline import read_image
 
         index = 0
@@ -155,7 +162,7 @@ class VideoSource(Source):
                             "camera or a stream")
         return container
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, shrink=None) -> Iterator[Frame]:
         av = require_av()
         index, start, offset = 0, None, 0.0
         while True:
@@ -170,7 +177,14 @@ class VideoSource(Source):
                         stamp = offset + (frame.time if frame.time is not None
                                           else index / (self.fps or 30.0))
                     last = stamp
-                    yield Frame(index, stamp, frame.to_image(), f"frame{index:06d}")
+                    size = (frame.width, frame.height)
+                    if shrink is not None and shrink(size) != size:
+                        # scaled while converted to RGB (swscale, bilinear): one pass
+                        w, h = shrink(size)
+                        picture = frame.to_image(width=w, height=h)
+                    else:
+                        picture, size = frame.to_image(), None
+                    yield Frame(index, stamp, picture, f"frame{index:06d}", size)
                     index += 1
             except av.error.FFmpegError as exc:
                 if self.live and index:
@@ -218,7 +232,7 @@ class PicameraSource(Source):
         self.description = "Pi camera (picamera2)"
         self.fps = 30.0
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, shrink=None) -> Iterator[Frame]:
         from PIL import Image
 
         start, index = time.monotonic(), 0
