@@ -57,9 +57,40 @@ def main_options(
     runtime.show_runtime_log(verbose)
 
 
+SOURCE_HELP = ("An image (JPEG, PNG or BMP), a video file, a folder of images, a camera "
+               "(/dev/videoN, an index; picam: the Pi camera through picamera2) or a stream "
+               "(rtsp://, http://). Anything but one image runs pipelined: capture, "
+               "preprocess, invoke, postprocess and output each on its own thread; a summary "
+               "line (frames, fps, each stage's median/p99, dropped) ends the run.")
+FRAMES_OPTION = typer.Option(None, "--frames", min=1, help="Stop after N frames.")
+LOOP_OPTION = typer.Option(False, "--loop", help="Play a file or folder again and again "
+                                                 "(until --frames or Ctrl-C).")
+SAVE_OPTION = typer.Option(
+    None, "--save", help="Write the annotated frames: a video file for a video, camera or "
+                         "stream (.mp4, .mkv, .mov, .avi), a directory of PNGs for a folder, a "
+                         "PNG for an image. Its directory must exist (checked first).")
+SERVE_OPTION = typer.Option(
+    None, "--serve", metavar="HOST:PORT",
+    help="Show the annotated frames live in a browser at http://HOST:PORT/ (MJPEG at "
+         "/stream, fps and stage times at /stats). HOST defaults to 127.0.0.1 (this "
+         "machine only); 0.0.0.0:8080 serves every interface.")
+
+
+def _stream(kind: str, source: str, frames, loop, save, serve, as_json, model, device, tpu,
+            threads, **params) -> bool:
+    """Run SOURCE pipelined when it is more than one still image; False: it is one."""
+    from qrun.stream import run as stream
+
+    if not stream.wants_stream(source, frames, loop, save, serve):
+        return False
+    opts = stream.StreamOptions(source, frames, loop, save, as_json, serve)
+    stream.run_task(kind, opts, model, device, tpu, threads, **params)
+    return True
+
+
 @app.command()
 def classify(
-    image: Path = typer.Argument(..., metavar="IMAGE", help="Image to classify (JPEG, PNG or BMP)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     labels: Optional[Path] = typer.Option(
         None, "--labels", "-l",
@@ -75,15 +106,25 @@ def classify(
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
+                                                       "(a stream: one JSON line per frame)."),
+    frames: Optional[int] = FRAMES_OPTION,
+    loop: bool = LOOP_OPTION,
+    save: Optional[Path] = SAVE_OPTION,
+    serve: Optional[str] = SERVE_OPTION,
 ) -> None:
-    """Classify IMAGE: print 'label: score' lines, best first, and the time of each invoke.
+    """Classify SOURCE: print 'label: score' lines, best first, and the time of each invoke;
+    for a video, camera, stream or folder, one line (or --json line) per frame.
 
     Reads the output the deployment's manifest names as scores (a bare model file: output
     0); a deployment whose task is not classify is refused, naming the command to use.
     """
+    if _stream("classify", source, frames, loop, save, serve, as_json, model, device, tpu,
+               threads, labels=labels, top_k=top_k):
+        return
     from qrun.tasks.classify import classify as run_classify
 
+    image = Path(source)
     result = run_classify(image, model, labels, top_k, threshold, count, device, tpu, threads)
     if result.fell_back:
         typer.echo(f"note: {result.device['reason']}", err=True)
@@ -116,8 +157,7 @@ def _print_json(document: dict) -> None:
 
 @app.command()
 def detect(
-    image: Path = typer.Argument(..., metavar="IMAGE",
-                                 help="Image to look at (JPEG, PNG or BMP)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     labels: Optional[Path] = typer.Option(
         None, "--labels", "-l", help="Labels file. Default: the deployment's; for a bare model "
@@ -135,16 +175,26 @@ def detect(
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
+                                                       "(a stream: one JSON line per frame)."),
+    frames: Optional[int] = FRAMES_OPTION,
+    loop: bool = LOOP_OPTION,
+    save: Optional[Path] = SAVE_OPTION,
+    serve: Optional[str] = SERVE_OPTION,
 ) -> None:
-    """Detect objects in IMAGE: 'label: score (xmin, ymin, xmax, ymax)' lines, best first,
+    """Detect objects in SOURCE (an image, or every frame of a video, camera, stream or
+    folder): 'label: score (xmin, ymin, xmax, ymax)' lines, best first,
     boxes in the image's own pixels, and the time of each stage.
 
     SSD / EfficientDet models (TFLite_Detection_PostProcess) and Ultralytics YOLOv5/v8/v11
     heads (class-aware NMS here); the manifest's task says which output is what.
     """
+    if _stream("detect", source, frames, loop, save, serve, as_json, model, device, tpu,
+               threads, labels=labels, threshold=threshold, iou=iou, max_objects=max_objects):
+        return
     from qrun.tasks.detect import detect as run_detect
 
+    image = Path(source)
     result = run_detect(image, model, labels, threshold, iou, max_objects, out, device, tpu,
                         threads)
     if result.fell_back:
@@ -165,8 +215,7 @@ def detect(
 
 @app.command()
 def segment(
-    image: Path = typer.Argument(..., metavar="IMAGE",
-                                 help="Image to segment (JPEG, PNG or BMP)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l",
                                           help="Labels file. Default: the deployment's; "
@@ -182,12 +231,22 @@ def segment(
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
+                                                       "(a stream: one JSON line per frame)."),
+    frames: Optional[int] = FRAMES_OPTION,
+    loop: bool = LOOP_OPTION,
+    save: Optional[Path] = SAVE_OPTION,
+    serve: Optional[str] = SERVE_OPTION,
 ) -> None:
-    """Give every pixel of IMAGE a class (DeepLab-style models): print the classes found
+    """Give every pixel of SOURCE (an image or each frame of a video, camera, stream or
+    folder) a class (DeepLab-style models): print the classes found
     with their share of the image, and the time of each stage."""
+    if _stream("segment", source, frames, loop, save, serve, as_json, model, device, tpu,
+               threads, labels=labels, colormap=colormap):
+        return
     from qrun.tasks.segment import segment as run_segment
 
+    image = Path(source)
     result = run_segment(image, model, labels, out, overlay, colormap, device, tpu, threads)
     if result.fell_back:
         typer.echo(f"note: {result.device['reason']}", err=True)
@@ -205,8 +264,7 @@ def segment(
 
 @app.command()
 def pose(
-    image: Path = typer.Argument(..., metavar="IMAGE", help="Image of one person (JPEG, PNG "
-                                                            "or BMP)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Write the image with the keypoints and skeleton "
@@ -217,12 +275,22 @@ def pose(
     device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
+                                                       "(a stream: one JSON line per frame)."),
+    frames: Optional[int] = FRAMES_OPTION,
+    loop: bool = LOOP_OPTION,
+    save: Optional[Path] = SAVE_OPTION,
+    serve: Optional[str] = SERVE_OPTION,
 ) -> None:
-    """Find a person's 17 keypoints in IMAGE (MoveNet): 'name: score (x, y)' lines in the
+    """Find a person's 17 keypoints in SOURCE (an image or each frame of a video, camera,
+    stream or folder; MoveNet): 'name: score (x, y)' lines in the
     image's pixels, and the time of each stage."""
+    if _stream("pose", source, frames, loop, save, serve, as_json, model, device, tpu,
+               threads, draw_threshold=threshold):
+        return
     from qrun.tasks.pose import pose as run_pose
 
+    image = Path(source)
     result = run_pose(image, model, out, threshold, device, tpu, threads)
     if result.fell_back:
         typer.echo(f"note: {result.device['reason']}", err=True)
@@ -264,6 +332,14 @@ def bench(
              "postprocess (top-k, detection decode + NMS, class map, keypoints), as qrun "
              "classify/detect/segment/pose do them; the report's 'frame' gives each stage's "
              "median and p99 and frames per second."),
+    video: Optional[Path] = typer.Option(
+        None, "--video", metavar="FILE",
+        help="Also run this video's frames through the pipeline qrun detect/classify/segment/"
+             "pose FILE uses (capture, preprocess, invoke, postprocess, sink on their own "
+             "threads); the report's 'stream' gives frames per second, each stage's median "
+             "and p99 in ms, dropped frames, and the rate its slowest stage allows."),
+    frames: Optional[int] = typer.Option(None, "--frames",
+                                         help="--video: at most this many frames."),
 ) -> None:
     """Measure latency (init, first inference, warm-up, steady state), memory and host facts.
 
@@ -273,7 +349,10 @@ def bench(
     """
     from qrun.measure import bench as bench_mod
 
+    from qrun.stream.bench import check_video
+
     target = _json_target(json_out)  # before benchmarking: a bad path fails in a second
+    check_video(video, frames)
     if compare and device is not None:
         from qrun.errors import UserError
 
@@ -281,11 +360,13 @@ def bench(
                         "every variant (float, int8, edgetpu); drop one of them")
     if compare:
         report = bench_mod.bench_variants(model, runs, warmup, threads, tpu,
-                                          progress=bench_mod.stderr_progress, image=image)
+                                          progress=bench_mod.stderr_progress, image=image,
+                                          video=video, video_frames=frames)
         texts = [bench_mod.summary(r) for r in report["reports"]]
     else:
         report = bench_mod.bench(model, runs, warmup, threads, device or "auto", tpu,
-                                 progress=bench_mod.stderr_progress, image=image).to_dict()
+                                 progress=bench_mod.stderr_progress, image=image,
+                                 video=video, video_frames=frames).to_dict()
         texts = [bench_mod.summary(report)]
     if json_out is None:
         typer.echo("\n\n".join(texts))

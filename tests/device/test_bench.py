@@ -147,9 +147,10 @@ def test_bench_report_holds_the_contract_keys_in_order():
     from qrun.measure.bench import BenchReport
 
     attributes = [f.name for f in dataclasses.fields(BenchReport)]
-    # Adapted for `frame` (qrun bench --image), a key written only when measured.
+    # Adapted for `frame` (qrun bench --image) and `stream` (--video), keys written only
+    # when measured.
     every_key = list(report_contract.keys(optional=True))
     assert sorted(attributes) == sorted(every_key)
     values = {name: name.upper() for name in attributes}
     assert list(BenchReport(**values).to_dict()) == every_key
-    assert list(BenchReport(**{**values, "frame": None}).to_dict()) == TOP_KEYS
+    assert list(BenchReport(**{**values, "frame": None, "stream": None}).to_dict()) == TOP_KEYS

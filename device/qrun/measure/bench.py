@@ -154,7 +154,8 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
                  threads: Optional[int] = None,
                  progress: Callable[[str], None] = lambda _: None,
                  task: Optional[str] = None, image: Optional[Path] = None,
-                 dep: Optional[deployment.Deployment] = None) -> BenchReport:
+                 dep: Optional[deployment.Deployment] = None,
+                 video: Optional[Path] = None, video_frames: Optional[int] = None) -> BenchReport:
     """Benchmark the model `choice` names on its device.
 
     Args:
@@ -166,6 +167,8 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
       task: the task kind to record (`task_of`); None when nothing says.
       image: time whole frames of this image too (`frame_report`); needs `dep`.
       dep: the deployment `choice` came from (its task, preprocessing and labels).
+      video, video_frames: run this video's frames (at most video_frames) through the
+        pipeline too (qrun.stream.bench); needs `dep`.
     Returns:
       A BenchReport.
     """
@@ -185,6 +188,12 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
     if frames is not None:
         progress(f"timing {runs} frames of {Path(image).name} ({task or 'classify'})")
         frame = frame_report(frames, runs, warmup)
+    stream = None
+    if video is not None:
+        from qrun.stream.bench import stream_report
+
+        progress(f"running the frames of {Path(video).name} through the pipeline")
+        stream = stream_report(loaded_as_opened(dep, choice, loaded), Path(video), video_frames)
     info = runtime.runtime_info()
     path = Path(choice.path)
     return BenchReport(
@@ -202,6 +211,7 @@ def bench_choice(choice: deployment.Choice, runs: int = 100, warmup: int = 10,
         peak_rss_kb=hostinfo.peak_rss_kb(),
         host=hostinfo.host_facts(),
         frame=frame,
+        stream=stream,
     )
 
 
@@ -335,7 +345,8 @@ def frame_report(frame: DecodedFrame, runs: int, warmup: int) -> dict:
 def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
           threads: Optional[int] = None, device: str = "auto", tpu: str = "",
           progress: Callable[[str], None] = lambda _: None,
-          image: Optional[Path] = None) -> BenchReport:
+          image: Optional[Path] = None, video: Optional[Path] = None,
+          video_frames: Optional[int] = None) -> BenchReport:
     """Benchmark the model `--model` names (see qrun.model.deployment) on the device `--device`
     picks; with `image`, whole frames of its task too."""
     check_settings(runs, warmup, threads, image)
@@ -343,7 +354,8 @@ def bench(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
     choice = deployment.choose(dep, device, tpu)
     if choice.fell_back:
         progress(f"note: {choice.reason}")
-    return bench_choice(choice, runs, warmup, threads, progress, task_of(dep), image, dep)
+    return bench_choice(choice, runs, warmup, threads, progress, task_of(dep), image, dep,
+                        video, video_frames)
 
 
 def summary(report: dict) -> str:
@@ -364,7 +376,14 @@ def summary(report: dict) -> str:
         f"p99 {lat['p99']:.1f}  max {lat['max']:.1f}",
         f"peak RSS {report['peak_rss_kb']} KiB",
         *frame_lines(report.get("frame")),
+        *stream_lines(report.get("stream")),
     ])
+
+
+def stream_lines(stream: Optional[dict]) -> list:
+    from qrun.stream.bench import stream_lines as lines
+
+    return lines(stream)
 
 
 def frame_lines(frame: Optional[dict]) -> list:
@@ -433,7 +452,8 @@ def compare_choices(dep: deployment.Deployment, tpu: str = "",
 def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 10,
                    threads: Optional[int] = None, tpu: str = "",
                    progress: Callable[[str], None] = lambda _: None,
-                   image: Optional[Path] = None) -> dict:
+                   image: Optional[Path] = None, video: Optional[Path] = None,
+                   video_frames: Optional[int] = None) -> dict:
     """`qrun bench --compare`: one report per variant of the deployment, same settings.
 
     Returns:
@@ -448,6 +468,6 @@ def bench_variants(model: Optional[Path] = None, runs: int = 100, warmup: int = 
         raise UserError(f"{model or deployment.qdeploy_home() / deployment.CURRENT} holds no "
                         "model that runs here; push a deployment with an int8 model")
     reports = [bench_choice(c, runs, warmup, threads, progress, task_of(dep), image,
-                            dep).to_dict() for c in choices]
+                            dep, video, video_frames).to_dict() for c in choices]
     return {"schema_version": SCHEMA_VERSION, "kind": COMPARE_KIND, "timestamp": utc_now(),
             "qrun_version": qrun.__version__, "reports": reports, "skipped": skipped}

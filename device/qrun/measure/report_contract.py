@@ -17,7 +17,9 @@ A field added after reports were first written is `optional`: a report of an old
 qrun lacks it and is read as holding null there (its store column takes NULL),
 so a newer host still reads an older device's reports. `frame` (`qrun bench --image`:
 what a whole frame of the model's task costs, stage by stage) is such an object: absent
-without --image; when present, its fields (`part_of` it) must be there.
+without --image; when present, its fields (`part_of` it) must be there. `stream` (`qrun
+bench --video`: a video's frames through the pipeline, frames per second and each stage's
+times) is another.
 
 Standard library only: the device imports it.
 """
@@ -37,6 +39,7 @@ COMPARE_KIND = "qrun-bench-compare"  # `qrun bench --compare`: one report per va
 NUMBER = (int, float)  # a bool is never taken for a number
 FRAME_STAGES = ("preprocess", "invoke", "postprocess", "total")  # of a `frame`
 FRAME_STATS = ("median", "p99")  # the figures of each frame stage the store keeps
+STREAM_STAGES = ("capture", "preprocess", "invoke", "postprocess", "sink")  # of a `stream`
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,17 @@ FIELDS = (
     *(Field(f"frame.{stage}_us.{stat}", NUMBER, column=f"frame_{stage}_{stat}_us",
             finite=True, optional=True, part_of="frame")
       for stage in FRAME_STAGES for stat in FRAME_STATS),
+    # `qrun bench --video`: the file's frames through the pipeline (qrun.stream), its frames
+    # per second and each stage's median and p99 in ms. Optional like `frame`.
+    Field("stream", (dict,), optional=True),
+    Field("stream.video", (str,), column="stream_video", optional=True, part_of="stream"),
+    Field("stream.frames", (int,), column="stream_frames", optional=True, part_of="stream"),
+    Field("stream.fps", NUMBER, column="stream_fps", finite=True, optional=True,
+          part_of="stream"),
+    Field("stream.dropped", (int,), column="stream_dropped", optional=True, part_of="stream"),
+    *(Field(f"stream.{stage}_ms.{stat}", NUMBER, column=f"stream_{stage}_{stat}_ms",
+            finite=True, optional=True, part_of="stream")
+      for stage in STREAM_STAGES for stat in FRAME_STATS),
 )
 HEAD = ("schema_version", "kind")  # what a report starts with, checked before FIELDS
 

@@ -48,6 +48,22 @@ def _bench_image(path: Optional[Path]) -> Optional[Path]:
     return Path(path)
 
 
+def _runner_extras(extras: List[str]) -> Optional[tuple]:
+    from qdeploy.push.wheel import check_extras
+
+    return check_extras(e.strip() for part in extras for e in part.split(",") if e.strip()) \
+        or None
+
+
+def _bench_video(path: Optional[Path]) -> Optional[Path]:
+    """--bench-video checked before connecting: a file (its frames are decoded on the device,
+    which says when they cannot be)."""
+    if path is not None and not Path(path).is_file():
+        raise UserError(f"--bench-video {path} does not exist; give a video file (MP4, MKV, "
+                        "AVI, ...)")
+    return path
+
+
 def _options(**kw):
     from qdeploy.push.options import PushOptions
 
@@ -81,6 +97,16 @@ def push(
         None, "--bench-image",
         help="Also time whole frames of the model's task on this image (qrun bench --image: "
              "preprocess, invoke, postprocess); qdeploy report shows frames per second."),
+    bench_video: Optional[Path] = typer.Option(
+        None, "--bench-video", metavar="FILE",
+        help="Also run this video's frames through qrun's pipeline on the device (qrun bench "
+             "--video: frames per second, each stage's median and p99); sent once per "
+             "content, installs the runner's video extra (PyAV); qdeploy report shows stream "
+             "fps."),
+    runner_extras: List[str] = typer.Option(
+        [], "--runner-extras", metavar="EXTRA",
+        help="Install the runner with this extra (video: PyAV, for qrun detect|classify|"
+             "segment|pose on videos, cameras and streams). Repeatable."),
     reports: Path = typer.Option(Path("reports"), "--reports",
                                  help="Where reports and the SQLite store go."),
     identity: Optional[Path] = typer.Option(None, "--identity",
@@ -145,6 +171,8 @@ def push(
     options = _options(remote_dir=remote_dir, python=python, wheelhouse=wheelhouse,
                        bench=bench, bench_runs=bench_runs, compare=compare,
                        bench_image=_bench_image(bench_image), reports_dir=reports,
+                       bench_video=_bench_video(bench_video),
+                       runner_extras=_runner_extras(runner_extras),
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
                        command_timeout=command_timeout, keepalive=keepalive, jobs=jobs,

@@ -20,7 +20,9 @@ HELP = ("Show the latest benchmark per target and variant, and the history of ea
         "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
         "measured them), the speed-up over the float variant (ratio of medians) and, when the "
         "benchmark timed whole frames (qrun bench --image), a frame's median and p99 and frames "
-        "per second (1e6 / the frame median in µs; — otherwise). The history flags a "
+        "per second (1e6 / the frame median in µs; — otherwise), and stream fps: a video's "
+        "frames through the pipeline (qrun bench --video; push --bench-video). The history "
+        "flags a "
         "median more than 10% worse than the previous report of the same model, target and "
         "variant.")
 
@@ -93,7 +95,7 @@ def _print_tables(result: reporting.Report) -> None:
     latest = Table(title="Latest report per target and variant (latencies in ms)")
     for name in ("target", "model", "variant", "task", "device", "runtime", "median", "p90",
                  "p99", "init", "first", "peak RSS", "size", "accuracy", "agreement",
-                 "max |Δ|", "vs float", "frame", "frame p99", "fps"):
+                 "max |Δ|", "vs float", "stream fps", "frame", "frame p99", "fps"):
         latest.add_column(name, justify="left" if name in ("target", "model", "variant", "task",
                                                             "device", "runtime") else "right")
     for r in result.table:
@@ -106,7 +108,7 @@ def _print_tables(result: reporting.Report) -> None:
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
                        reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
                        reporting.agreement_text(r.agreement), reporting.diff_text(r.max_abs_diff),
-                       reporting.speedup_text(r.speedup),
+                       reporting.speedup_text(r.speedup), reporting.fps_text(r.stream_fps),
                        reporting.frame_text(r.frame_median_us),
                        reporting.frame_text(r.frame_p99_us), reporting.fps_text(r.fps))
     console.print(latest)

@@ -33,6 +33,8 @@ class PushOptions:
     bench_runs: Optional[int] = None
     compare: bool = False
     bench_image: Optional[Path] = None  # qrun bench --image: whole frames of the task
+    bench_video: Optional[Path] = None  # qrun bench --video: a video through the pipeline
+    runner_extras: tuple = ()  # the runner's extras to install (qrun[video])
     reports_dir: Path = DEFAULT_REPORTS
     accept_new: bool = False
     identity: Optional[Path] = None
@@ -46,6 +48,11 @@ class PushOptions:
     verify: Optional[bool] = None  # None: verify when the bench runs; True: required
     verify_tolerance: float = DEFAULT_STEPS  # output quantization steps
     verify_against: Optional[Path] = None  # host side from this deployment instead
+
+    @property
+    def extras(self) -> tuple:
+        """The runner extras this push needs: those asked for, video for --bench-video."""
+        return tuple(sorted(set(self.runner_extras) | ({"video"} if self.bench_video else set())))
 
     @property
     def verifying(self) -> bool:

@@ -125,7 +125,8 @@ def ensure_runner(push: TargetPush, state) -> None:
         push.tell("runner", "checking")
         runner = wheel.ensure_runner(push.conn, options.remote_dir, options.python,
                                      options.wheelhouse, device_version=state.runner_version,
-                                     on_line=lambda line: push.tell("runner", line))
+                                     on_line=lambda line: push.tell("runner", line),
+                                     extras=options.extras)
         r.runner_version, r.runner_installed = runner.version, runner.installed
 
 
@@ -204,7 +205,9 @@ def run_bench(conn: Link, options: PushOptions, on_line: Callable[[str], None]) 
     if options.bench_runs is not None:
         args += ["--runs", str(options.bench_runs)]
     if options.bench_image is not None:
-        args += ["--image", bench_image_on_device(conn, options)]
+        args += ["--image", bench_file_on_device(conn, options, options.bench_image, "frame")]
+    if options.bench_video is not None:
+        args += ["--video", bench_file_on_device(conn, options, options.bench_video, "video")]
     cmd = (f"QDEPLOY_HOME={release.shell_path(options.remote_dir)} "
            f"{_runner_command(conn, options)} {' '.join(args)}")
     result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout,
@@ -222,27 +225,37 @@ def run_bench(conn: Link, options: PushOptions, on_line: Callable[[str], None]) 
     return report
 
 
-BENCH_DIR = "bench"  # under the remote dir: the --bench-image frame, kept between pushes
+BENCH_DIR = "bench"  # under the remote dir: --bench-image and --bench-video, kept between pushes
 
 
-def bench_image_on_device(conn: Link, options: PushOptions) -> str:
-    """`--bench-image` as the device sees it, quoted for its shell: the file itself on
-    `local`, else a copy put into `<remote_dir>/bench/` (named by its sha256, so an
-    unchanged image is sent once per name)."""
-    image = Path(options.bench_image)
+def bench_file_on_device(conn: Link, options: PushOptions, image: Path, kind: str) -> str:
+    """`--bench-image` (or `--bench-video`) as the device sees it, quoted for its shell: the
+    file itself on `local`, else a copy in `<remote_dir>/bench/` named by its sha256, sent
+    only when the device does not hold that name at that size already."""
+    image = Path(image)
     if conn.is_local:
         return shlex.quote(str(image.resolve()))
     import hashlib
+    import shutil
     import tempfile
 
-    digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
-    name = f"frame-{digest}{image.suffix.lower()}"
+    digest = hashlib.sha256()
+    with open(image, "rb") as f:  # in blocks: a video may be large
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    suffix = re.sub(r"[^a-z0-9.]", "", image.suffix.lower())
+    name = f"{kind}-{digest.hexdigest()[:16]}{suffix}"
+    on_device = f"{release.shell_path(options.remote_dir)}/{BENCH_DIR}/{name}"
+    held = conn.run(f"wc -c < {on_device} 2>/dev/null || true",
+                    what=f"the check of the bench {kind}")
+    if held.ok and held.stdout.strip() == str(image.stat().st_size).encode():
+        return on_device  # sent by an earlier push
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / name
-        staged.write_bytes(image.read_bytes())
+        shutil.copyfile(image, staged)
         release.put_files(conn, options.python, options.remote_dir, BENCH_DIR, [staged],
-                          "the upload of the bench image")
-    return f"{release.shell_path(options.remote_dir)}/{BENCH_DIR}/{name}"
+                          f"the upload of the bench {'image' if kind == 'frame' else kind}")
+    return on_device
 
 
 def reports_of(document: dict) -> list:

@@ -34,24 +34,41 @@ DIST = "qrun"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 INSTALL_TIMEOUT_S = 1800.0
 FALLBACK_REQUIRES = ["numpy", "pillow", "typer>=0.12,<0.29", "ai-edge-litert>=2.3"]
-_DEVICE_EXTRA = re.compile(
-    r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["']device["']\s*$""")
+# The runner's own extras (qrun[video]), installed on a device when a push asks for them
+# (--runner-extras, or --bench-video): qdeploy's extra of the same name, else these.
+RUNNER_EXTRAS = {"video": ["av>=12"]}
+_EXTRA = re.compile(
+    r"""^\s*(?:\(?(?P<before>.*?)\)?\s+and\s+)?extra\s*==\s*["'](?P<name>[\w.-]+)["']\s*$""")
+
+
+def extra_requirements(extra: str = "device") -> list[str]:
+    """The requirements of one extra of the installed qdeploy distribution, markers kept."""
+    try:
+        requires = metadata.requires("qdeploy") or []
+    except metadata.PackageNotFoundError:
+        return []
+    out = []
+    for req in requires:
+        spec, _, marker = req.partition(";")
+        m = _EXTRA.match(marker)
+        if m and m.group("name") == extra:
+            before = (m.group("before") or "").strip()
+            out.append(spec.strip() + (f"; {before}" if before else ""))
+    return out
 
 
 def device_requirements() -> list[str]:
     """Requires-Dist of the wheel: the `device` extra of the installed qdeploy distribution."""
-    try:
-        requires = metadata.requires("qdeploy") or []
-    except metadata.PackageNotFoundError:
-        return list(FALLBACK_REQUIRES)
-    out = []
-    for req in requires:
-        spec, _, marker = req.partition(";")
-        m = _DEVICE_EXTRA.match(marker)
-        if m:
-            before = (m.group("before") or "").strip()
-            out.append(spec.strip() + (f"; {before}" if before else ""))
-    return out or list(FALLBACK_REQUIRES)
+    return extra_requirements("device") or list(FALLBACK_REQUIRES)
+
+
+def check_extras(extras) -> tuple:
+    """The runner extras asked for, sorted; an unknown one is a UserError."""
+    unknown = sorted(set(extras) - set(RUNNER_EXTRAS))
+    if unknown:
+        raise UserError(f"--runner-extras {','.join(unknown)}: the runner has no such extra; "
+                        f"give one of {', '.join(RUNNER_EXTRAS)}")
+    return tuple(sorted(set(extras)))
 
 
 def _record_hash(data: bytes) -> str:
@@ -71,23 +88,29 @@ def package_files() -> list[tuple[str, bytes]]:
     return files
 
 
-def runner_version(files: Optional[list] = None) -> str:
-    """`qrun.__version__` plus a digest of the sources, e.g. `0.1.0+1a2b3c4d5e6f` (PEP 440)."""
+def runner_version(files: Optional[list] = None, extras: tuple = ()) -> str:
+    """`qrun.__version__` plus a digest of the sources, e.g. `0.1.0+1a2b3c4d5e6f` (PEP 440),
+    and the extras installed with it (`0.1.0+1a2b3c4d5e6f.video`): a device whose runner
+    lacks an extra a push asks for gets it installed."""
     digest = hashlib.sha256()
     for name, data in files if files is not None else package_files():
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return f"{qrun.__version__}+{digest.hexdigest()[:12]}"
+    return f"{qrun.__version__}+{digest.hexdigest()[:12]}" + "".join(f".{e}" for e in extras)
 
 
-def build_wheel(dest: Path) -> Path:
-    """Write the qrun wheel into `dest`; returns its path."""
+def build_wheel(dest: Path, extras: tuple = ()) -> Path:
+    """Write the qrun wheel into `dest` (its version naming `extras`); returns its path."""
     files: list[tuple[str, bytes]] = package_files()
-    version = runner_version(files)
+    version = runner_version(files, extras)
     dist_info = f"{DIST}-{version}.dist-info"
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {version}",
             "Summary: qdeploy's device runner: classify and benchmark TFLite / Edge TPU models",
             "Requires-Python: >=3.9"]
     meta += [f"Requires-Dist: {r}" for r in device_requirements()]
+    for extra, fallback in RUNNER_EXTRAS.items():
+        meta.append(f"Provides-Extra: {extra}")
+        meta += [f'Requires-Dist: {r}{" and" if ";" in r else ";"} extra == "{extra}"'
+                 for r in extra_requirements(extra) or fallback]
     files.append((f"{dist_info}/METADATA", ("\n".join(meta) + "\n").encode()))
     files.append((f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: qdeploy.push.wheel\n"
                                         b"Root-Is-Purelib: true\nTag: py3-none-any\n"))
@@ -130,7 +153,8 @@ def _remote_listing(conn: Link, remote_dir: str, sub: str) -> dict:
     return listing
 
 
-def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool) -> str:
+def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool,
+                    extras: tuple = ()) -> str:
     """The shell command that installs `<remote_dir>/runner/<wheel_name>` into the device
     venv (from `<remote_dir>/wheelhouse` only when `offline`) and prints `qrun --version`.
 
@@ -142,21 +166,25 @@ def install_command(remote_dir: str, python: str, wheel_name: str, offline: bool
     r = release.shell_path(remote_dir)
     venv_py = "./venv/bin/python"
     index = "--no-index --find-links ./wheelhouse" if offline else ""
+    spec = f"./runner/{wheel_name}" + (f"[{','.join(extras)}]" if extras else "")
     # A venv whose pip does not run (e.g. an interrupted creation) is made again.
     return (f"cd {r} || exit 1; "
             f"{{ {venv_py} -m pip --version >/dev/null 2>&1 || {{ rm -rf ./venv; "
             f"{shlex.quote(python)} -m venv ./venv || exit {agent.VENV_EXIT}; }}; "
             f"{venv_py} -m pip install --disable-pip-version-check --no-input --no-compile "
-            f"--progress-bar off {index} ./runner/{shlex.quote(wheel_name)} "
+            f"--progress-bar off {index} {shlex.quote(spec)} "
             f"|| exit {agent.PIP_EXIT}; }} 1>&2; {venv_py} -m qrun --version")
 
 
 def ensure_runner(conn: Link, remote_dir: str, python: str = "python3",
                   wheelhouse: Optional[Path] = None, device_version: Optional[str] = None,
-                  on_line: Optional[Callable[[str], None]] = None) -> RunnerResult:
-    """Install the host's qrun into `<remote_dir>/venv` unless the device has that version."""
+                  on_line: Optional[Callable[[str], None]] = None,
+                  extras: tuple = ()) -> RunnerResult:
+    """Install the host's qrun (with `extras`) into `<remote_dir>/venv` unless the device has
+    that version."""
     start = time.perf_counter()
-    want = runner_version()
+    extras = check_extras(extras)
+    want = runner_version(extras=extras)
     if device_version == want:
         return RunnerResult(want, False, time.perf_counter() - start)
     uploads = []
@@ -170,13 +198,13 @@ def ensure_runner(conn: Link, remote_dir: str, python: str = "python3",
         have = _remote_listing(conn, remote_dir, "wheelhouse")
         uploads = [p for p in uploads if have.get(p.name) != p.stat().st_size]
     with tempfile.TemporaryDirectory(prefix="qdeploy-wheel-") as tmp:
-        wheel = build_wheel(Path(tmp))
+        wheel = build_wheel(Path(tmp), extras)
         if uploads:
             release.put_files(conn, python, remote_dir, "wheelhouse", uploads,
                               "the upload of the runner's wheelhouse")
         release.put_files(conn, python, remote_dir, "runner", [wheel],
                           "the upload of the runner")
-    cmd = install_command(remote_dir, python, wheel.name, wheelhouse is not None)
+    cmd = install_command(remote_dir, python, wheel.name, wheelhouse is not None, extras)
     # Under the device's lock: two pushes to one device must not build venv/ at once.
     result = conn.run(release.locked_command(python, remote_dir, cmd), on_stderr=on_line,
                       timeout=INSTALL_TIMEOUT_S, what="the runner install")

@@ -23,7 +23,7 @@ img { max-width: 100%; }
 LATEST_COLUMNS = ("target", "model", "variant", "task", "device", "runtime", "median (ms)",
                   "p90 (ms)", "p99 (ms)", "init (ms)", "first inference (ms)", "peak RSS",
                   "model size", "accuracy", "agreement", "max |Δ|", "speed-up vs float",
-                  "frame (ms)", "frame p99 (ms)", "frames/s")
+                  "stream frames/s", "frame (ms)", "frame p99 (ms)", "frames/s")
 HISTORY_COLUMNS = ("time (UTC)", "target", "model", "variant", "model sha256", "median (ms)",
                    "p99 (ms)", "change", "regression")
 
@@ -44,8 +44,9 @@ def render_html(report: Report, png: bytes, layers: str = "") -> str:
                          f"{r.first_inference_ms:.2f}", rss_text(r.peak_rss_kb),
                          size_text(r.model_size), accuracy_text(r.accuracy),
                          agreement_text(r.agreement), diff_text(r.max_abs_diff),
-                         speedup_text(r.speedup), frame_text(r.frame_median_us),
-                         frame_text(r.frame_p99_us), fps_text(r.fps)), 6) + "</tr>"
+                         speedup_text(r.speedup), fps_text(r.stream_fps),
+                         frame_text(r.frame_median_us), frame_text(r.frame_p99_us),
+                         fps_text(r.fps)), 6) + "</tr>"
         for r in report.table)
     history = "\n".join(
         ('<tr class="regression">' if h.regression else "<tr>")
@@ -78,7 +79,8 @@ def render_html(report: Report, png: bytes, layers: str = "") -> str:
 <p class="note">Speed-up: the float variant's median divided by this variant's median, same
 model and target. Frame: a whole frame of the model's task (preprocess, invoke, postprocess)
 as <code>qrun bench --image</code> timed it; frames/s is 1e6 / its median in µs (— without
---image).</p>
+--image). Stream frames/s: a video's frames through the pipeline, stages overlapping
+(<code>qrun bench --video</code>).</p>
 <h2>Latency</h2>
 <img id="plot" alt="latency distribution and median/p99 per variant"
  src="data:image/png;base64,{image}">

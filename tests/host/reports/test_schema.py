@@ -26,6 +26,13 @@ ALTER TABLE reports ADD COLUMN frame_image TEXT;
 ALTER TABLE reports ADD COLUMN frame_runs INTEGER;
 """ + "".join(f"ALTER TABLE reports ADD COLUMN frame_{stage}_{stat}_us REAL;\n"
               for stage in ("preprocess", "invoke", "postprocess", "total")
+              for stat in ("median", "p99")) + """
+ALTER TABLE reports ADD COLUMN stream_video TEXT;
+ALTER TABLE reports ADD COLUMN stream_frames INTEGER;
+ALTER TABLE reports ADD COLUMN stream_fps REAL;
+ALTER TABLE reports ADD COLUMN stream_dropped INTEGER;
+""" + "".join(f"ALTER TABLE reports ADD COLUMN stream_{stage}_{stat}_ms REAL;\n"
+              for stage in ("capture", "preprocess", "invoke", "postprocess", "sink")
               for stat in ("median", "p99"))
 
 
@@ -51,8 +58,8 @@ def test_derived_tables_are_the_tables_old_stores_have():
     # Adapted for the optional fields: a fresh store has the old columns and the added
     # ones, declared as the migration of an old store declares them.
     assert derived == layouts(STORE_V1 + STORE_V2 + ADDED_SINCE_V2)
-    # Adapted for `qrun bench --image`: 10 optional frame columns.
-    assert len(derived["reports"][0]) == 34 + 3 + 10 and len(derived["reports"][1]) == 2
+    # Adapted for `qrun bench --image`: 10 optional frame columns; for --video: 14 stream ones.
+    assert len(derived["reports"][0]) == 34 + 3 + 10 + 14 and len(derived["reports"][1]) == 2
 
 
 def test_every_contract_column_is_in_the_row_and_the_insert(int8_report):
