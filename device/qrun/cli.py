@@ -1,4 +1,4 @@
-"""`qrun` command line: classify, detect, segment, pose, bench, verify, info.
+"""`qrun` command line: classify, detect, segment, pose, bench, verify, evaluate, info.
 
 Parses options and prints; the work is elsewhere.
 
@@ -362,6 +362,35 @@ def verify(
 
     sys.stdout.write(json.dumps(document) + "\n")
     sys.stdout.flush()
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., metavar="DIR", help="Labelled images: COCO "
+                                "(annotations.json; images in DIR or DIR/images), YOLO "
+                                "(images/ + labels/*.txt, names in data.yaml) or masks "
+                                "(images/ + masks/*.png, class ids, 255 ignored)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    against: Optional[str] = typer.Option(None, "--against", help="float: no labels; score "
+                                          "int8 and the Edge TPU model against the float "
+                                          "model's own outputs."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Accuracy of every variant of a detect, segment or pose deployment (the Edge TPU model
+    when its delegate loads): COCO mAP50-95 and mAP50, mIoU and pixel accuracy, OKS AP."""
+    from qrun.measure import evaluate as evaluate_mod
+
+    document = evaluate_mod.evaluate(model, data, against, tpu, limit,
+                                     progress=evaluate_mod.stderr_progress)
+    typer.echo(_json_text(document) if as_json else evaluate_mod.summary(document))
+
+
+def _json_text(document: dict) -> str:
+    import json
+
+    return json.dumps(document, indent=2)
 
 
 @app.command()

@@ -1,0 +1,226 @@
+"""Evaluation of detectors whose boxes are known by construction: the YOLOv8-format cell
+model (tests/fixtures/yolo.py, with its float model beside the int8 one) and the SSD
+quadrant model (tests/device/ssd_models.py). Ground truth equal to the planted boxes gives
+mAP 1.0; moved boxes give what pycocotools computes on the same predictions; COCO and
+YOLO layouts of the same data give the same figures."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qdeploy.modelimport.importer import import_model
+from qrun.measure import evaluate as ev
+from qrun.model import manifest as mf
+from qrun.tasks.detect import detect
+from tests.device import ssd_models
+from tests.fixtures import detectors as quad
+from tests.fixtures import yolo
+
+pycocotools = pytest.importorskip("pycocotools", reason="the eval extra (pycocotools) is "
+                                  "what evaluate scores with")
+LIT = (0, 5, 10, 15)  # the cells lit, one image each
+
+
+def float_yolo(directory: Path) -> Path:
+    """The cell model converted without quantization (float32 in and out)."""
+    from qdeploy.quantize.tfquiet import quiet, tensorflow
+
+    tf = tensorflow()
+    head = yolo.build(tf)
+    path = Path(directory) / "model_float.tflite"
+    with quiet():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [head.get_concrete_function()], head)
+        path.write_bytes(converter.convert())
+    return path
+
+
+@pytest.fixture(scope="module")
+def yolo_dep(ultralytics_yolo, tmp_path_factory) -> Path:
+    """The imported cell model, with its float model listed as the float variant."""
+    out = tmp_path_factory.mktemp("yolo-eval") / "dep"
+    import_model(ultralytics_yolo, out=out)
+    m = mf.load(out)
+    m.artifacts[mf.FLOAT] = mf.artifact_for(float_yolo(out))
+    mf.save(m, out)
+    return out
+
+
+def cell_box(k: int, shift: float = 0.0) -> list:
+    """Cell k's box as COCO's [x, y, w, h] in pixels, moved right and down by `shift`."""
+    row, col = divmod(k, yolo.GRID)
+    return [col * yolo.CELL + shift, row * yolo.CELL + shift, yolo.CELL, yolo.CELL]
+
+
+def write_images(directory: Path) -> list:
+    (directory / "images").mkdir(parents=True)
+    names = []
+    for k in LIT:
+        name = f"cell{k:02d}.png"
+        Image.fromarray(yolo.lit_cell(k)).save(directory / "images" / name)
+        names.append(name)
+    return names
+
+
+def planted(shift: float = 0.0) -> list:
+    """(image index, class, box) of every planted box: the lamp at the lit cell, a shadow at
+    each other cell; the lamps moved by `shift` pixels."""
+    boxes = []
+    for i, k in enumerate(LIT):
+        for cell in range(yolo.ANCHORS):
+            boxes.append((i, 0, cell_box(cell, shift)) if cell == k else (i, 1, cell_box(cell)))
+    return boxes
+
+
+def coco_data(directory: Path, shift: float = 0.0) -> Path:
+    names = write_images(directory)
+    coco = {"images": [{"id": i + 1, "file_name": n, "width": yolo.SIZE, "height": yolo.SIZE}
+                       for i, n in enumerate(names)],
+            "annotations": [{"id": j + 1, "image_id": i + 1, "category_id": c + 1, "bbox": box,
+                             "area": box[2] * box[3], "iscrowd": 0}
+                            for j, (i, c, box) in enumerate(planted(shift))],
+            "categories": [{"id": c + 1, "name": n} for c, n in yolo.NAMES.items()]}
+    (directory / "annotations.json").write_text(json.dumps(coco))
+    return directory
+
+
+def yolo_data(directory: Path, shift: float = 0.0, yaml: bool = True) -> Path:
+    names = write_images(directory)
+    (directory / "labels").mkdir()
+    for i, name in enumerate(names):
+        lines = [f"{c} {(x + w / 2) / yolo.SIZE} {(y + h / 2) / yolo.SIZE} {w / yolo.SIZE} "
+                 f"{h / yolo.SIZE}" for j, c, (x, y, w, h) in planted(shift) if j == i]
+        (directory / "labels" / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
+    if yaml:
+        (directory / "data.yaml").write_text("path: .\nnames:\n  0: lamp\n  1: shadow\n")
+    return directory
+
+
+def direct_map(model: Path, data: Path) -> tuple:
+    """mAP50-95 and mAP50 by a direct pycocotools call on what qrun detect finds at
+    evaluate's settings (score 0.001, IoU 0.7, 300 per image)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(data / "annotations.json"))
+        results = []
+        for image in gt.dataset["images"]:
+            found = detect(data / "images" / image["file_name"], model, threshold=0.001,
+                           iou_threshold=0.7, max_objects=300, device="cpu")
+            results += [{"image_id": image["id"], "category_id": o.id + 1, "score": o.score,
+                         "bbox": [o.bbox.xmin, o.bbox.ymin, o.bbox.xmax - o.bbox.xmin,
+                                  o.bbox.ymax - o.bbox.ymin]} for o in found.objects]
+        e = COCOeval(gt, gt.loadRes(results), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return e.stats[0], e.stats[1]
+
+
+def test_planted_boxes_give_map_one_for_every_variant(yolo_dep, tmp_path):
+    doc = ev.evaluate(yolo_dep, coco_data(tmp_path / "coco"))
+    assert doc["task"] == "detect" and doc["data"]["layout"] == "coco"
+    assert sorted(doc["variants"]) == ["float", "int8"]
+    for figures in doc["variants"].values():
+        assert figures["map50_95"] == pytest.approx(1.0) and figures["map50"] == 1.0
+        assert {c["name"]: c["instances"] for c in figures["per_class"]} == {
+            "lamp": len(LIT), "shadow": len(LIT) * (yolo.ANCHORS - 1)}
+
+
+def test_moved_boxes_score_what_pycocotools_computes(yolo_dep, tmp_path):
+    data = coco_data(tmp_path / "coco", shift=2.0)
+    doc = ev.evaluate(yolo_dep, data)
+    for variant, model in (("int8", "model_int8.tflite"), ("float", "model_float.tflite")):
+        expected = direct_map(yolo_dep / model, data)
+        got = doc["variants"][variant]
+        assert (got["map50_95"], got["map50"]) == pytest.approx(expected, abs=1e-12)
+    lamp = next(c for c in doc["variants"]["int8"]["per_class"] if c["name"] == "lamp")
+    assert lamp["ap50_95"] < 0.9  # 2 px off an 8 px box: IoU 0.53
+
+
+def test_coco_and_yolo_layouts_give_the_same_figures(yolo_dep, tmp_path):
+    coco = ev.evaluate(yolo_dep, coco_data(tmp_path / "coco", shift=1.0))
+    yolo_doc = ev.evaluate(yolo_dep, yolo_data(tmp_path / "yolo", shift=1.0))
+    assert yolo_doc["data"]["layout"] == "yolo"
+    for variant in ("float", "int8"):
+        for key in ("map50_95", "map50"):
+            assert yolo_doc["variants"][variant][key] == pytest.approx(
+                coco["variants"][variant][key], abs=1e-9)
+
+
+def test_against_float_scores_int8_on_the_float_detections(yolo_dep, tmp_path):
+    data = tmp_path / "plain"
+    write_images(data)
+    doc = ev.evaluate(yolo_dep, data, against="float")
+    assert list(doc["variants"]) == ["int8"] and doc["data"]["against"] == "float"
+    assert doc["variants"]["int8"]["map50"] == 1.0  # the same cells, the same classes
+
+
+@pytest.fixture(scope="module")
+def ssd_dep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ssd-eval")
+    model = ssd_models.make(root, "op_order")
+    labels = root / "labels.txt"
+    labels.write_text("".join(f"{q} quadrant{q}\n" for q in range(quad.CLASSES)))
+    return import_model(model, labels=labels, out=root / "dep").out_dir
+
+
+def test_ssd_planted_quadrants_give_map_one_and_moved_ones_pycocotools_value(ssd_dep,
+                                                                             tmp_path):
+    for shift, name in ((0, "exact"), (3, "moved")):
+        data = tmp_path / name
+        (data / "images").mkdir(parents=True)
+        images, annotations = [], []
+        for q in range(quad.CLASSES):
+            image, (x0, y0, x1, y1) = ssd_models.quadrant_image(48, 40, q)
+            Image.fromarray(image).save(data / "images" / f"q{q}.png")
+            images.append({"id": q + 1, "file_name": f"q{q}.png", "width": 48, "height": 40})
+            box = [x0 + shift, y0, x1 - x0, y1 - y0]
+            annotations.append({"id": q + 1, "image_id": q + 1, "category_id": 10 + q,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+        categories = [{"id": 10 + q, "name": f"quadrant{q}"} for q in range(quad.CLASSES)]
+        (data / "annotations.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+        figures = ev.evaluate(ssd_dep, data)["variants"]["int8"]
+        if shift == 0:
+            assert figures["map50_95"] == pytest.approx(1.0)
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                gt = COCO(str(data / "annotations.json"))
+                res = []
+                for q in range(quad.CLASSES):
+                    found = detect(data / "images" / f"q{q}.png", ssd_dep, threshold=0.001,
+                                   max_objects=300, device="cpu").objects
+                    res += [{"image_id": q + 1, "category_id": 10 + o.id, "score": o.score,
+                             "bbox": [o.bbox.xmin, o.bbox.ymin, o.bbox.xmax - o.bbox.xmin,
+                                      o.bbox.ymax - o.bbox.ymin]} for o in found]
+                e = COCOeval(gt, gt.loadRes(res), "bbox")
+                e.evaluate(), e.accumulate(), e.summarize()
+            assert figures["map50_95"] == pytest.approx(e.stats[0], abs=1e-12)
+            assert figures["map50_95"] < 1.0
+
+
+def test_class_names_the_model_lacks_are_listed(ssd_dep, tmp_path):
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    Image.fromarray(quad.square_image(0)).save(data / "images" / "a.png")
+    (data / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        "annotations": [{"id": k, "image_id": 1, "category_id": k, "bbox": [0, 0, 4, 4],
+                         "area": 16, "iscrowd": 0} for k in (1, 2, 3)],
+        "categories": [{"id": 1, "name": "quadrant0"}, {"id": 2, "name": "zebra"},
+                       {"id": 3, "name": "kite"}]}))
+    with pytest.raises(ev.UserError, match="classes kite, zebra are not among the model's"):
+        ev.evaluate(ssd_dep, data)
