@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.two_io",
     "tests.fixtures.yolo",
+    "tests.fixtures.evalsets",  # after yolo, which it imports
 ]
 
 

@@ -23,85 +23,10 @@ from qrun.tasks.detect import detect
 from tests.device import ssd_models
 from tests.fixtures import detectors as quad
 from tests.fixtures import yolo
+from tests.fixtures.evalsets import LIT, coco_data, write_images, yolo_data
 
 pycocotools = pytest.importorskip("pycocotools", reason="the eval extra (pycocotools) is "
                                   "what evaluate scores with")
-LIT = (0, 5, 10, 15)  # the cells lit, one image each
-
-
-def float_yolo(directory: Path) -> Path:
-    """The cell model converted without quantization (float32 in and out)."""
-    from qdeploy.quantize.tfquiet import quiet, tensorflow
-
-    tf = tensorflow()
-    head = yolo.build(tf)
-    path = Path(directory) / "model_float.tflite"
-    with quiet():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [head.get_concrete_function()], head)
-        path.write_bytes(converter.convert())
-    return path
-
-
-@pytest.fixture(scope="module")
-def yolo_dep(ultralytics_yolo, tmp_path_factory) -> Path:
-    """The imported cell model, with its float model listed as the float variant."""
-    out = tmp_path_factory.mktemp("yolo-eval") / "dep"
-    import_model(ultralytics_yolo, out=out)
-    m = mf.load(out)
-    m.artifacts[mf.FLOAT] = mf.artifact_for(float_yolo(out))
-    mf.save(m, out)
-    return out
-
-
-def cell_box(k: int, shift: float = 0.0) -> list:
-    """Cell k's box as COCO's [x, y, w, h] in pixels, moved right and down by `shift`."""
-    row, col = divmod(k, yolo.GRID)
-    return [col * yolo.CELL + shift, row * yolo.CELL + shift, yolo.CELL, yolo.CELL]
-
-
-def write_images(directory: Path) -> list:
-    (directory / "images").mkdir(parents=True)
-    names = []
-    for k in LIT:
-        name = f"cell{k:02d}.png"
-        Image.fromarray(yolo.lit_cell(k)).save(directory / "images" / name)
-        names.append(name)
-    return names
-
-
-def planted(shift: float = 0.0) -> list:
-    """(image index, class, box) of every planted box: the lamp at the lit cell, a shadow at
-    each other cell; the lamps moved by `shift` pixels."""
-    boxes = []
-    for i, k in enumerate(LIT):
-        for cell in range(yolo.ANCHORS):
-            boxes.append((i, 0, cell_box(cell, shift)) if cell == k else (i, 1, cell_box(cell)))
-    return boxes
-
-
-def coco_data(directory: Path, shift: float = 0.0) -> Path:
-    names = write_images(directory)
-    coco = {"images": [{"id": i + 1, "file_name": n, "width": yolo.SIZE, "height": yolo.SIZE}
-                       for i, n in enumerate(names)],
-            "annotations": [{"id": j + 1, "image_id": i + 1, "category_id": c + 1, "bbox": box,
-                             "area": box[2] * box[3], "iscrowd": 0}
-                            for j, (i, c, box) in enumerate(planted(shift))],
-            "categories": [{"id": c + 1, "name": n} for c, n in yolo.NAMES.items()]}
-    (directory / "annotations.json").write_text(json.dumps(coco))
-    return directory
-
-
-def yolo_data(directory: Path, shift: float = 0.0, yaml: bool = True) -> Path:
-    names = write_images(directory)
-    (directory / "labels").mkdir()
-    for i, name in enumerate(names):
-        lines = [f"{c} {(x + w / 2) / yolo.SIZE} {(y + h / 2) / yolo.SIZE} {w / yolo.SIZE} "
-                 f"{h / yolo.SIZE}" for j, c, (x, y, w, h) in planted(shift) if j == i]
-        (directory / "labels" / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
-    if yaml:
-        (directory / "data.yaml").write_text("path: .\nnames:\n  0: lamp\n  1: shadow\n")
-    return directory
 
 
 def direct_map(model: Path, data: Path) -> tuple:
@@ -126,8 +51,8 @@ def direct_map(model: Path, data: Path) -> tuple:
     return e.stats[0], e.stats[1]
 
 
-def test_planted_boxes_give_map_one_for_every_variant(yolo_dep, tmp_path):
-    doc = ev.evaluate(yolo_dep, coco_data(tmp_path / "coco"))
+def test_planted_boxes_give_map_one_for_every_variant(yolo_eval_dep, tmp_path):
+    doc = ev.evaluate(yolo_eval_dep, coco_data(tmp_path / "coco"))
     assert doc["task"] == "detect" and doc["data"]["layout"] == "coco"
     assert sorted(doc["variants"]) == ["float", "int8"]
     for figures in doc["variants"].values():
@@ -136,20 +61,20 @@ def test_planted_boxes_give_map_one_for_every_variant(yolo_dep, tmp_path):
             "lamp": len(LIT), "shadow": len(LIT) * (yolo.ANCHORS - 1)}
 
 
-def test_moved_boxes_score_what_pycocotools_computes(yolo_dep, tmp_path):
+def test_moved_boxes_score_what_pycocotools_computes(yolo_eval_dep, tmp_path):
     data = coco_data(tmp_path / "coco", shift=2.0)
-    doc = ev.evaluate(yolo_dep, data)
+    doc = ev.evaluate(yolo_eval_dep, data)
     for variant, model in (("int8", "model_int8.tflite"), ("float", "model_float.tflite")):
-        expected = direct_map(yolo_dep / model, data)
+        expected = direct_map(yolo_eval_dep / model, data)
         got = doc["variants"][variant]
         assert (got["map50_95"], got["map50"]) == pytest.approx(expected, abs=1e-12)
     lamp = next(c for c in doc["variants"]["int8"]["per_class"] if c["name"] == "lamp")
     assert lamp["ap50_95"] < 0.9  # 2 px off an 8 px box: IoU 0.53
 
 
-def test_coco_and_yolo_layouts_give_the_same_figures(yolo_dep, tmp_path):
-    coco = ev.evaluate(yolo_dep, coco_data(tmp_path / "coco", shift=1.0))
-    yolo_doc = ev.evaluate(yolo_dep, yolo_data(tmp_path / "yolo", shift=1.0))
+def test_coco_and_yolo_layouts_give_the_same_figures(yolo_eval_dep, tmp_path):
+    coco = ev.evaluate(yolo_eval_dep, coco_data(tmp_path / "coco", shift=1.0))
+    yolo_doc = ev.evaluate(yolo_eval_dep, yolo_data(tmp_path / "yolo", shift=1.0))
     assert yolo_doc["data"]["layout"] == "yolo"
     for variant in ("float", "int8"):
         for key in ("map50_95", "map50"):
@@ -157,10 +82,10 @@ def test_coco_and_yolo_layouts_give_the_same_figures(yolo_dep, tmp_path):
                 coco["variants"][variant][key], abs=1e-9)
 
 
-def test_against_float_scores_int8_on_the_float_detections(yolo_dep, tmp_path):
+def test_against_float_scores_int8_on_the_float_detections(yolo_eval_dep, tmp_path):
     data = tmp_path / "plain"
     write_images(data)
-    doc = ev.evaluate(yolo_dep, data, against="float")
+    doc = ev.evaluate(yolo_eval_dep, data, against="float")
     assert list(doc["variants"]) == ["int8"] and doc["data"]["against"] == "float"
     assert doc["variants"]["int8"]["map50"] == 1.0  # the same cells, the same classes
 

@@ -104,6 +104,17 @@ FIELDS = (
     *(Field(f"frame.{stage}_us.{stat}", NUMBER, column=f"frame_{stage}_{stat}_us",
             finite=True, optional=True, part_of="frame")
       for stage in FRAME_STAGES for stat in FRAME_STATS),
+    # `qdeploy push --eval DIR`: the variant's accuracy on DIR measured on the device (qrun
+    # evaluate, added to the report by the host): the task's main figure (map50_95, miou,
+    # oks_ap), how many images, the data's digest. Optional: absent without --eval.
+    Field("accuracy", (dict,), optional=True),
+    Field("accuracy.metric", (str,), column="accuracy_metric", optional=True,
+          part_of="accuracy"),
+    Field("accuracy.value", NUMBER, column="accuracy_value", finite=True, optional=True,
+          part_of="accuracy"),
+    Field("accuracy.images", (int,), column="accuracy_images", optional=True,
+          part_of="accuracy"),
+    Field("accuracy.data", (str,), column="accuracy_data", optional=True, part_of="accuracy"),
 )
 HEAD = ("schema_version", "kind")  # what a report starts with, checked before FIELDS
 

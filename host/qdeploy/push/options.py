@@ -33,6 +33,7 @@ class PushOptions:
     bench_runs: Optional[int] = None
     compare: bool = False
     bench_image: Optional[Path] = None  # qrun bench --image: whole frames of the task
+    eval_data: Optional[Path] = None  # --eval DIR: qrun evaluate on the device after bench
     reports_dir: Path = DEFAULT_REPORTS
     accept_new: bool = False
     identity: Optional[Path] = None
