@@ -11,7 +11,8 @@ output [1, 84, 8400] int8; built with TF once and cached under ~/.cache/qdeploy/
 imported as a deployment with 80 labels. The images are seeded 640x480 JPEGs of smooth
 colour blobs whose ground truth is the model's own 5 best boxes per image, moved by up to 4 px (so
 mAP is neither 0 nor 1, and both paths must give the same figure). Both paths run the same interpreter file with
-the same threads; the rounds alternate so drift on a noisy machine hits both.
+the same threads; the rounds alternate so drift on a noisy machine hits both, and the
+best round of each is compared (as timeit does: noise only ever adds time).
 
     PYTHONPATH=host:device:. .venv/bin/python scripts/bench_evaluate.py [--images 40]
 """
@@ -175,14 +176,16 @@ def main() -> int:
             start = time.perf_counter()
             figures = (doc["variants"]["int8"]["map50_95"], minimal.evaluate(data))
             theirs.append(time.perf_counter() - start)
-    q, m = statistics.median(ours), statistics.median(theirs)
+    q, m = min(ours), min(theirs)  # best of the rounds, as timeit: the noise only adds
     ratio = q / m
+    median_ratio = statistics.median(ours) / statistics.median(theirs)
     print(f"model: {model.name} (input [1, 640, 640, 3] int8, head [1, 84, 8400] int8), "
           f"{args.threads} threads; {args.images} images {SIZE[0]}x{SIZE[1]} JPEG")
-    print(f"qrun evaluate: {q:.2f} s = {args.images / q:.1f} images/s (median of "
+    print(f"qrun evaluate: {q:.2f} s = {args.images / q:.1f} images/s (best of "
           f"{args.rounds})")
     print(f"minimal script: {m:.2f} s = {args.images / m:.1f} images/s")
-    print(f"ratio {ratio:.2f}x (target <= {TARGET_RATIO}x); mAP50-95 {figures[0]:.5f} vs "
+    print(f"ratio {ratio:.2f}x, of the medians {median_ratio:.2f}x (target <= {TARGET_RATIO}x); "
+          f"mAP50-95 {figures[0]:.5f} vs "
           f"{figures[1]:.5f}")
     return 0 if ratio <= TARGET_RATIO else 1
 
