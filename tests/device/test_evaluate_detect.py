@@ -18,14 +18,13 @@ from PIL import Image
 
 from qdeploy.modelimport.importer import import_model
 from qrun.measure import evaluate as ev
-from qrun.model import manifest as mf
 from qrun.tasks.detect import detect
 from tests.device import ssd_models
 from tests.fixtures import detectors as quad
 from tests.fixtures import yolo
 from tests.fixtures.evalsets import LIT, coco_data, write_images, yolo_data
 
-pycocotools = pytest.importorskip("pycocotools", reason="the eval extra (pycocotools) is "
+pytest.importorskip("pycocotools", reason="the eval extra (pycocotools) is "
                                   "what evaluate scores with")
 
 
@@ -149,3 +148,63 @@ def test_class_names_the_model_lacks_are_listed(ssd_dep, tmp_path):
                        {"id": 3, "name": "kite"}]}))
     with pytest.raises(ev.UserError, match="classes kite, zebra are not among the model's"):
         ev.evaluate(ssd_dep, data)
+
+
+def test_no_detections_at_all_score_zero(ssd_dep, tmp_path):
+    """Black images: the SSD finds nothing (its graph keeps scores >= 0.3), and the
+    figures are pycocotools' zero, not a crash on an empty result list."""
+    data = tmp_path / "dark"
+    (data / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "images" / "a.png")
+    (data / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [0, 0, 16, 16],
+                         "area": 256, "iscrowd": 0}],
+        "categories": [{"id": 0, "name": "quadrant0"}]}))
+    figures = ev.evaluate(ssd_dep, data)["variants"]["int8"]
+    assert (figures["map50_95"], figures["map50"]) == (0.0, 0.0)
+
+
+def test_without_pycocotools_one_line_names_the_extra(ssd_dep, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    with pytest.raises(ev.UserError, match=r"needs pycocotools, the eval extra: pip install "
+                                           r"'qdeploy\[eval\]'"):
+        ev.evaluate(ssd_dep, tmp_path)
+
+
+@pytest.mark.parametrize("text", [
+    "names: ['lamp', 'shadow']\n",
+    "path: .\nnames:\n  - lamp\n  - shadow\nnc: 2\n",
+    "names:\n  0: lamp\n  1: 'shadow'\ntrain: images\n",
+])
+def test_data_yaml_names_without_pyyaml(text, tmp_path, monkeypatch):
+    import sys
+
+    from qrun.measure import evaldata
+
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    (tmp_path / "data.yaml").write_text(text)
+    assert evaldata.yaml_names(tmp_path / "data.yaml") == {0: "lamp", 1: "shadow"}
+
+
+def test_qdeploy_evaluate_shows_the_change_from_float(yolo_eval_dep, tmp_path, run_cli):
+    dep = tmp_path / "dep"
+    shutil.copytree(yolo_eval_dep, dep)
+    data = yolo_data(tmp_path / "yolo", shift=1.0)
+    code, out, err = run_cli("evaluate", dep, "--data", data)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "float" in line and "int8" in line)
+    assert "change" in header and "mAP50-95" in out and "AP50-95 per class" in out
+    assert "lamp" in out and "shadow" in out
+    stored = json.loads((dep / "manifest.json").read_text())["evaluation"]
+    assert set(stored["variants"]) == {"float", "int8"} and stored["metric"] == "map50_95"
+
+
+def test_yolo_labels_that_are_not_normalised_are_refused(yolo_eval_dep, tmp_path, run_cli):
+    data = yolo_data(tmp_path / "yolo")
+    (data / "labels" / "cell00.txt").write_text("0 16 16 8 8\n")  # pixels, not 0..1
+    code, _, err = run_cli("evaluate", yolo_eval_dep, "--data", data)
+    assert code == 1 and err.count("error:") == 1 and "normalised to 0..1" in err
