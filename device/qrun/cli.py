@@ -22,8 +22,8 @@ CURRENT_HELP = f"${HOME_ENV}/{CURRENT} ({DEFAULT_HOME}/{CURRENT})"
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
-                       "detect objects, segment it, find a pose; benchmark a model, show the "
-                       "runtime and Edge TPUs. Without --model, "
+                       "detect objects, segment it, find a pose; benchmark a model, measure "
+                       "its accuracy on labelled images, show the runtime and Edge TPUs. Without --model, "
                        f"qrun uses the current deployment, {CURRENT_HELP}.")
 
 MODEL_HELP = (f"Model file (.tflite) or deployment directory with {MANIFEST_NAME}. "
