@@ -384,13 +384,10 @@ def evaluate(
 
     document = evaluate_mod.evaluate(model, data, against, tpu, limit,
                                      progress=evaluate_mod.stderr_progress)
-    typer.echo(_json_text(document) if as_json else evaluate_mod.summary(document))
-
-
-def _json_text(document: dict) -> str:
-    import json
-
-    return json.dumps(document, indent=2)
+    if as_json:
+        _print_json(document)
+        return
+    typer.echo(evaluate_mod.summary(document))
 
 
 @app.command()
