@@ -256,6 +256,10 @@ def evaluate(model: Optional[Path], data: Path, against: Optional[str] = None,
         cocoeval()  # before any model runs
     dataset = evaldata.read(data, task, against_float=against == FLOAT, limit=limit)
     variants, skipped = open_variants(dep, task, tpu)
+    if not variants:
+        why = "; ".join(f"{s['variant']}: {s['reason']}" for s in skipped)
+        raise UserError(f"{dep.root or dep.model} holds no model that runs here ({why}); "
+                        "give the Edge TPU model its CPU twin (qdeploy import --cpu)")
     if against == FLOAT and (not variants or variants[0].name != FLOAT):
         raise UserError(f"--against float needs the deployment's float model, and "
                         f"{dep.root or dep.model} has none; evaluate on labelled data")
