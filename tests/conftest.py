@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.two_io",
     "tests.fixtures.yolo",
     "tests.fixtures.ultralytics82",
+    "tests.fixtures.evalsets",  # after yolo, which it imports
 ]
 
 

@@ -1,4 +1,4 @@
-"""`qrun` command line: classify, detect, segment, pose, bench, verify, info.
+"""`qrun` command line: classify, detect, segment, pose, bench, verify, evaluate, info.
 
 Parses options and prints; the work is elsewhere.
 
@@ -22,8 +22,8 @@ CURRENT_HELP = f"${HOME_ENV}/{CURRENT} ({DEFAULT_HOME}/{CURRENT})"
 app = typer.Typer(name="qrun", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run quantized and Edge TPU models on this device: classify an image, "
-                       "detect objects, segment it, find a pose; benchmark a model, show the "
-                       "runtime and Edge TPUs. Without --model, "
+                       "detect objects, segment it, find a pose; benchmark a model, measure "
+                       "its accuracy on labelled images, show the runtime and Edge TPUs. Without --model, "
                        f"qrun uses the current deployment, {CURRENT_HELP}.")
 
 MODEL_HELP = (f"Model file (.tflite) or deployment directory with {MANIFEST_NAME}. "
@@ -446,6 +446,32 @@ def verify(
 
     sys.stdout.write(json.dumps(document) + "\n")
     sys.stdout.flush()
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., metavar="DIR", help="Labelled images: COCO "
+                                "(annotations.json; images in DIR or DIR/images), YOLO "
+                                "(images/ + labels/*.txt, names in data.yaml) or masks "
+                                "(images/ + masks/*.png, class ids, 255 ignored)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    against: Optional[str] = typer.Option(None, "--against", help="float: no labels; score "
+                                          "int8 and the Edge TPU model against the float "
+                                          "model's own outputs."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
+    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+) -> None:
+    """Accuracy of every variant of a detect, segment or pose deployment (the Edge TPU model
+    when its delegate loads): COCO mAP50-95 and mAP50, mIoU and pixel accuracy, OKS AP."""
+    from qrun.measure import evaluate as evaluate_mod
+
+    document = evaluate_mod.evaluate(model, data, against, tpu, limit,
+                                     progress=evaluate_mod.stderr_progress)
+    if as_json:
+        _print_json(document)
+        return
+    typer.echo(evaluate_mod.summary(document))
 
 
 @app.command()

@@ -98,6 +98,17 @@ FIELDS = (
     Field("timings_us", (list,), column="timings_us", items=NUMBER),  # every timed run
     Field("peak_rss_kb", (int,), nullable=True, column="peak_rss_kb"),  # None: not measurable
     Field("host", (dict,), column="host_json"),  # qrun.measure.hostinfo.host_facts
+    # `qdeploy push --eval DIR`: the variant's accuracy on DIR measured on the device (qrun
+    # evaluate, added to the report by the host): the task's main figure (map50_95, miou,
+    # oks_ap), how many images, the data's digest. Optional: absent without --eval.
+    Field("accuracy", (dict,), optional=True),
+    Field("accuracy.metric", (str,), column="accuracy_metric", optional=True,
+          part_of="accuracy"),
+    Field("accuracy.value", NUMBER, column="accuracy_value", finite=True, optional=True,
+          part_of="accuracy"),
+    Field("accuracy.images", (int,), column="accuracy_images", optional=True,
+          part_of="accuracy"),
+    Field("accuracy.data", (str,), column="accuracy_data", optional=True, part_of="accuracy"),
     # `qrun bench --image`: whole frames of the model's task (the image decoded once, then
     # per run preprocess, invoke, postprocess; total is their sum per frame). Optional: a
     # report without --image, or of an older qrun, has no `frame`.

@@ -178,15 +178,23 @@ def describe_task(m) -> str:
 
 @commands.command()
 def evaluate(
-    directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert output directory."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data: a folder with "
-                                        "one sub-folder per class, an .npz with arrays x and "
-                                        "y, or an idx image file (or a folder holding an idx "
-                                        "image/label pair). A model with several inputs takes "
-                                        "an .npz with one array per input name and y. With "
+    directory: Path = typer.Argument(DEFAULT_OUT, help="A qdeploy convert or import output "
+                                     "directory."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data. Classifiers: a "
+                                        "folder with one sub-folder per class, an .npz with "
+                                        "arrays x and y, or an idx image file (or a folder "
+                                        "holding an idx image/label pair); a model with several "
+                                        "inputs takes an .npz with one array per input name and "
+                                        "y. Detectors: COCO (annotations.json, images in DIR or "
+                                        "DIR/images) or YOLO (images/ + labels/*.txt, names in "
+                                        "data.yaml). Segmenters: images/ + masks/*.png (class "
+                                        "ids, 255 ignored). Pose: COCO person keypoints. With "
                                         "--layers: any samples (labels unused); default the "
                                         "recorded representative dataset, else the reference "
                                         "inputs."),
+    against: Optional[str] = typer.Option(None, "--against", help="float: no labels needed; "
+                                          "score int8 against the float model's own outputs "
+                                          "(detect, segment, pose)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="The idx label file, when "
                                           "--data is an idx image file whose label file is "
                                           "not beside it."),
@@ -210,25 +218,39 @@ def evaluate(
     reports: Path = typer.Option(Path("reports"), "--reports", metavar="DIR", help="--layers: "
                                  "the report store's directory (qdeploy report reads it)."),
 ):
-    """Accuracy of the float and the int8 model on labelled data, and what int8 saved.
+    """Accuracy of each variant on labelled data, in the metric of the model's task.
 
-    Both run through the device runtime with the manifest's preprocessing. A model with
-    several outputs is scored on the output its task names as the scores; a model whose
-    task has none (detect, segment, pose, raw) is refused. The figures are stored in
-    manifest.json for later reports.
+    All run through the device runtime with the manifest's preprocessing. Classifiers:
+    top-1 of float and int8 (a model with several outputs is scored on the output its
+    task names as the scores). Detectors: COCO mAP50-95 and mAP50 (pycocotools; detections
+    kept at 0.001, at most 300 per image) and AP per class, classes matched by name.
+    Segmenters: mIoU, pixel accuracy, IoU per class. Pose: OKS AP. The figures are stored
+    in manifest.json for later reports.
 
     With --layers: where int8 loses, layer by layer (per-layer error by TF's
     QuantizationDebugger when the source model is still where convert recorded it;
     cumulative error against the float model's tensor of the same name), and why.
     """
     from qdeploy.cli import layers_view  # the layer report
+    from qdeploy.quantize import taskeval
 
     if layers_view.wanted(layers, float=float_model, compare=compare, plot=plot, html=html):
         return layers_view.run(directory, data, float_model, limit, compare, json_out, plot,
                                html, reports)
     if data is None:
-        raise UserError("--data is needed: labelled data to score both models on")
+        raise UserError("--data is needed: labelled data to score the variants on (or, "
+                        "with --against float, images alone)")
     from qdeploy.quantize.evaluate import evaluate as run_evaluate
+
+    if against is not None or taskeval.is_task_model(directory):
+        with progress_bar("Evaluating every variant", None) as tick:
+            document = taskeval.evaluate(directory, data, against, limit, progress=tick)
+        if json_out:
+            print_json(document)
+            return
+        from qdeploy.cli.evaluate_view import print_task_evaluation
+
+        return print_task_evaluation(document)
 
     with progress_bar("Evaluating float and int8 models") as tick:
         result = run_evaluate(directory, data, labels=labels, limit=limit, progress=tick)

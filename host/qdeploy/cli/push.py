@@ -30,6 +30,15 @@ def _targets(target: List[str], inventory: Optional[Path]):
     return found
 
 
+def check_eval(data: Optional[Path], bench: bool, engine: str) -> Optional[Path]:
+    """--eval checked before connecting (qdeploy.push.evaluation.check_data)."""
+    from qdeploy.push.evaluation import check_data
+
+    if data is not None and engine != "native":
+        raise UserError("--eval runs with the native engine; drop --engine ansible")
+    return check_data(data, bench)
+
+
 def _bench_image(path: Optional[Path]) -> Optional[Path]:
     """--bench-image checked before connecting: a readable image file."""
     if path is None:
@@ -107,6 +116,13 @@ def push(
         [], "--runner-extras", metavar="EXTRA",
         help="Install the runner with this extra (video: PyAV, for qrun detect|classify|"
              "segment|pose on videos, cameras and streams). Repeatable."),
+    eval_data: Optional[Path] = typer.Option(
+        None, "--eval", metavar="DIR",
+        help="After the benchmark, evaluate every variant on the device on these labelled "
+             "images (COCO, YOLO or images/ + masks/, as qdeploy evaluate takes them; sent "
+             "once, by content): mAP, mIoU or OKS AP stored beside the latency (installs "
+             "pycocotools, the eval extra, there when needed). With --compare every variant "
+             "gets its figure in the store."),
     reports: Path = typer.Option(Path("reports"), "--reports",
                                  help="Where reports and the SQLite store go."),
     identity: Optional[Path] = typer.Option(None, "--identity",
@@ -173,6 +189,7 @@ def push(
                        bench_image=_bench_image(bench_image), reports_dir=reports,
                        bench_video=_bench_video(bench_video),
                        runner_extras=_runner_extras(runner_extras),
+                       eval_data=check_eval(eval_data, bench, engine),
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
                        command_timeout=command_timeout, keepalive=keepalive, jobs=jobs,

@@ -16,7 +16,8 @@ HELP = ("Show the latest benchmark per target and variant, and the history of ea
         "The table gives the model's task (from its deployment manifest; empty for a bare "
         "model file or a report from an older qrun), the device used, runtime, median/p90/p99 "
         "latency, init and first "
-        "inference time, peak RSS, model size, accuracy (when qdeploy evaluate recorded it), "
+        "inference time, peak RSS, model size, accuracy (measured on the device by qdeploy push "
+        "--eval: mAP50-95, mIoU or OKS AP; else a classifier's top-1 from qdeploy evaluate), "
         "top-1 agreement and max |Δ| of outputs with the host (when qdeploy push --verify "
         "measured them), the speed-up over the float variant (ratio of medians) and, when the "
         "benchmark timed whole frames (qrun bench --image), a frame's median and p99 and frames "
@@ -24,7 +25,8 @@ HELP = ("Show the latest benchmark per target and variant, and the history of ea
         "frames through the pipeline (qrun bench --video; push --bench-video). The history "
         "flags a "
         "median more than 10% worse than the previous report of the same model, target and "
-        "variant.")
+        "variant, and a release whose accuracy on the device fell more than 0.01 below the "
+        "previous one on the same data (ACCURACY DROP).")
 
 
 commands = typer.Typer()  # added to the qdeploy app by qdeploy.cli
@@ -89,6 +91,8 @@ def _print_tables(result: reporting.Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from qdeploy.reports import accuracy
+
     console = Console()
     if not console.is_terminal:  # piped or captured: don't squeeze 20 columns into 80
         console = Console(width=max(console.width, 230))
@@ -106,7 +110,7 @@ def _print_tables(result: reporting.Report) -> None:
                        reporting.ms(r.median_us), reporting.ms(r.p90_us),
                        reporting.ms(r.p99_us), f"{r.init_ms:.1f}",
                        f"{r.first_inference_ms:.2f}", reporting.rss_text(r.peak_rss_kb),
-                       reporting.size_text(r.model_size), reporting.accuracy_text(r.accuracy),
+                       reporting.size_text(r.model_size), accuracy.text(r),
                        reporting.agreement_text(r.agreement), reporting.diff_text(r.max_abs_diff),
                        reporting.speedup_text(r.speedup), reporting.fps_text(r.stream_fps),
                        reporting.frame_text(r.frame_median_us),
@@ -128,3 +132,5 @@ def _print_tables(result: reporting.Report) -> None:
         console.print(f"[bold red]{len(result.regressions)} regression(s)[/bold red]: median "
                       f"more than {reporting.REGRESSION_THRESHOLD:.0%} worse than the "
                       "previous report")
+    for d in result.accuracy_drops:
+        console.print(f"[bold red]ACCURACY DROP[/bold red] {accuracy.drop_line(d)}")

@@ -35,6 +35,7 @@ class PushOptions:
     bench_image: Optional[Path] = None  # qrun bench --image: whole frames of the task
     bench_video: Optional[Path] = None  # qrun bench --video: a video through the pipeline
     runner_extras: tuple = ()  # the runner's extras to install (qrun[video])
+    eval_data: Optional[Path] = None  # --eval DIR: qrun evaluate on the device after bench
     reports_dir: Path = DEFAULT_REPORTS
     accept_new: bool = False
     identity: Optional[Path] = None

@@ -6,8 +6,9 @@
      `current` (nothing to do when the manifests are equal),
   3. ensure the runner: the device's runner has the host's version (install the qrun wheel
      if not),
-  4. bench: run `qrun bench --json -` there, stream its progress, store the report
-     (`reports/<target>-<time>.json` and a row in the SQLite store),
+  4. bench: run `qrun bench --json -` there, stream its progress (with `--eval DIR`: then
+     `qrun evaluate` there, qdeploy.push.evaluation, its figures added to the reports), store
+     the report (`reports/<target>-<time>.json` and a row in the SQLite store),
   5. verify: `qrun verify --json -` there, the same int8 model here (qdeploy.push.crosscheck);
      the figures go into the store,
   6. undo: outputs that differ beyond the tolerance fail the push and switch `current` back
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from qdeploy.push import crosscheck, release, transfer, wheel
+from qdeploy.push import crosscheck, evaluation, release, transfer, wheel
 from qdeploy.push.options import ProgressFn, PushOptions, PushResult, no_progress
 from qdeploy.remote import targets
 from qdeploy.remote.connection import Link
@@ -134,6 +135,9 @@ def bench(push: TargetPush, manifest: qmanifest.Manifest) -> None:
     """`qrun bench` on the device's current release; its report stored (file and store)."""
     push.tell("bench", "starting")
     report = run_bench(push.conn, push.options, lambda line: push.tell("bench", line))
+    if push.options.eval_data is not None:  # --eval: accuracy on the device, in the same rows
+        evaluation.on_device(push, manifest, reports_of(report),
+                             _runner_command(push.conn, push.options))
     path, ids = store_report(report, push.result.target, push.options.reports_dir, manifest)
     push.result.report_files.append(path)
     push.result.report_ids.extend(ids)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from qdeploy.reports import schema
+from qdeploy.reports import accuracy, schema
 from qdeploy.reports.schema import ReportRow
 from qdeploy.reports.store import Store, unreadable
 from qrun import atomic
@@ -89,6 +89,7 @@ class Report:
     table: list = field(default_factory=list)  # TableRow
     history: list = field(default_factory=list)  # HistoryRow
     latest: list = field(default_factory=list, repr=False)  # ReportRow, with raw timings
+    accuracy_drops: list = field(default_factory=list)  # accuracy.AccuracyDrop (push --eval)
 
     @property
     def regressions(self) -> list:
@@ -97,7 +98,9 @@ class Report:
     def to_dict(self) -> dict:
         return {"latest": [asdict(r) for r in self.table],
                 "history": [asdict(h) for h in self.history],
-                "regression_threshold": REGRESSION_THRESHOLD}
+                "regression_threshold": REGRESSION_THRESHOLD,
+                "accuracy_drops": [asdict(d) for d in self.accuracy_drops],
+                "accuracy_drop_threshold": accuracy.ACCURACY_DROP}
 
 
 def parse_since(text: str, now: Optional[datetime] = None) -> str:
@@ -179,12 +182,14 @@ def build(store: Store, target: Optional[str] = None, model: Optional[str] = Non
         if not latest:
             raise UserError(f"no reports since {since}; the newest is older (try a longer "
                             "--since)")
-        history = flag_regressions(store.history(target=target, model=model))
+        rows = store.history(target=target, model=model)
+        history, drops = flag_regressions(rows), accuracy.drops(rows)
     except sqlite3.DatabaseError as exc:  # damaged pages show only when read
         raise unreadable(store.path, exc) from None
     if since_ts:
         history = [h for h in history if h.timestamp >= since_ts]
-    return Report(table=table(latest), history=history, latest=latest)
+        drops = [d for d in drops if d.timestamp >= since_ts]
+    return Report(table=table(latest), history=history, latest=latest, accuracy_drops=drops)
 
 
 # -- display formats shared by the terminal table and the HTML page --------------

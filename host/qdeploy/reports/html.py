@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import html
 from qdeploy import __version__
-from qdeploy.reports.history import (REGRESSION_THRESHOLD, Report, accuracy_text, agreement_text,
+from qdeploy.reports import accuracy
+from qdeploy.reports.history import (REGRESSION_THRESHOLD, Report, agreement_text,
                              change_text, diff_text, fps_text, frame_text, ms, rss_text,
                              size_text, speedup_text, task_text)
 
@@ -33,6 +34,15 @@ def _cells(values, text_columns: int) -> str:
                    else f"<td>{html.escape(str(v))}</td>" for i, v in enumerate(values))
 
 
+def drops_html(report: Report) -> str:
+    """The releases whose accuracy on the device dropped, as a list (empty: nothing)."""
+    if not report.accuracy_drops:
+        return ""
+    items = "".join(f"<li>{html.escape(accuracy.drop_line(d))}</li>"
+                    for d in report.accuracy_drops)
+    return f'<h2>Accuracy drops</h2>\n<ul id="accuracy-drops">{items}</ul>'
+
+
 def render_html(report: Report, png: bytes, layers: str = "") -> str:
     """The page for `report` with the PNG `png` embedded as base64; `layers` is the
     section of `qdeploy evaluate --layers` results (reports.layers.html_section)."""
@@ -42,7 +52,7 @@ def render_html(report: Report, png: bytes, layers: str = "") -> str:
                          else r.device_used, r.runtime,
                          ms(r.median_us), ms(r.p90_us), ms(r.p99_us), f"{r.init_ms:.1f}",
                          f"{r.first_inference_ms:.2f}", rss_text(r.peak_rss_kb),
-                         size_text(r.model_size), accuracy_text(r.accuracy),
+                         size_text(r.model_size), accuracy.text(r),
                          agreement_text(r.agreement), diff_text(r.max_abs_diff),
                          speedup_text(r.speedup), fps_text(r.stream_fps),
                          frame_text(r.frame_median_us), frame_text(r.frame_p99_us),
@@ -91,6 +101,7 @@ as <code>qrun bench --image</code> timed it; frames/s is 1e6 / its median in µs
 {history}
 </tbody>
 </table>
+{drops_html(report)}
 <p class="note">Regression: a median more than {REGRESSION_THRESHOLD:.0%} worse than the
 previous report of the same model, target and variant. Written by qdeploy {__version__}.</p>
 {layers}</body>

@@ -1,8 +1,9 @@
 """The latency figure of `qdeploy report --plot`: one PNG, two panels.
 
 Left: the distribution of per-run latencies (an empirical CDF from the raw timings)
-of each variant on each target. Right: median and p99 per variant and target as
-grouped bars. matplotlib (Agg backend) is imported only here and only when a plot
+of each variant on each target. Middle: median and p99 per variant and target as
+grouped bars. Right, when `qdeploy push --eval` measured accuracy on the device:
+accuracy against latency per variant, the trade-off people choose a variant on. matplotlib (Agg backend) is imported only here and only when a plot
 is asked for: the device never needs it.
 """
 
@@ -71,7 +72,12 @@ def render_png(rows: Sequence[ReportRow], width_px: int = WIDTH_PX,
     plt = _pyplot()
     import numpy as np
 
-    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    scored = any(getattr(r, "accuracy_value", None) is not None for r in rows)
+    if scored:  # push --eval: a third panel, as wide as the others
+        width_px = width_px * 3 // 2
+    fig, axes = plt.subplots(1, 3 if scored else 2, figsize=(width_px / dpi, height_px / dpi),
+                             dpi=dpi)
+    cdf, bars = axes[0], axes[1]
     try:
         fig.suptitle(title_for(rows), fontsize=13)
         labels = [series_label(r, rows) for r in rows]
@@ -107,9 +113,34 @@ def render_png(rows: Sequence[ReportRow], width_px: int = WIDTH_PX,
         bars.set_ylim(0, max(p99s + medians) * 1.15)
         bars.grid(True, axis="y", alpha=0.3)
         bars.legend(handles=[b1, b2], fontsize=9, loc="upper right")
+        if scored:
+            tradeoff(axes[2], rows, colour)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi)
         return buffer.getvalue()
     finally:
         plt.close(fig)
+
+
+def tradeoff(ax, rows: Sequence[ReportRow], colour: list) -> None:
+    """Accuracy (push --eval's figure) against median latency, one point per variant and
+    target; a frame's median when the benchmark timed whole frames."""
+    from qdeploy.reports.accuracy import LABELS
+
+    metrics = set()
+    for i, r in enumerate(rows):
+        if r.accuracy_value is None:
+            continue
+        metrics.add(LABELS.get(r.accuracy_metric, r.accuracy_metric))
+        latency = (r.frame_total_median_us or r.median_us) / 1e3
+        ax.scatter([latency], [r.accuracy_value], s=90, color=colour[i], zorder=3,
+                   edgecolor="black", linewidth=0.6)
+        ax.annotate(series_label(r, rows), (latency, r.accuracy_value), fontsize=8,
+                    textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("median latency (ms; a whole frame when timed)")
+    ax.set_ylabel(" / ".join(sorted(metrics)) + " on the device")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Accuracy against latency per variant", fontsize=11)
+    ax.grid(True, alpha=0.3)

@@ -33,7 +33,12 @@ ALTER TABLE reports ADD COLUMN stream_fps REAL;
 ALTER TABLE reports ADD COLUMN stream_dropped INTEGER;
 """ + "".join(f"ALTER TABLE reports ADD COLUMN stream_{stage}_{stat}_ms REAL;\n"
               for stage in ("capture", "preprocess", "invoke", "postprocess", "sink")
-              for stat in ("median", "p99"))
+              for stat in ("median", "p99")) + """
+ALTER TABLE reports ADD COLUMN accuracy_metric TEXT;
+ALTER TABLE reports ADD COLUMN accuracy_value REAL;
+ALTER TABLE reports ADD COLUMN accuracy_images INTEGER;
+ALTER TABLE reports ADD COLUMN accuracy_data TEXT;
+"""
 
 
 def table_layout(connection: sqlite3.Connection, table: str) -> tuple:
@@ -58,8 +63,9 @@ def test_derived_tables_are_the_tables_old_stores_have():
     # Adapted for the optional fields: a fresh store has the old columns and the added
     # ones, declared as the migration of an old store declares them.
     assert derived == layouts(STORE_V1 + STORE_V2 + ADDED_SINCE_V2)
-    # Adapted for `qrun bench --image`: 10 optional frame columns; for --video: 14 stream ones.
-    assert len(derived["reports"][0]) == 34 + 3 + 10 + 14 and len(derived["reports"][1]) == 2
+    # Adapted for `qrun bench --image`: 10 optional frame columns; for --video: 14 stream ones;
+    # for `push --eval`: 4 optional accuracy columns.
+    assert len(derived["reports"][0]) == 34 + 3 + 10 + 14 + 4 and len(derived["reports"][1]) == 2
 
 
 def test_every_contract_column_is_in_the_row_and_the_insert(int8_report):
