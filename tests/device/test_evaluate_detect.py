@@ -208,3 +208,25 @@ def test_yolo_labels_that_are_not_normalised_are_refused(yolo_eval_dep, tmp_path
     (data / "labels" / "cell00.txt").write_text("0 16 16 8 8\n")  # pixels, not 0..1
     code, _, err = run_cli("evaluate", yolo_eval_dep, "--data", data)
     assert code == 1 and err.count("error:") == 1 and "normalised to 0..1" in err
+
+
+def test_qdeploy_evaluate_shows_converts_fidelity_figure_for_a_detector(yolo_eval_dep, tmp_path,
+                                                                        run_cli):
+    """A detector's evaluation shows what convert's fidelity gate measured (issue 24)."""
+    from qrun.model import manifest as mf
+
+    dep = tmp_path / "dep"
+    shutil.copytree(yolo_eval_dep, dep)
+    manifest = mf.load(dep)
+    manifest.fidelity = mf.Fidelity(task="detect", metric="detection_agreement", value=0.75,
+                                    ok=False, samples=8, held_back=True, output="output0",
+                                    text="6 of 8 samples agree")
+    mf.save(manifest, dep)
+    data = yolo_data(tmp_path / "yolo")
+    code, out, err = run_cli("evaluate", dep, "--data", data)
+    assert code == 0, err
+    assert "convert's fidelity gate:" in out and "75%" in out and "(lost)" in out
+    code, out, err = run_cli("evaluate", dep, "--data", data, "--json")
+    assert code == 0, err
+    fidelity = json.loads(out)["fidelity"]
+    assert fidelity["metric"] == "detection_agreement" and fidelity["value"] == 0.75

@@ -41,6 +41,12 @@ def print_task_evaluation(document: dict) -> None:
                                       + (("",) if base is not None and n != "float" else ())])
     out.print(table)
     print_per_class(document, names)
+    if document.get("fidelity"):
+        from qdeploy.cli.convert import fidelity_line
+        from qrun.model.manifest import Fidelity
+
+        out.print("convert's fidelity gate: "
+                  f"{fidelity_line(Fidelity.from_dict(document['fidelity']))}", markup=False)
     for s in document["skipped"]:
         out.print(f"skipped {s['variant']}: {s['reason']}")
     for note in document["notes"]:

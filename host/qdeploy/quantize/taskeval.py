@@ -43,6 +43,8 @@ def evaluate(directory: Path, data: Path, against: Optional[str] = None,
     if mf.EDGETPU in manifest.artifacts and mf.INT8 in document["variants"]:
         document["notes"].append("int8 is the Edge TPU model's CPU twin; qrun evaluate (or "
                                  "qdeploy push --eval) measures the Edge TPU itself")
+    if manifest.fidelity is not None:  # convert's fidelity gate, shown beside the metrics
+        document["fidelity"] = manifest.fidelity.to_dict()
     if save:
         manifest.evaluation = stored(document)
         try:
