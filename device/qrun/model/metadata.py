@@ -56,16 +56,25 @@ def member(packed: zipfile.ZipFile, name: str) -> bytes:
     return packed.read(name)
 
 
-def literal_dict(text: str, where: str) -> dict:
-    """The dict a Python literal spells (`ast.literal_eval`: parsed, never run)."""
+def literal(text: str, where: str, kinds: tuple = (dict,), what: str = "dict",
+            fix: str = ""):
+    """The value a Python literal spells (`ast.literal_eval`: parsed, never run), one of
+    `kinds`; else a UserError naming `where`, `what` was expected and the `fix` (a clause
+    after "; ")."""
+    tail = f"; {fix}" if fix else ""
     try:
         value = ast.literal_eval(text)
     except _LITERAL_ERRORS as exc:
-        raise UserError(f"{where} is not a Python literal dict ({type(exc).__name__}); it "
-                        "is refused, not run") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{where} holds a {type(value).__name__}, not a dict")
+        raise UserError(f"{where} is not a Python literal {what} ({type(exc).__name__}); it "
+                        f"is refused, not run{tail}") from None
+    if not isinstance(value, kinds):
+        raise UserError(f"{where} holds a {type(value).__name__}, not a {what}{tail}")
     return value
+
+
+def literal_dict(text: str, where: str) -> dict:
+    """The dict a Python literal spells (`ast.literal_eval`: parsed, never run)."""
+    return literal(text, where)
 
 
 def ultralytics_meta(model_bytes: bytes) -> Optional[dict]:

@@ -17,9 +17,8 @@ from typing import Optional
 
 from qrun.errors import UserError
 from qrun.model.labels import Labels
-from qrun.model.metadata import names_labels
+from qrun.model.metadata import literal, names_labels
 
-_LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,7 @@ def props(proto) -> dict:
 
 
 def _literal(text: str, where: str, kinds: tuple, what: str):
-    try:
-        value = ast.literal_eval(text)
-    except _LITERAL_ERRORS as exc:
-        raise UserError(f"{where} is not a Python literal {what} ({type(exc).__name__}); it is "
-                        "refused, not run; export the model again or remove that entry") from None
-    if not isinstance(value, kinds):
-        raise UserError(f"{where} holds a {type(value).__name__}, not a {what}; export the "
-                        "model again or remove that entry")
-    return value
+    return literal(text, where, kinds, what, fix="export the model again or remove that entry")
 
 
 def parse(entries: dict, source: str) -> OnnxMeta:
