@@ -8,13 +8,14 @@ of the head (scores >= 0.001, class-aware NMS at IoU 0.7, at most 300 per image,
 Ultralytics' val), then one pycocotools call.
 
 The model is scripts/bench_qrun_detect.py's seeded stand-in (input [1, 640, 640, 3] int8,
-output [1, 84, 8400] int8; built with TF once and cached under ~/.cache/qdeploy/bench/),
-imported as a deployment with 80 labels. The images are seeded 640x480 JPEGs of smooth
-colour blobs whose ground truth is the model's own 5 best boxes per image (by the minimal
-script, here), moved by up to 4 px (so mAP is neither 0 nor 1, and both paths must give the
-same figure). Both paths run the same interpreter file with the same threads; the rounds
-alternate so drift on a noisy machine hits both, and the best round of each is compared
-(as timeit does: noise only ever adds time).
+output [1, 84, 8400] int8, or the same body at --size; built with TF once and cached under
+~/.cache/qdeploy/bench/), imported as a deployment with 80 labels. The images are seeded
+640x480 JPEGs (at --size S: S x 3S/4) of smooth colour blobs whose ground truth is the
+model's own 5 best boxes per image (by the minimal script, here), moved by up to 4 px (so
+mAP is neither 0 nor 1, and both paths must give the same figure). Both paths run the same
+interpreter file with the same threads; the rounds alternate so drift on a noisy machine
+hits both, and the best round of each is compared (as timeit does: noise only ever adds
+time).
 
 Here (default): both paths in this process, the loop timed (qrun's includes loading its
 interpreter, the minimal script's does not).
@@ -54,7 +55,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "host"), str(ROOT / "device"), str(ROOT)]
 TARGET_RATIO = 1.2
-SIZE = (640, 480)
 CLASSES = 80
 MINIMAL = ROOT / "scripts" / "bench_evaluate_minimal.py"
 PIBOX = ROOT / "scripts" / "pi-in-a-box"
@@ -81,6 +81,14 @@ def minimal_script():
     return load_script("bench_evaluate_minimal", MINIMAL)
 
 
+def image_size(minimal) -> tuple:
+    """4:3 images as wide as the model's input: 640x480 at 640; at a smaller side as small,
+    so qrun's JPEG draft decoding (a 1/2 scale decode of images twice the input) never makes
+    its pixels differ from the minimal script's."""
+    side = int(minimal.inp["shape"][1])
+    return side, side * 3 // 4
+
+
 def make_data(directory: Path, count: int, minimal) -> Path:
     """`count` seeded JPEGs in images/ and COCO annotations.json: each image's 5 best
     detections (by the minimal script), moved by up to 4 px, as its ground truth."""
@@ -91,10 +99,11 @@ def make_data(directory: Path, count: int, minimal) -> Path:
     images, annotations = [], []
     for k in range(1, count + 1):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize(SIZE, Image.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+        size = image_size(minimal)
+        img = Image.fromarray(small).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(3))
         name = f"img{k:04d}.jpg"
         img.save(directory / "images" / name, quality=90)
-        images.append({"id": k, "file_name": name, "width": SIZE[0], "height": SIZE[1]})
+        images.append({"id": k, "file_name": name, "width": size[0], "height": size[1]})
         for found in minimal.detections(directory / "images" / name, k)[:5]:
             x, y, w, h = (np.asarray(found["bbox"]) + rng.uniform(-4, 4, 4)).tolist()
             annotations.append({"id": len(annotations) + 1, "image_id": k,
@@ -116,9 +125,10 @@ def make_deployment(tmp: Path, model: Path) -> Path:
     return import_model(model, labels=labels, preprocess="unit", out=tmp / "dep").out_dir
 
 
-def model_line(model: Path, images: int) -> str:
-    return (f"model: {model.name} (input [1, 640, 640, 3] int8, head [1, 84, 8400] int8); "
-            f"{images} images {SIZE[0]}x{SIZE[1]} JPEG")
+def model_line(model: Path, minimal, images: int) -> str:
+    shape = lambda d: list(map(int, d["shape"]))  # noqa: E731
+    return (f"model: {model.name} (input {shape(minimal.inp)} int8, head "
+            f"{shape(minimal.out)} int8); {images} images %dx%d JPEG" % image_size(minimal))
 
 
 def verdict(ours: list, theirs: list, images: int, rounds: int, what: str) -> float:
@@ -154,7 +164,7 @@ def bench_here(args, model: Path) -> float:
             start = time.perf_counter()
             figures = (doc["variants"]["int8"]["map50_95"], minimal.evaluate(data))
             theirs.append(time.perf_counter() - start)
-    print(f"{model_line(model, args.images)}; here, {args.threads} threads")
+    print(f"{model_line(model, minimal, args.images)}; here, {args.threads} threads")
     ratio = verdict(ours, theirs, args.images, args.rounds, "")
     print(f"mAP50-95 {figures[0]:.5f} vs {figures[1]:.5f}")
     return ratio
@@ -283,7 +293,7 @@ def bench_box(args, model: Path) -> float:
                 theirs.append(seconds)
                 hand_doc = json.loads(out)
                 loops.append(hand_doc["seconds"])
-    print(f"{model_line(model, args.images)}; in the Pi in a box: {about[0]} under qemu-user "
+    print(f"{model_line(model, minimal, args.images)}; in the Pi in a box: {about[0]} under qemu-user "
           f"on this machine's {about[1]} cores, ai-edge-litert {about[2]} "
           f"(its default threads)")
     ratio = verdict(ours, theirs, args.images, args.rounds,
@@ -307,6 +317,9 @@ def main() -> int:
                         help="qrun/minimal runs, alternating (default: 3 here, 2 in the box)")
     parser.add_argument("--threads", type=int, default=2,
                         help="interpreter threads here (the box: the runtime's default)")
+    parser.add_argument("--size", type=int, default=640,
+                        help="the stand-in's input side (640: YOLOv8n's; smaller ones cost "
+                             "less, for the slow emulated box)")
     parser.add_argument("--box", action="store_true",
                         help="run both paths in the Pi in a box (scripts/pi-in-a-box; root, "
                              "qemu-user): its images/s, not a Pi's")
@@ -315,7 +328,7 @@ def main() -> int:
     args.rounds = args.rounds or (2 if args.box else 3)
 
     signal.signal(signal.SIGTERM, interrupted)
-    model, _, _ = detect_bench().cached_inputs()
+    model, _, _ = detect_bench().cached_inputs(side=args.size)
     try:
         ratio = bench_box(args, model) if args.box else bench_here(args, model)
     except BoxFault as fault:
