@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "qdeploy" / "bench"
 MODEL_NAME = "yolov8n_standin_640_int8_v2.tflite"
+INPUT = 640  # the stand-in's side; bench_evaluate.py --size makes smaller ones
 FRAME_SIZE = (1920, 1080)
 SEED = 0
 CANDIDATES = 40  # anchors above 0.25 on the bench frame, about what a street scene gives
@@ -54,8 +55,9 @@ def conv_macs(h: int, w: int, k: int, cin: int, cout: int) -> int:
     return h * w * k * k * cin * cout
 
 
-def build_keras(tf):
-    """The stand-in as a Keras model; returns (model, the class-logit layers, MACs)."""
+def build_keras(tf, side: int = INPUT):
+    """The stand-in as a Keras model ([1, side, side, 3] in); returns (model, the class-logit
+    layers, MACs)."""
     tf.keras.utils.set_random_seed(SEED)
     layers = tf.keras.layers
     # Variance-preserving for SiLU (E[silu(z)^2] ~ 0.355 for a unit normal z), so the
@@ -66,19 +68,19 @@ def build_keras(tf):
         return layers.Conv2D(channels, kernel, stride, padding="same", activation=activation,
                              kernel_initializer=init if activation == "swish" else
                              "glorot_uniform")
-    inputs = tf.keras.Input((640, 640, 3), batch_size=1)
-    x, size, cin, macs = inputs, 640, 3, 0
+    inputs = tf.keras.Input((side, side, 3), batch_size=1)
+    x, size, cin, macs = inputs, side, 3, 0
     features = {}
     for k, s, c in BACKBONE:
         x = conv(c, k, s)(x)
         size //= s
         macs += conv_macs(size, size, k, cin, c)
         cin = c
-        features[640 // size] = (x, c)
+        features[side // size] = (x, c)
     outputs, logit_layers = [], []
     for stride in HEAD_SCALES:
         f, c = features[stride]
-        n = 640 // stride
+        n = side // stride
         f = conv(c, 3)(f)  # the neck's share
         macs += conv_macs(n, n, 3, c, c)
         b = conv(BOX_CH, 3)(conv(BOX_CH, 3)(f))
@@ -93,7 +95,7 @@ def build_keras(tf):
         macs += conv_macs(n, n, 1, CLS_CH, CLASSES)
         outputs.append(layers.Reshape((n * n, 4 + CLASSES))(layers.Concatenate()([b, k])))
     head = layers.Concatenate(axis=1)(outputs)  # [1, 8400, 84]
-    head = layers.Permute((2, 1))(head)  # [1, 84, 8400], Ultralytics' layout
+    head = layers.Permute((2, 1))(head)  # [1, 84, 8400] at 640, Ultralytics' layout
     return tf.keras.Model(inputs, head), logit_layers, macs
 
 
@@ -113,7 +115,7 @@ def build_model(path: Path, frame_pixels: np.ndarray) -> int:
     """Build, calibrate and convert the stand-in to int8 I/O; returns its MACs."""
     import tensorflow as tf
 
-    model, logit_layers, macs = build_keras(tf)
+    model, logit_layers, macs = build_keras(tf, frame_pixels.shape[0])
     x = frame_pixels.astype(np.float32) / 255.0
     set_class_bias(tf, model, logit_layers, x)
     rng = np.random.default_rng(SEED)
@@ -154,21 +156,23 @@ def frame_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def cached_inputs(rebuild: bool = False) -> tuple:
-    """(model path, frame JPEG path, MACs), built into CACHE when missing."""
+def cached_inputs(rebuild: bool = False, side: int = INPUT) -> tuple:
+    """(model path, frame JPEG path, MACs), built into CACHE when missing; `side`: the
+    stand-in's input size (640: the bench's own)."""
     from PIL import Image
 
     sys.path[:0] = [str(ROOT / "device")]
     from qrun.tasks import letterbox
 
-    model, jpeg = CACHE / MODEL_NAME, CACHE / "frame_1920x1080.jpg"
+    name = MODEL_NAME if side == INPUT else MODEL_NAME.replace(f"_{INPUT}_", f"_{side}_")
+    model, jpeg = CACHE / name, CACHE / "frame_1920x1080.jpg"
     CACHE.mkdir(parents=True, exist_ok=True)
     if rebuild or not jpeg.is_file():
         jpeg.write_bytes(frame_jpeg())
     if rebuild or not model.is_file() or not model.with_suffix(".macs").is_file():
         print(f"building the stand-in model into {model} (TensorFlow, ~1 min)", file=sys.stderr)
         with Image.open(jpeg) as img:
-            pixels, _ = letterbox.fit(img.convert("RGB"), (640, 640), centre=True,
+            pixels, _ = letterbox.fit(img.convert("RGB"), (side, side), centre=True,
                                       fill=letterbox.ULTRALYTICS_FILL, resample=Image.BILINEAR)
         build_model(model, pixels)
     return model, jpeg, int(model.with_suffix(".macs").read_text())
