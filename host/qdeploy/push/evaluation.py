@@ -14,7 +14,6 @@ the store keeps it in the same row as the latency.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from pathlib import Path
 from typing import Callable, Optional
@@ -124,16 +123,8 @@ def run(conn: Link, runner: str, remote_dir: str, where: str, timeout: float,
     """`qrun evaluate DIR --json` on the device's current release (`where`: DIR quoted for
     the device's shell): the parsed document."""
     cmd = f"QDEPLOY_HOME={release.shell_path(remote_dir)} {runner} evaluate {where} --json"
-    result = conn.run(cmd, on_stderr=tell, timeout=timeout, what="qrun evaluate")
-    if not result.ok:
-        raise UserError(f"{conn.name}: qrun evaluate failed on the device "
-                        f"({result.last_error_line()})")
-    try:
-        document = json.loads(result.stdout)
-    except ValueError:
-        raise UserError(f"{conn.name}: qrun evaluate printed no JSON "
-                        f"({result.stdout[:120]!r}); check `qrun evaluate` there") from None
-    if not isinstance(document, dict) or document.get("kind") != task_evaluate.KIND:
+    document = release.qrun_json(conn, cmd, "qrun evaluate", timeout, tell)
+    if document.get("kind") != task_evaluate.KIND:
         raise UserError(f"{conn.name}: qrun evaluate printed JSON that is not its document")
     return document
 

@@ -214,19 +214,7 @@ def run_bench(conn: Link, options: PushOptions, on_line: Callable[[str], None]) 
         args += ["--video", bench_file_on_device(conn, options, options.bench_video, "video")]
     cmd = (f"QDEPLOY_HOME={release.shell_path(options.remote_dir)} "
            f"{_runner_command(conn, options)} {' '.join(args)}")
-    result = conn.run(cmd, on_stderr=on_line, timeout=options.command_timeout,
-                      what="qrun bench")
-    if not result.ok:
-        raise UserError(f"{conn.name}: qrun bench failed on the device "
-                        f"({result.last_error_line()})")
-    try:
-        report = json.loads(result.stdout)
-    except ValueError:
-        raise UserError(f"{conn.name}: qrun bench printed no JSON report "
-                        f"({result.stdout[:120]!r}); check `qrun bench` on the device") from None
-    if not isinstance(report, dict):
-        raise UserError(f"{conn.name}: qrun bench printed JSON that is not a report")
-    return report
+    return release.qrun_json(conn, cmd, "qrun bench", options.command_timeout, on_line)
 
 
 BENCH_DIR = "bench"  # under the remote dir: --bench-image and --bench-video, kept between pushes

@@ -244,3 +244,20 @@ def put_files(conn: Link, python: str, remote_dir: str, sub: str, paths: list, w
     result = conn.run(cmd, stdin=stream(), what=what)
     if not result.ok:
         raise UserError(f"{conn.name}: {what} failed ({failure_text(result)})")
+
+
+def qrun_json(conn: Link, cmd: str, what: str, timeout: float, on_stderr=None) -> dict:
+    """Run `cmd` (a qrun command printing one JSON object) on the device; the object, or a
+    UserError naming `what` ("qrun bench", "qrun evaluate") and what went wrong."""
+    result = conn.run(cmd, on_stderr=on_stderr, timeout=timeout, what=what)
+    if not result.ok:
+        raise UserError(f"{conn.name}: {what} failed on the device "
+                        f"({result.last_error_line()})")
+    try:
+        document = json.loads(result.stdout)
+    except ValueError:
+        raise UserError(f"{conn.name}: {what} printed no JSON ({result.stdout[:120]!r}); "
+                        f"check `{what}` on the device") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{conn.name}: {what} printed JSON that is not its report")
+    return document
