@@ -72,22 +72,47 @@ def fused_activation(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]
     return None
 
 
-def large_join(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
-    """CONCATENATION and QUANTIZE: mappable with a dimension of 6400, refused at 25200
-    (logs 35 and 06); in between predicted refused, "likely"."""
-    shape = _shape(graph, op.outputs[0])
-    largest = max(shape, default=0)
-    if largest <= ops_table.JOIN_MAX_DIM:
+def row(shape: tuple) -> int:
+    """The product of the two innermost dimensions: x times z of the y, x, z the Edge TPU
+    maps (ops.SIZE_LIMITS)."""
+    return elements(tuple(shape)[-2:])
+
+
+FIXES = {
+    "TRANSPOSE": "export at a smaller input (e.g. export at 320, or 160 for a 320 model) so "
+                 "the transposed map stays within {mapped:,} elements, or end the model "
+                 "before the transpose and decode the head on the CPU",
+    "STRIDED_SLICE": "end the model at the head's convolutions and split boxes from scores "
+                     "on the CPU, or export at a smaller input (e.g. export at 320)",
+    "CONCATENATION": "end the model before the head's last concatenation (concatenate the "
+                     "levels on the CPU), or export at a smaller input (e.g. export at 320)",
+    "QUANTIZE": "end the model before the head's last concatenation (concatenate the "
+                "levels on the CPU), or export at a smaller input (e.g. export at 320)",
+    "LOGISTIC": "apply the scores' sigmoid on the CPU after the model (end the model at the "
+                "head's convolutions), or export at a smaller input (e.g. export at 320)",
+}
+RULES = {"TRANSPOSE": "transpose size", "STRIDED_SLICE": "slice size",
+         "CONCATENATION": "join size", "QUANTIZE": "quantize size", "LOGISTIC": "logistic size"}
+
+
+def sized(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
+    """The op's size limit (ops.SIZE_LIMITS) on its first input (the output for a
+    CONCATENATION): within it, None; past the last size seen mapped, refused, "likely"
+    until the first size seen refused."""
+    limit = ops_table.SIZE_LIMITS[op.name]
+    shape = _shape(graph, op.outputs[0] if op.name == "CONCATENATION" else op.inputs[0])
+    n = elements(shape) if limit.measure == "elements" else row(shape)
+    if n <= limit.mapped_up_to:
         return None
-    likely = "" if largest >= ops_table.JOIN_REFUSED_DIM else "likely "
-    return Refusal(f"{op.name} of {dims(shape)} (a dimension of {largest}) {likely}refused: "
-                   f"{ops_table.JOIN_BRACKET}", "join size",
-                   "end the model before the head's last concatenation (concatenate the "
-                   "levels on the CPU), or export at a smaller input (e.g. export at 320)")
+    likely = "" if n >= limit.refused_from else "likely "
+    unit = "elements" if limit.measure == "elements" else "in a row"
+    return Refusal(f"{op.name} of {dims(shape)} ({n:,} {unit}) {likely}refused: "
+                   f"{limit.bracket}", RULES[op.name],
+                   FIXES[op.name].format(mapped=limit.mapped_up_to))
 
 
 def concatenation(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
-    refusal = fused_activation(graph, op, compiler) or large_join(graph, op, compiler)
+    refusal = fused_activation(graph, op, compiler) or sized(graph, op, compiler)
     if refusal:
         return refusal
     constants = [graph.tensor(i) for i in op.inputs if graph.tensor(i) is not None
@@ -112,8 +137,17 @@ def fully_connected(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
 
 
 def softmax(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
+    """The table: a 1-D input of at most 16,000 elements. Compiler 16 finds a SOFTMAX of
+    1x4x2100x16 along its last axis mappable (log 34), so there the 16,000 bound the
+    softmax axis and more dimensions are allowed."""
     shape = _shape(graph, op.inputs[0])
     fix = "apply the softmax on the CPU after the model, or over a 1-D input"
+    if compiler >= (16,):
+        n = shape[-1] if shape else 1
+        if n > ops_table.SOFTMAX_MAX_ELEMENTS:
+            return Refusal(f"a softmax axis of {n:,} values, more than "
+                           f"{ops_table.SOFTMAX_MAX_ELEMENTS:,}", "softmax", fix)
+        return None
     if non_unit_dims(shape) > 1:
         return Refusal(f"2-D input {list(shape)}: the input must be 1-dimensional",
                        "softmax", fix)
@@ -239,35 +273,26 @@ def strided_slice(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
     strides = _ints(graph, op, 3)
     if strides is not None and (strides != 1).any():
         return Refusal("strides other than 1", "strided slice", fix)
-    return None
-
-
-def transpose(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
-    """Compiler 16 maps a TRANSPOSE up to 25,600 elements and refuses it from 102,400
-    (log 34); in between it is predicted refused, "likely"."""
-    shape = _shape(graph, op.inputs[0])
-    n = elements(shape)
-    if n <= ops_table.TRANSPOSE_MAPPED_UP_TO:
-        return None
-    likely = "" if n >= ops_table.TRANSPOSE_REFUSED_FROM else "likely "
-    return Refusal(f"TRANSPOSE of {dims(shape)} ({n:,} elements) {likely}refused: "
-                   f"{ops_table.TRANSPOSE_BRACKET}", "transpose size",
-                   "export at a smaller input (e.g. export at 320, or 160 for a 320 model) "
-                   "so the transposed map stays within "
-                   f"{ops_table.TRANSPOSE_MAPPED_UP_TO:,} elements, or end the model before "
-                   "the transpose and decode the head on the CPU")
+    return sized(graph, op, compiler)
 
 
 def reshape(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
-    """Compiler 16 maps reshapes whose dimensions stay within 1600 and refuses those with a
-    dimension of 4800 or more (log 35); in between: predicted refused, "likely"."""
+    """Compiler 16 refuses a reshape that moves data with a dimension of 2100 or more and
+    33,600 elements or more; it maps one with no dimension above 1600, or of at most
+    8,400 elements; in between: predicted refused, "likely" (ops.RESHAPE_BRACKET). Adding
+    or dropping leading 1s moves no data and is never refused (log 37)."""
     src, dst = _shape(graph, op.inputs[0]), _shape(graph, op.outputs[0])
-    largest = max(src + dst, default=0)
-    if largest <= ops_table.RESHAPE_MAX_DIM:
+    if tuple(src[-3:]) == tuple(dst[-3:]) and elements(src) == elements(dst):
         return None
-    likely = "" if largest >= ops_table.RESHAPE_REFUSED_DIM else "likely "
-    return Refusal(f"RESHAPE {list(src)} -> {list(dst)} (a dimension of {largest}) "
-                   f"{likely}refused: {ops_table.RESHAPE_BRACKET}", "reshape size",
+    largest, n = max(src + dst, default=0), elements(dst)
+    if largest <= ops_table.RESHAPE_MAX_DIM or n <= ops_table.RESHAPE_MAX_ELEMENTS:
+        return None
+    certain = (largest >= ops_table.RESHAPE_REFUSED_DIM
+               and n >= ops_table.RESHAPE_REFUSED_ELEMENTS)
+    likely = "" if certain else "likely "
+    return Refusal(f"RESHAPE {list(src)} -> {list(dst)} (a dimension of {largest}, "
+                   f"{n:,} elements) {likely}refused: {ops_table.RESHAPE_BRACKET}",
+                   "reshape size",
                    "move the reshape after the head (end the model at the head's "
                    "convolutions and reshape on the CPU), or export at a smaller input "
                    "(e.g. export at 320) so no dimension passes "
@@ -289,13 +314,14 @@ LIMITS = {
     "REDUCE_MAX": not_along_batch,
     "REDUCE_MIN": not_along_batch,
     "PAD": pad,
-    "QUANTIZE": large_join,
+    "QUANTIZE": sized,
+    "LOGISTIC": sized,
     "PRELU": prelu,
     "RESHAPE": reshape,
     "RESIZE_BILINEAR": resize_bilinear,
     "SQUEEZE": squeeze,
     "STRIDED_SLICE": strided_slice,
-    "TRANSPOSE": transpose,
+    "TRANSPOSE": sized,
 }
 
 

@@ -10,6 +10,8 @@ compiler runs, and google-coral/edgetpu issues (see ../shared/edgetpu-facts.md).
 says which rules are guesses.
 """
 
+from dataclasses import dataclass
+
 # Status strings exactly as the compiler prints them in its op table.
 MAPPED = "Mapped to Edge TPU"
 LIMITATION = ("Operation is otherwise supported, but not mapped due to some unspecified "
@@ -48,9 +50,10 @@ ADDED_IN_2_0_291256449 = frozenset({"EXPAND_DIMS", "PACK", "QUANTIZE", "SUM",
                                     "TRANSPOSE_CONV"})
 
 # Ops that only compiler 16 maps. TRANSPOSE: "Operation not supported" under compiler 15
-# (log 27), mapped under 16 (log 34). The others are rows of Coral's current table
-# (runtime-14 column, read from the copy of the table published for Axis ARTPEC-7, which
-# uses the Edge TPU); no log shows compiler 15 on them, so the preflight assumes 16 only.
+# (log 27), mapped under 16 (logs 34, 37; google-coral/edgetpu issue 193: "Compiler
+# version 16 supports 'Transpose'"). The others are in Coral's current op list (a 2024
+# copy of coral.ai's table) and not in its 2019 table; no stored copy shows the table's
+# runtime column and no log shows compiler 15 on them, so the preflight assumes 16 only.
 ADDED_IN_16 = frozenset({"TRANSPOSE", "PRELU", "REDUCE_MAX", "REDUCE_MIN", "RSQRT",
                          "SQUARED_DIFFERENCE"})
 
@@ -60,61 +63,111 @@ ADDED_IN_16 = frozenset({"TRANSPOSE", "PRELU", "REDUCE_MAX", "REDUCE_MIN", "RSQR
 CORAL_TABLE = {
     "ADD": "", "AVERAGE_POOL_2D": "no fused activation",
     "CONCATENATION": "no fused activation; a constant input only with exactly 2 inputs, "
-                     "all zeros; large tensors refused (JOIN_MAX_DIM, log 35)",
+                     "all zeros; large rows refused (SIZE_LIMITS, logs 34, 35, 37)",
     "CONV_2D": "same dilation in x and y", "DEPTHWISE_CONV_2D": "same dilation in x and y",
     "EXPAND_DIMS": "", "FULLY_CONNECTED": "default weights format; 1-D output",
-    "L2_NORMALIZATION": "", "LOGISTIC": "", "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional only",
+    "L2_NORMALIZATION": "", "LOGISTIC": "large rows refused (SIZE_LIMITS, logs 34, 37)",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "unidirectional only",
     "MAXIMUM": "", "MAX_POOL_2D": "no fused activation",
     "MEAN": "no reduction along batch; a z-reduction needs z a multiple of 4 (compiler 16; "
             "older tables: x and/or y only)",
     "MINIMUM": "", "MUL": "", "PACK": "not along batch",
     "PAD": "not along batch (compiler 15 and 16, log 36; the 2019 table: x and/or y only)",
     "PRELU": "alpha 1-D (only the innermost dimension > 1): Keras PReLU(shared_axes=[1, 2])",
-    "QUANTIZE": "large tensors refused (JOIN_MAX_DIM, log 35)", "REDUCE_MAX": "not along batch", "REDUCE_MIN": "not along batch",
+    "QUANTIZE": "large rows refused (SIZE_LIMITS, logs 34, 35, 37)", "REDUCE_MAX": "not along batch", "REDUCE_MIN": "not along batch",
     "RELU": "", "RELU6": "", "RELU_N1_TO_1": "",
-    "RESHAPE": "certain reshapes are not mapped for large tensor sizes (RESHAPE_MAX_DIM)",
+    "RESHAPE": "certain reshapes are not mapped for large tensor sizes (RESHAPE_MAX_DIM, "
+               "logs 34, 35, 37)",
     "RESIZE_BILINEAR": "3-D input/output; may stay on the CPU to avoid precision loss",
     "RESIZE_NEAREST_NEIGHBOR": "3-D input/output; may stay on the CPU to avoid precision "
                                "loss (not checked: no twin or log shows it refused)",
-    "RSQRT": "", "SLICE": "", "SOFTMAX": "1-D input, at most 16,000 elements",
+    "RSQRT": "", "SLICE": "", "SOFTMAX": "1-D input, at most 16,000 elements (compiler 16: "
+                                   "along the softmax axis, log 34)",
     "SPACE_TO_DEPTH": "", "SPLIT": "not along batch", "SQUARED_DIFFERENCE": "",
     "SQUEEZE": "no relayout (leading 1s only)",
-    "STRIDED_SLICE": "strides 1, ellipsis mask 0, new-axis mask 0", "SUB": "",
+    "STRIDED_SLICE": "strides 1, ellipsis mask 0, new-axis mask 0; large rows refused "
+                     "(SIZE_LIMITS, logs 34, 37)", "SUB": "",
     "SUM": "as MEAN", "TANH": "", "TRANSPOSE": "by size under compiler 16 "
-                                             "(TRANSPOSE_MAPPED_UP_TO, log 34)",
+                                             "(SIZE_LIMITS, logs 34, 37)",
     "TRANSPOSE_CONV": "",
 }
 
 # Size limits, each bracketed by real compiles. Between the last size seen mapped and the
 # first seen refused the preflight predicts refused and says "likely" in the verdict.
-# TRANSPOSE (compiler 16, log 34, an Ultralytics YOLOv8n at 320: 2 mapped, 3 refused): the
-# head's per-level transposes of the 64-channel box map at 1x10x10x64 and 1x20x20x64 and
-# the one at 1x40x40x64 is refused (the export as the issue describes it; the log itself
-# gives only the counts). The shapes of the other two refused ones the log does not show.
-TRANSPOSE_MAPPED_UP_TO = 20 * 20 * 64  # elements
-TRANSPOSE_REFUSED_FROM = 40 * 40 * 64
-TRANSPOSE_BRACKET = ("mapped at 1x20x20x64 (25,600 elements), refused at 1x40x40x64 "
-                     "(102,400) in a YOLOv8n export at 320 (log 34)")
-# RESHAPE (compiler 16, log 35, a YOLOv5n at 640, and log 06, a YOLOv5s): per grid the
-# head reshapes [1,g,g,255] -> [1,g*g,3,85] -> [1,3*g*g,85]. All LOGISTIC ops behind the
-# first reshapes are mapped, so the 3 refused reshapes are those with a dimension of
-# 4800 or more (80x80: 6400 and 19200; 40x40: [1,1600,3,85] -> [1,4800,85]) and the 3
-# mapped ones have none above 1600. Coral's movenet twin maps [1,48,48,1] -> [1,2304,1]:
-# the limit lies between 2304 and 4800, which no log or twin pins down.
-RESHAPE_MAX_DIM = 2304
-RESHAPE_REFUSED_DIM = 4800
-RESHAPE_BRACKET = ("mapped with dimensions up to 2304 ([1,48,48,1] -> [1,2304,1], twin "
-                   "movenet_single_pose_lightning_ptq), refused from 4800 ([1,1600,3,85] -> "
-                   "[1,4800,85] in a YOLOv5n export at 640, log 35)")
-# CONCATENATION and QUANTIZE (compiler 16, logs 35 and 06, YOLOv5n/s at 640): the head's
-# last CONCATENATION [1,25200,85] and the output QUANTIZE of that tensor are 'unspecified
-# limitation'; the concatenation of the cut 80x80 level, [1,6400,3,85], is 'More than one
-# subgraph', i.e. mappable on its own. Between 6400 and 25200 no log decides.
-JOIN_MAX_DIM = 6400
-JOIN_REFUSED_DIM = 25200
-JOIN_BRACKET = ("mappable with a dimension of 6400 ([1,6400,3,85]), refused at 25200 "
-                "([1,25200,85], the last concatenation and output QUANTIZE of a YOLOv5n "
-                "export at 640, log 35)")
+# Most are read from Ultralytics 8.1.11 YOLOv8n exports (onnx2tf, int8 I/O) whose .tflite,
+# compiled twin and compiler log are public (github MRezqalla/GoalBuddy, commit 3d488fd,
+# Models/TPU/yolov8n_saved_model at 320 = log 34, Models/imgsz 640/yolov8n_saved_model at
+# 640 = log 37): the twins say which op is which row of the logs. Their heads: per level
+# CONCATENATION of box (64) and class (80) channels, TRANSPOSE to NCHW, RESHAPE to
+# [1,144,g*g]; CONCATENATION of the levels [1,144,A] (A = 2100 at 320, 8400 at 640); two
+# STRIDED_SLICEs (box, class); the DFL: RESHAPE [1,4,16,A], two TRANSPOSEs, SOFTMAX,
+# CONV_2D, RESHAPEs; LOGISTIC and a requantizing QUANTIZE of [1,80,A]; the output
+# CONCATENATION [1,84,A]. A "row" is the product of the two innermost dimensions (x and z
+# of the y, x, z the Edge TPU maps): the logs split on it where the element count does not
+# (a LOGISTIC of 1x320x320x16, 1.6M elements in rows of 5,120, maps in log 37; one of
+# 1x80x8400, 672,000 elements in one row, does not).
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """An op mapped up to `mapped_up_to` (elements or row), refused from `refused_from`."""
+
+    measure: str  # "elements" or "row"
+    mapped_up_to: int
+    refused_from: int
+    bracket: str  # the sizes seen on each side, and where
+
+
+SIZE_LIMITS = {
+    # Per-level maps of 1x10x10x144 and 1x20x20x144 map, 1x40x40x144 and the DFL's two
+    # 1x4x16x2100 do not (log 34: 2 mapped, 3 refused; log 37: 1 mapped, 4 refused).
+    "TRANSPOSE": SizeLimit("elements", 20 * 20 * 144, 4 * 16 * 2100,
+                           "mapped at 1x20x20x144 (57,600 elements), refused at 1x4x16x2100 "
+                           "(134,400) and 1x40x40x144 (230,400) in a YOLOv8n export at 320 "
+                           "(log 34)"),
+    # The box/class slices of [1,144,2100] are refused; the DFL's slices of [1,4,8400] are
+    # cut off, i.e. mappable (logs 34, 37); [1,6400,3,85] slices (rows of 255) too (log 35).
+    "STRIDED_SLICE": SizeLimit("row", 4 * 8400, 144 * 2100,
+                               "mappable with a row of 33,600 ([1,4,8400], log 37), refused "
+                               "at 302,400 ([1,144,2100] split into boxes and classes in a "
+                               "YOLOv8n export at 320, log 34)"),
+    # The levels' CONCATENATION [1,144,2100] refused, the output one [1,84,2100] cut off
+    # (log 34); [1,84,8400] refused (log 37), [1,25200,85] refused (log 35).
+    "CONCATENATION": SizeLimit("row", 84 * 2100, 144 * 2100,
+                               "mappable with a row of 176,400 ([1,84,2100], log 34), refused "
+                               "at 302,400 ([1,144,2100], the levels of a YOLOv8n export at "
+                               "320, log 34; [1,25200,85] of a YOLOv5n at 640, log 35)"),
+    # The requantizing QUANTIZE of the class scores: [1,80,2100] cut off (log 34),
+    # [1,80,8400] refused (log 37); the output QUANTIZE of [1,25200,85] refused (log 35).
+    "QUANTIZE": SizeLimit("row", 80 * 2100, 80 * 8400,
+                          "mappable with a row of 168,000 ([1,80,2100], log 34), refused at "
+                          "672,000 ([1,80,8400] in a YOLOv8n export at 640, log 37; "
+                          "[1,25200,85] in a YOLOv5n at 640, log 35)"),
+    # The class scores' sigmoid: [1,80,2100] cut off (log 34), [1,80,8400] refused and
+    # first on the CPU (log 37); 1x320x320x16 (rows of 5,120) mapped (log 37).
+    "LOGISTIC": SizeLimit("row", 80 * 2100, 80 * 8400,
+                          "mappable with a row of 168,000 ([1,80,2100], log 34), refused at "
+                          "672,000 ([1,80,8400] in a YOLOv8n export at 640, log 37)"),
+}
+
+# RESHAPE (logs 34, 35, 37; twin movenet): refused when a dimension reaches 2100 with
+# 33,600 elements or more ([1,4,8400,1] -> [1,1,4,8400], log 37; [1,64,2100] ->
+# [1,4,16,2100], log 34; [1,1600,3,85] -> [1,4800,85], log 35); mapped when no dimension
+# passes 1600 whatever the size ([1,40,40,255] -> [1,1600,3,85], 408,000 elements, log 35;
+# [1,144,40,40] -> [1,144,1600], cut off in log 34) or with at most 8,400 elements
+# ([1,4,2100,1] -> [1,1,4,2100], log 34; [1,48,48,1] -> [1,2304,1], twin movenet). A
+# reshape that keeps the three innermost dimensions (adds or drops leading 1s) moves no
+# data: [1,1,4,8400] -> [1,4,8400] is cut off, not refused, in log 37.
+RESHAPE_MAX_DIM = 1600
+RESHAPE_MAX_ELEMENTS = 8400
+RESHAPE_REFUSED_DIM = 2100
+RESHAPE_REFUSED_ELEMENTS = 33600
+RESHAPE_BRACKET = ("mapped with no dimension above 1600 ([1,40,40,255] -> [1,1600,3,85] in a "
+                   "YOLOv5n export at 640, log 35) or up to 8,400 elements ([1,4,2100,1] -> "
+                   "[1,1,4,2100], log 34); refused with a dimension of 2100 or more and "
+                   "33,600 elements or more ([1,4,8400,1] -> [1,1,4,8400], log 37; "
+                   "[1,64,2100] -> [1,4,16,2100], log 34; [1,1600,3,85] -> [1,4800,85], "
+                   "log 35)")
 MEAN_Z_MULTIPLE = 4
 
 # Compiler versions the preflight can assume (--compiler-version); rules that differ
@@ -214,15 +267,17 @@ EVIDENCE = {
     "2d output": "log 24",
     "custom op": "twins posenet_* (PosenetDecoderOp on the CPU); log 05",
     "transpose before 16": "log 27 (compiler 15: TRANSPOSE 'Operation not supported')",
-    "transpose size": "log 34 (compiler 16, YOLOv8n at 320: TRANSPOSE 2 mapped, 3 "
-                      "'unspecified limitation'): " + TRANSPOSE_BRACKET + "; the log gives "
-                      "counts only: the grids and the 64 channels are the issue's reading of "
-                      "the export (were the per-level maps the 144-channel box+class "
-                      "concatenation, the bracket would be 57,600 to 230,400)",
-    "reshape size": "twin movenet_single_pose_lightning_ptq and logs 35 and 06 (compiler 16, YOLOv5n at 640 and YOLOv5s: RESHAPE 3 "
-                    "mapped, 3 'unspecified limitation'): " + RESHAPE_BRACKET,
-    "join size": "logs 35 and 06 (compiler 16, YOLOv5n and YOLOv5s at 640: CONCATENATION "
-                 "and QUANTIZE one each 'unspecified limitation'): " + JOIN_BRACKET,
+    "transpose size": "logs 34 and 37 (compiler 16, YOLOv8n at 320 and 640; the .tflite "
+                      "files and compiled models beside them read op by op): "
+                      + SIZE_LIMITS["TRANSPOSE"].bracket,
+    "reshape size": "logs 34, 37, 35 and 06, twin movenet_single_pose_lightning_ptq: "
+                    + RESHAPE_BRACKET,
+    "slice size": "logs 34, 37 and 35: " + SIZE_LIMITS["STRIDED_SLICE"].bracket,
+    "join size": "logs 34, 37, 35 and 06: " + SIZE_LIMITS["CONCATENATION"].bracket,
+    "quantize size": "logs 34, 37, 35 and 06: " + SIZE_LIMITS["QUANTIZE"].bracket,
+    "logistic size": "logs 34 and 37: " + SIZE_LIMITS["LOGISTIC"].bracket + "; a YOLOv8s at "
+                     "640 whose first 1x320x320x32 sigmoid stays on the CPU (same repository) "
+                     "suggests a second limit on the whole map, not modelled",
     "pad channels": "log 36 (compiler 15, BlazeFace with float I/O: PAD 11 mapped, 11 of "
                     "them padding channels, e.g. [1,64,64,24] -> [1,64,64,28]); docs (the "
                     "current table: 'no padding in batch dimension')",
@@ -233,14 +288,18 @@ EVIDENCE = {
     "batch axis": "docs (the current table: PACK, SPLIT, REDUCE_MAX/MIN not along batch)",
     "prelu alpha": "docs (the current table: alpha must be 1-D, Keras shared_axes=[1, 2])",
     "dilation": "docs (the current table: same dilation in x and y)",
-    "softmax": "docs (1-D input, at most 16,000 elements); log 24",
+    "softmax": "docs (1-D input, at most 16,000 elements); log 24. Compiler 16: log 34 "
+               "cuts off (finds mappable) a SOFTMAX of 1x4x2100x16 along its last axis of "
+               "16, so under 16 the 16,000 apply to the softmax axis, not the input",
     "fused activation": "docs (pooling and concatenation without fused activation)",
     "concatenation constant": "docs (a constant input only with 2 inputs, all zeros)",
     "fully connected": "docs (default weights format, 1-D output); log 24",
     "squeeze": "docs (no relayout)",
     "strided slice": "docs (strides 1, no ellipsis or new-axis mask)",
-    "added in 16": "docs (Coral's current table, runtime 14) for PRELU, REDUCE_MAX, "
-                   "REDUCE_MIN, RSQRT, SQUARED_DIFFERENCE; log 27 vs log 34 for TRANSPOSE",
+    "added in 16": "docs (in Coral's current op list, not in its 2019 table; runtime column "
+                   "not seen: a guess that they came with 16) for PRELU, REDUCE_MAX, "
+                   "REDUCE_MIN, RSQRT, SQUARED_DIFFERENCE; log 27 vs logs 34 and 37 and "
+                   "edgetpu issue 193 for TRANSPOSE",
     "num segments": "guess from Coral's pipelining docs: the compiler cuts the model into N "
                     "segments of about equal parameter data",
 }

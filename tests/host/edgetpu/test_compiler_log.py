@@ -111,6 +111,9 @@ EXPECTED = {
              ops_on_cpu=16), 18, None),
     "36-logfile-v15-blazeface-float-io-channel-pad.txt": (
         dict(compiler_version=V15, ops_on_edgetpu=75, ops_on_cpu=3), 10, None),
+    "37-logfile-v16-yolov8n-640-logistic-quantize-limitation.txt": (
+        dict(compiler_version=V16, input_model="yolov8n_saved_model/yolov8n_full_integer_quant"
+             ".tflite", ops_on_edgetpu=230, ops_on_cpu=25), 25, None),
 }
 
 

@@ -62,7 +62,7 @@ def test_float_io_keeps_quantize_and_dequantize_on_cpu_like_the_real_compiler(
 
 def test_op_outside_the_table_sends_the_rest_to_the_cpu(converted_models):
     # compiler 15 has no TRANSPOSE (log 27); compiler 16 maps this 1x26x26x12 one (8,112
-    # elements, within the 25,600 mapped in log 34)
+    # elements, within the 57,600 mapped in log 34)
     assert preflight.preflight(converted_models["mnist_transpose"]).cpu_ops == []
     p = preflight.preflight(converted_models["mnist_transpose"], compiler="15")
     names = [r.op for r in p.ops]

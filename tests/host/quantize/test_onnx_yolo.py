@@ -144,9 +144,9 @@ def test_preflight_puts_the_body_on_the_edge_tpu(yolo_converted):
     body = ops[:transposes[0]]
     assert body.count("CONV_2D") >= 10 and body.count("CONCATENATION") >= 3
     # the first op left on the CPU is in the head: its TRANSPOSE under compiler 15; under 16,
-    # which maps small TRANSPOSEs (issue 28), that or the DFL's SOFTMAX
-    assert p.first_blocker is not None and p.first_blocker.op in ("TRANSPOSE", "SOFTMAX")
-    assert p.first_blocker.index >= transposes[0]
+    # which maps TRANSPOSEs, slices and the DFL's SOFTMAX of this small head's sizes (the
+    # YOLOv8n exports of logs 34 and 37 refuse them only from 40x40 grids), none is left
+    assert p.first_blocker is None and p.on_edgetpu == len(ops), p.cpu_ops
     p15 = preflight(result.out_dir, compiler="15")
     assert p15.first_blocker is not None and p15.first_blocker.op == "TRANSPOSE"
     assert p15.first_blocker.index == transposes[0]
