@@ -86,11 +86,10 @@ FIXES = {
                      "on the CPU, or export at a smaller input (e.g. export at 320)",
     "CONCATENATION": "end the model before the head's last concatenation (concatenate the "
                      "levels on the CPU), or export at a smaller input (e.g. export at 320)",
-    "QUANTIZE": "end the model before the head's last concatenation (concatenate the "
-                "levels on the CPU), or export at a smaller input (e.g. export at 320)",
     "LOGISTIC": "apply the scores' sigmoid on the CPU after the model (end the model at the "
                 "head's convolutions), or export at a smaller input (e.g. export at 320)",
 }
+FIXES["QUANTIZE"] = FIXES["CONCATENATION"]  # the output QUANTIZE of the same tensor
 RULES = {"TRANSPOSE": "transpose size", "STRIDED_SLICE": "slice size",
          "CONCATENATION": "join size", "QUANTIZE": "quantize size", "LOGISTIC": "logistic size"}
 
