@@ -30,13 +30,23 @@ def _targets(target: List[str], inventory: Optional[Path]):
     return found
 
 
-def check_eval(data: Optional[Path], bench: bool, engine: str) -> Optional[Path]:
+def check_eval(data: Optional[Path], bench: bool) -> Optional[Path]:
     """--eval checked before connecting (qdeploy.push.evaluation.check_data)."""
     from qdeploy.push.evaluation import check_data
 
-    if data is not None and engine != "native":
-        raise UserError("--eval runs with the native engine; drop --engine ansible")
     return check_data(data, bench)
+
+
+def native_only(engine: str, **given) -> None:
+    """The options the exported playbook does not carry: refused under --engine ansible
+    rather than silently dropped."""
+    used = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if engine == "ansible" and used:
+        named = " and ".join(used)
+        raise UserError(f"{named} {'runs' if len(used) == 1 else 'run'} with the native "
+                        "engine only (the exported playbook does not carry "
+                        f"{'it' if len(used) == 1 else 'them'}); drop --engine ansible, or "
+                        f"push without {named}")
 
 
 def _bench_image(path: Optional[Path]) -> Optional[Path]:
@@ -178,6 +188,8 @@ def push(
     from qdeploy.modelimport import cache
     from qdeploy.push.fleet import push_many
 
+    native_only(engine, eval=eval_data, bench_image=bench_image, bench_video=bench_video,
+                runner_extras=runner_extras)
     found = _targets(target, inventory) if engine != "ansible" else []
     cached = cache.bare_file_import(directory)
     if cached is not None:  # a bare model file: pushed as its cached import
@@ -189,7 +201,7 @@ def push(
                        bench_image=_bench_image(bench_image), reports_dir=reports,
                        bench_video=_bench_video(bench_video),
                        runner_extras=_runner_extras(runner_extras),
-                       eval_data=check_eval(eval_data, bench, engine),
+                       eval_data=check_eval(eval_data, bench),
                        identity=identity, known_hosts=known_hosts, accept_new=accept_new,
                        ssh_config=ssh_config, connect_timeout=connect_timeout,
                        command_timeout=command_timeout, keepalive=keepalive, jobs=jobs,

@@ -174,6 +174,15 @@ def test_engine_bad_input_is_one_error_line(tmp_path):
     assert "--max-fail '5 %' is not" in one_error(
         qdeploy("push", dep, "--engine", "ansible", "-i", bad, "--max-fail", "5 %"))
     assert "not an engine" in one_error(qdeploy("push", dep, "--engine", "puppet", "-t", "x"))
+    # options the exported playbook does not carry are refused, not dropped
+    image = tmp_path / "bench.png"
+    image.write_bytes(b"")
+    error = one_error(qdeploy("push", dep, "--engine", "ansible", "-i", bad,
+                              "--bench-image", image, "--runner-extras", "video"))
+    assert "--bench-image and --runner-extras run with the native engine only" in error
+    assert "drop --engine ansible" in error
+    assert "--eval runs with the native engine only" in one_error(
+        qdeploy("push", dep, "--engine", "ansible", "-i", bad, "--eval", tmp_path))
     # ansible-runner missing: the same command with the import blocked
     blocked = subprocess.run(
         [sys.executable, "-c", "import sys; sys.modules['ansible_runner'] = None; "
