@@ -79,17 +79,31 @@ def row(shape: tuple) -> int:
 
 
 FIXES = {
-    "TRANSPOSE": "export at a smaller input (e.g. export at 320, or 160 for a 320 model) so "
-                 "the transposed map stays within {mapped:,} elements, or end the model "
-                 "before the transpose and decode the head on the CPU",
+    "TRANSPOSE": "{smaller} so the transposed map stays within {mapped:,} elements, or end "
+                 "the model before the transpose and decode the head on the CPU",
     "STRIDED_SLICE": "end the model at the head's convolutions and split boxes from scores "
-                     "on the CPU, or export at a smaller input (e.g. export at 320)",
+                     "on the CPU, or {smaller}",
     "CONCATENATION": "end the model before the head's last concatenation (concatenate the "
-                     "levels on the CPU), or export at a smaller input (e.g. export at 320)",
+                     "levels on the CPU), or {smaller}",
     "LOGISTIC": "apply the scores' sigmoid on the CPU after the model (end the model at the "
-                "head's convolutions), or export at a smaller input (e.g. export at 320)",
+                "head's convolutions), or {smaller}",
 }
 FIXES["QUANTIZE"] = FIXES["CONCATENATION"]  # the output QUANTIZE of the same tensor
+SIDE_STEP = 32  # input sides a detector exports at are multiples of its largest stride
+
+
+def smaller_input(graph: Graph, size: int, limit: int) -> str:
+    """The input side at which a tensor that grows with the input's area (a head's grid,
+    its anchors) shrinks from `size` to `limit`: "export at 160 instead of 320", rounded
+    down to a multiple of 32; a general phrase when the model has no square image input."""
+    shape = _shape(graph, graph.inputs[0]) if graph.inputs else ()
+    if len(shape) == 4 and shape[1] == shape[2] and shape[1] >= 2 * SIDE_STEP and size > 0:
+        side = int(shape[1] * (limit / size) ** 0.5) // SIDE_STEP * SIDE_STEP
+        if 0 < side < shape[1]:
+            return f"export at {side} instead of {shape[1]}"
+    return "export at a smaller input"
+
+
 RULES = {"TRANSPOSE": "transpose size", "STRIDED_SLICE": "slice size",
          "CONCATENATION": "join size", "QUANTIZE": "quantize size", "LOGISTIC": "logistic size"}
 
@@ -107,7 +121,8 @@ def sized(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
     unit = "elements" if limit.measure == "elements" else "in a row"
     return Refusal(f"{op.name} of {dims(shape)} ({n:,} {unit}) {likely}refused: "
                    f"{limit.bracket}", RULES[op.name],
-                   FIXES[op.name].format(mapped=limit.mapped_up_to))
+                   FIXES[op.name].format(mapped=limit.mapped_up_to,
+                                         smaller=smaller_input(graph, n, limit.mapped_up_to)))
 
 
 def concatenation(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
@@ -293,9 +308,9 @@ def reshape(graph: Graph, op: Op, compiler: tuple) -> Optional[Refusal]:
                    f"{n:,} elements) {likely}refused: {ops_table.RESHAPE_BRACKET}",
                    "reshape size",
                    "move the reshape after the head (end the model at the head's "
-                   "convolutions and reshape on the CPU), or export at a smaller input "
-                   "(e.g. export at 320) so no dimension passes "
-                   f"{ops_table.RESHAPE_MAX_DIM}")
+                   "convolutions and reshape on the CPU), or "
+                   f"{smaller_input(graph, largest, ops_table.RESHAPE_MAX_DIM)} so no "
+                   f"dimension passes {ops_table.RESHAPE_MAX_DIM}")
 
 
 LIMITS = {
