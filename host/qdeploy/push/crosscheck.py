@@ -69,6 +69,10 @@ class OutputComparison:
     ok: bool
 
 
+# Task verdicts whose figure is a share in 0..1, stored and shown as the top-1 agreement is.
+SHARE_METRICS = ("detection_agreement", "pixel_agreement")
+
+
 @dataclass
 class Comparison:
     """One variant on the device against the host's int8 model, on the reference inputs.
@@ -101,6 +105,14 @@ class Comparison:
     @property
     def agreement(self) -> float:
         return self.agree / self.samples if self.samples else 0.0
+
+    def stored_figures(self) -> tuple:
+        """(agreement, scored) as the report store keeps them: top-1 agreement for score
+        vectors; for a task qrun decodes, the share its verdict prints (detections or
+        pixels that match); pose's keypoint distance is no share and stays unscored."""
+        if self.task is not None and self.task["metric"] in SHARE_METRICS:
+            return self.task["value"], True
+        return self.agreement, self.scored
 
     def text(self) -> str:
         """One line: `int8 on cpu: top-1 8/8, max |Δ| 0.0039 (1 step, sample 3)`; with

@@ -295,13 +295,14 @@ def store_verification(outcome, target: str, reports_dir: Path) -> None:
 
     with store.open_store(reports_dir) as s:
         for c in outcome.comparisons:
+            agreement, scored = c.stored_figures()
             s.add_verification(store.Verification(
                 target=target, model_sha256=c.model_sha256, variant=c.variant,
                 device_used=c.device_used, samples=c.samples, agree=c.agree,
-                agreement=c.agreement, max_abs_diff=c.max_abs_diff, max_steps=c.max_steps,
+                agreement=agreement, max_abs_diff=c.max_abs_diff, max_steps=c.max_steps,
                 worst_sample=c.worst_sample, tolerance_steps=c.tolerance_steps, ok=c.ok,
                 reference_sha256=outcome.reference_sha256, timestamp=outcome.timestamp,
-                scored=c.scored))
+                scored=scored))
 
 
 # -- reaching a target ------------------------------------------------------------------------

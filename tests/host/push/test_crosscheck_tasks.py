@@ -68,6 +68,25 @@ def test_large_single_value_steps_with_the_same_detections_pass(yolo_deployment)
     assert "48 of 48 detections match" in c.text() and "raw max |Δ|" in c.text()
 
 
+def test_the_store_keeps_a_detectors_agreement_in_task_terms(yolo_deployment, tmp_path):
+    """push --verify stores what the verdict prints: the share of detections that match
+    (47 of 48), shown in `qdeploy report`'s agreement column as top-1 agreement is for a
+    classifier (it was left empty: a detector has no score vector)."""
+    from qdeploy.push.pipeline import store_verification
+    from qdeploy.reports import store
+
+    def lamp_goes_out(head):
+        head[1, 4, 5] = -128
+
+    document = changed(device_verify.verify(yolo_deployment, device="cpu"), lamp_goes_out)
+    result = verified(yolo_deployment, document)
+    store_verification(result, "pi", tmp_path)
+    with store.open_store(tmp_path) as s:
+        [v] = s.verifications()
+    assert v.scored and v.agreement == pytest.approx(47 / 48) and not v.ok
+    assert result.comparisons[0].stored_figures() == (pytest.approx(47 / 48), True)
+
+
 def test_different_detections_fail_with_a_sentence_naming_them(yolo_deployment):
     def lamp_goes_out(head):
         head[1, 4, 5] = -128  # sample 1: the lamp at its lit cell scores nothing
