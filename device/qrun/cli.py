@@ -62,6 +62,13 @@ SOURCE_HELP = ("An image (JPEG, PNG or BMP), a video file, a folder of images, a
                "(rtsp://, http://). Anything but one image runs pipelined: capture, "
                "preprocess, invoke, postprocess and output each on its own thread; a summary "
                "line (frames, fps, each stage's median/p99, dropped) ends the run.")
+# Options every task command (and bench, verify, evaluate) takes, defined once.
+MODEL_OPTION = typer.Option(None, "--model", "-m", help=MODEL_HELP)
+DEVICE_OPTION = typer.Option("auto", "--device", "-d", help=DEVICE_HELP)
+TPU_OPTION = typer.Option("", "--tpu", help=TPU_HELP)
+THREADS_OPTION = typer.Option(None, "--threads", help=THREADS_HELP)
+STREAM_JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object instead "
+                                                        "(a stream: one JSON line per frame).")
 FRAMES_OPTION = typer.Option(None, "--frames", min=1, help="Stop after N frames.")
 LOOP_OPTION = typer.Option(False, "--loop", help="Play a file or folder again and again "
                                                  "(until --frames or Ctrl-C).")
@@ -91,7 +98,7 @@ def _stream(kind: str, source: str, frames, loop, save, serve, as_json, model, d
 @app.command()
 def classify(
     source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     labels: Optional[Path] = typer.Option(
         None, "--labels", "-l",
         help="Labels file: 'id label' / 'id: label' lines, or one label per line. "
@@ -103,11 +110,10 @@ def classify(
              "(a model without softmax can score every class below 0)."),
     count: int = typer.Option(1, "--count", "-c",
                               help="Times to run the model; the first includes model load."),
-    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
-                                                       "(a stream: one JSON line per frame)."),
+    device: str = DEVICE_OPTION,
+    tpu: str = TPU_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = STREAM_JSON_OPTION,
     frames: Optional[int] = FRAMES_OPTION,
     loop: bool = LOOP_OPTION,
     save: Optional[Path] = SAVE_OPTION,
@@ -158,7 +164,7 @@ def _print_json(document: dict) -> None:
 @app.command()
 def detect(
     source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     labels: Optional[Path] = typer.Option(
         None, "--labels", "-l", help="Labels file. Default: the deployment's; for a bare model "
                                      "file, the names it carries (Ultralytics' metadata). "
@@ -172,11 +178,10 @@ def detect(
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Write the image with boxes and labels drawn "
                                             "(PNG). " + OUT_CHECK),
-    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
-                                                       "(a stream: one JSON line per frame)."),
+    device: str = DEVICE_OPTION,
+    tpu: str = TPU_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = STREAM_JSON_OPTION,
     frames: Optional[int] = FRAMES_OPTION,
     loop: bool = LOOP_OPTION,
     save: Optional[Path] = SAVE_OPTION,
@@ -216,7 +221,7 @@ def detect(
 @app.command()
 def segment(
     source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     labels: Optional[Path] = typer.Option(None, "--labels", "-l",
                                           help="Labels file. Default: the deployment's; "
                                                "for a bare model file, the labels it carries."),
@@ -228,11 +233,10 @@ def segment(
                                 "(PNG). " + OUT_CHECK),
     colormap: str = typer.Option("pascal", "--colormap",
                                  help="Colours of the mask: pascal or cityscapes."),
-    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
-                                                       "(a stream: one JSON line per frame)."),
+    device: str = DEVICE_OPTION,
+    tpu: str = TPU_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = STREAM_JSON_OPTION,
     frames: Optional[int] = FRAMES_OPTION,
     loop: bool = LOOP_OPTION,
     save: Optional[Path] = SAVE_OPTION,
@@ -265,18 +269,17 @@ def segment(
 @app.command()
 def pose(
     source: str = typer.Argument(..., metavar="SOURCE", help=SOURCE_HELP),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Write the image with the keypoints and skeleton "
                                             "drawn (PNG). " + OUT_CHECK),
     threshold: float = typer.Option(0.3, "--threshold", "-t",
                                     help="Lowest keypoint score printed and drawn, 0 to 1 "
                                          "(--json lists all 17)."),
-    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
-                                                       "(a stream: one JSON line per frame)."),
+    device: str = DEVICE_OPTION,
+    tpu: str = TPU_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    as_json: bool = STREAM_JSON_OPTION,
     frames: Optional[int] = FRAMES_OPTION,
     loop: bool = LOOP_OPTION,
     save: Optional[Path] = SAVE_OPTION,
@@ -309,15 +312,15 @@ def pose(
 
 @app.command()
 def bench(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     runs: int = typer.Option(100, "--runs", "-n", help="Timed steady-state runs."),
     warmup: int = typer.Option(10, "--warmup", "-w",
                                help="Untimed runs after the first inference."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    threads: Optional[int] = THREADS_OPTION,
     device: Optional[str] = typer.Option(
         None, "--device", "-d",
         help=DEVICE_HELP + " Default: auto. Not with --compare, which runs every variant."),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    tpu: str = TPU_OPTION,
     json_out: Optional[str] = typer.Option(
         None, "--json",
         help="Write the JSON report to this file (atomically), or '-' for stdout."),
@@ -414,18 +417,18 @@ def _json_target(json_out: Optional[str]) -> Optional[Path]:
 
 @app.command()
 def verify(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     device: str = typer.Option(
         "auto", "--device", "-d",
         help="auto: the CPU int8 model, and the Edge TPU model when its delegate loads; "
              "cpu: the int8 model only; edgetpu: the Edge TPU model or an error."),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    tpu: str = TPU_OPTION,
     inputs: Optional[Path] = typer.Option(
         None, "--inputs",
         help="Inputs instead of the deployment's reference inputs: a .npy for a "
              "single-input model (uint8 pixels or float model inputs), or a .npz with "
              "input_0, input_1, ... (one raw array per input, in the model's order)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
+    threads: Optional[int] = THREADS_OPTION,
     json_out: Optional[str] = typer.Option(
         None, "--json", help="'-': print the outputs as one JSON object on stdout."),
 ) -> None:
@@ -454,12 +457,12 @@ def evaluate(
                                 "(annotations.json; images in DIR or DIR/images), YOLO "
                                 "(images/ + labels/*.txt, names in data.yaml) or masks "
                                 "(images/ + masks/*.png, class ids, 255 ignored)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: Optional[Path] = MODEL_OPTION,
     against: Optional[str] = typer.Option(None, "--against", help="float: no labels; score "
                                           "int8 and the Edge TPU model against the float "
                                           "model's own outputs."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N images."),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    tpu: str = TPU_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """Accuracy of every variant of a detect, segment or pose deployment (the Edge TPU model
@@ -480,7 +483,7 @@ def info(
         None, "--model", "-m",
         help="Model file or deployment directory to describe. Default: the current "
              "deployment, if there is one."),
-    tpu: str = typer.Option("", "--tpu", help=TPU_HELP),
+    tpu: str = TPU_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
     """Show the TFLite runtime, whether libedgetpu loads, Edge TPUs present, every input and
